@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install install-keep-torch test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Keep the torch/torchvision that the interpreter already has (a CUDA image, a newer torch) and install composer
+# and streaming without their torch pins. The venv sees the interpreter's packages (--system-site-packages).
+install-keep-torch:
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch, torchvision; print('keeping torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(PY) -m pip install -q -r requirements/keep-torch.txt
+	$(PY) -m pip install -q --no-deps mosaicml==0.32.1 mosaicml-streaming==0.13.0
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "import composer, streaming, torch; print('composer', composer.__version__, 'on torch', torch.__version__)"
+	touch $(STAMP)
 
 test: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) -m pytest tests $(PYTEST_ARGS)
