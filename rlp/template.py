@@ -1,0 +1,123 @@
+"""The thought template: ``[instruction] prefix <think> thought </think> x_t``, as token ids.
+
+Decisions (the paper shows only the layout ``prefix <think> ... </think> x_t`` of its Figure 1):
+
+- Raw concatenation of token ids, no chat template: RLP runs on base models and arbitrary text.
+- The target x_t is placed *directly* after the closing tag's token (no newline in between), exactly where the
+  no-think prediction puts it directly after the prefix.
+- The optional ``instruction`` (tokenised without special tokens) precedes the prefix in BOTH the thought query and
+  the no-think query, so the only difference between S_pred and S_EMA is the thought itself.
+- Each tag must be ONE token of the tokenizer and be tokenised the same way alone and inside text; otherwise the
+  stop condition and the position of x_t would be ambiguous. A tokenizer without the tags is refused with an error
+  that names the fix (``rlp.template.add_tags: true`` makes the training entry call :func:`add_think_tokens`,
+  which adds them as special tokens and resizes the embeddings before the optimizer exists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from rlp.rlp_config import TemplateConfig
+
+__all__ = ['TemplateError', 'ThoughtTemplate', 'add_think_tokens', 'resolve_template', 'tag_token_id']
+
+_CONTEXTS = ('x{}x', ' {} ', '\n{}\n', '1{}2', '{}{}')
+
+
+class TemplateError(ValueError):
+    """The tokenizer cannot represent the thought template; the message names the tag and the fix."""
+
+
+@dataclass(frozen=True)
+class ThoughtTemplate:
+    """Resolved token ids of the template.
+
+    Attributes:
+        open_id / close_id: the single token ids of the opening and closing tags.
+        instruction_ids: ids of the instruction text (empty tuple when none).
+        eos_id / pad_id: never chosen as targets x_t (None when the tokenizer has none).
+    """
+
+    open_id: int
+    close_id: int
+    instruction_ids: tuple[int, ...] = ()
+    eos_id: Optional[int] = None
+    pad_id: Optional[int] = None
+
+    @property
+    def excluded_targets(self) -> tuple[int, ...]:
+        """Token ids that are never a target: EOS, padding and the tags themselves."""
+        ids = {self.open_id, self.close_id}
+        ids.update(i for i in (self.eos_id, self.pad_id) if i is not None)
+        return tuple(sorted(ids))
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)['input_ids'])
+
+
+def _tag_in_vocab(tokenizer: Any, tag: str) -> bool:
+    tok_id = tokenizer.convert_tokens_to_ids(tag)
+    return tok_id is not None and not (tokenizer.unk_token_id is not None and tok_id == tokenizer.unk_token_id
+                                       and tag != tokenizer.unk_token)
+
+
+def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -> int:
+    """The single token id of ``tag``; refuses tags the tokenizer lacks or splits inconsistently.
+
+    Raises:
+        TemplateError: the tag is not one token, or it is tokenised differently inside text than alone.
+    """
+    alone = _encode(tokenizer, tag)
+    if not _tag_in_vocab(tokenizer, tag) or len(alone) != 1:
+        raise TemplateError(
+            f'{key}={tag!r} is not a single token of this tokenizer (it encodes to {alone}); RLP needs each tag '
+            f'as one token; set rlp.template.add_tags=true to add it as a special token (embeddings are resized), '
+            f'or pick tags the tokenizer has')
+    tag_id = alone[0]
+    for ctx in _CONTEXTS:
+        text = ctx.format(tag, tag) if ctx == '{}{}' else ctx.format(tag)
+        ids = _encode(tokenizer, text)
+        if ids.count(tag_id) != text.count(tag):
+            raise TemplateError(
+                f'{key}={tag!r} is tokenised inconsistently: alone it is token {tag_id}, but {text!r} encodes to '
+                f'{ids}; the tag must be a special (atomic) token; add it with rlp.template.add_tags=true or use '
+                f'a tokenizer that declares it special')
+    return tag_id
+
+
+def resolve_template(tokenizer: Any, cfg: TemplateConfig) -> ThoughtTemplate:
+    """Check ``cfg`` against ``tokenizer`` and return the template's token ids.
+
+    Raises:
+        TemplateError: a tag is missing or split inconsistently (see :func:`tag_token_id`).
+    """
+    if tokenizer is None:
+        raise TemplateError('RLP needs a tokenizer to resolve the thought tags; pass RLP(..., tokenizer=tok) or '
+                            'build HuggingFaceModel(model, tokenizer=tok)')
+    open_id = tag_token_id(tokenizer, cfg.open_tag, 'rlp.template.open_tag')
+    close_id = tag_token_id(tokenizer, cfg.close_tag, 'rlp.template.close_tag')
+    instruction = tuple(_encode(tokenizer, cfg.instruction)) if cfg.instruction else ()
+    return ThoughtTemplate(open_id=open_id, close_id=close_id, instruction_ids=instruction,
+                           eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+
+
+def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
+    """Add the tags missing from ``tokenizer`` as special tokens and resize ``model``'s embeddings to match.
+
+    Call before the optimizer is built (the training entry does, when ``rlp.template.add_tags`` is true). New
+    embedding rows are initialised by ``transformers`` (mean of the existing rows).
+
+    Returns:
+        The number of tokens added (0 when both tags were already single tokens).
+    """
+    missing = [t for t in (cfg.open_tag, cfg.close_tag)
+               if not (_tag_in_vocab(tokenizer, t) and len(_encode(tokenizer, t)) == 1)]
+    if not missing:
+        return 0
+    added = tokenizer.add_special_tokens({'additional_special_tokens': missing},
+                                         replace_additional_special_tokens=False)
+    if added and model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return added

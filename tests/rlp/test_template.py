@@ -1,0 +1,81 @@
+"""rlp.template: tag resolution against real tokenizers built here (bundled BPE, one without tags, one that splits
+the tag differently inside text), the instruction ids, and adding the tags with an embedding resize."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from rlp.rlp_config import TemplateConfig
+from rlp.strictcfg import ConfigError
+from rlp.template import TemplateError, add_think_tokens, resolve_template
+from tests.tiny_models import build_tiny_model
+
+
+def _plain_bpe() -> PreTrainedTokenizerFast:
+    """A byte-level BPE over a few letters with no <think> tokens at all."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders, trainers
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=['<eos>'], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(['the cat sat on the mat'] * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<eos>', pad_token='<eos>')
+
+
+def _inconsistent_bpe() -> PreTrainedTokenizerFast:
+    """'<think>' is an ordinary BPE token, but the merge 'x' + '<' wins inside 'x<think>x', splitting the tag."""
+    chars = list('<think>/x12 \n')
+    vocab = {c: i for i, c in enumerate(chars)}
+    merges = [('x', '<'), ('<', 't'), ('<t', 'h'), ('<th', 'i'), ('<thi', 'n'), ('<thin', 'k'), ('<think', '>'),
+              ('<', '/'), ('</', 't'), ('</t', 'h'), ('</th', 'i'), ('</thi', 'n'), ('</thin', 'k'),
+              ('</think', '>')]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_bundled_tokenizer_resolves(tokenizer):
+    """The bundled tokenizer has both tags as single special tokens; EOS/pad/tags are excluded targets."""
+    tpl = resolve_template(tokenizer, TemplateConfig(instruction='Think first.'))
+    assert tokenizer.convert_ids_to_tokens([tpl.open_id, tpl.close_id]) == ['<think>', '</think>']
+    assert tpl.instruction_ids == tuple(tokenizer('Think first.', add_special_tokens=False)['input_ids'])
+    assert set(tpl.excluded_targets) == {tpl.open_id, tpl.close_id, tokenizer.eos_token_id}
+    assert resolve_template(tokenizer, TemplateConfig()).instruction_ids == ()
+
+
+def test_tokenizer_without_tags_is_refused_with_fix():
+    """A tokenizer lacking the tags raises TemplateError naming the tag and the add_tags fix."""
+    with pytest.raises(TemplateError, match=r"open_tag='<think>' is not a single token.*add_tags=true"):
+        resolve_template(_plain_bpe(), TemplateConfig())
+
+
+def test_inconsistently_split_tag_is_refused():
+    """A tag that is one token alone but splits inside text is refused (stop/target placement would break)."""
+    tok = _inconsistent_bpe()
+    assert len(tok('<think>', add_special_tokens=False)['input_ids']) == 1
+    with pytest.raises(TemplateError, match='tokenised inconsistently'):
+        resolve_template(tok, TemplateConfig())
+
+
+def test_add_think_tokens_adds_and_resizes():
+    """add_think_tokens makes a tag-less tokenizer usable and grows the model's embeddings to len(tokenizer)."""
+    tok = _plain_bpe()
+    model = build_tiny_model('llama', vocab_size=len(tok))
+    n = add_think_tokens(tok, model, TemplateConfig())
+    assert n == 2
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    tpl = resolve_template(tok, TemplateConfig())
+    assert tpl.open_id != tpl.close_id
+    assert add_think_tokens(tok, model, TemplateConfig()) == 0  # idempotent
+
+
+def test_template_config_rejects_bad_values():
+    """Empty or identical tags are config errors with one-line messages."""
+    with pytest.raises(ConfigError, match='empty'):
+        TemplateConfig(open_tag=' ')
+    with pytest.raises(ConfigError, match='must differ'):
+        TemplateConfig(open_tag='<t>', close_tag='<t>')
