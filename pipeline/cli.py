@@ -1,0 +1,109 @@
+"""The ``rlp-data`` command: ``prepare``, ``inspect`` and ``verify``.
+
+Every user error ends as one line ``rlp-data: error: <value, rule, fix>`` on stderr with exit code 2 (bad
+command-line value) or 1 (bad input, output or environment); no traceback. ``main(argv)`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.errors import DataError, UsageError
+
+__all__ = ['main', 'build_parser']
+
+EXAMPLES = """examples:
+  rlp-data prepare --input corpus/*.jsonl --tokenizer gpt2 --eos-text '<|endoftext|>' --seq-len 2048 --out data/web
+  rlp-data prepare --input hf:allenai/c4?name=en&split=train --tokenizer meta-llama/Llama-3.2-1B \\
+      --seq-len 4096 --out s3://bucket/c4 --workers 16
+  rlp-data inspect data/web
+  rlp-data verify s3://bucket/c4
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str):  # noqa: D102
+        raise UsageError(f'{message}; fix: see `{self.prog} --help`')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog='rlp-data', description='Prepare tokenised, packed MDS datasets for RLP pretraining.',
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    p = sub.add_parser('prepare', help='raw corpora -> tokenised, packed MDS shards + manifest.json',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--input', '-i', dest='inputs', nargs='+', action='extend', required=True, metavar='SRC',
+                   help='jsonl/json/txt/parquet files, folders, globs, webdataset tars (brace lists ok), '
+                        's3:// objects or prefixes, save_to_disk folders (PATH[?split=S]), or '
+                        'hf:NAME[?name=CONFIG&split=S&revision=R&data_files=GLOB]; repeatable, order kept')
+    p.add_argument('--tokenizer', required=True, help='HF tokenizer hub name or local folder')
+    p.add_argument('--seq-len', type=int, required=True, help='tokens per sample')
+    p.add_argument('--out', required=True, help='output folder or object-store URI (s3://, gs://, ...)')
+    p.add_argument('--pack', choices=['concat', 'none'], default='concat',
+                   help='concat: documents wrap across fixed-size samples, final partial sample dropped; '
+                        'none: one document per sample, long documents split at seq-len')
+    p.add_argument('--dtype', choices=['auto', 'uint16', 'uint32'], default='auto',
+                   help='token dtype; auto = uint16 when the vocabulary fits')
+    p.add_argument('--text-field', default='text', help='record field (or webdataset extension) holding the text')
+    p.add_argument('--bos-text', default=None, help='text added before every document (tokenised without specials)')
+    p.add_argument('--eos-text', default=None,
+                   help="text added after every document, e.g. '<|endoftext|>'; required when the tokenizer adds "
+                        'neither BOS nor EOS itself')
+    p.add_argument('--on-bad-record', choices=['skip', 'fail'], default='fail',
+                   help='non-UTF-8 / malformed records: fail, or skip and count them')
+    p.add_argument('--workers', type=int, default=1, help='worker processes (the output does not depend on it)')
+    p.add_argument('--overwrite', action='store_true', help='replace a different dataset already at --out')
+    p.add_argument('--staging', default=None,
+                   help='local staging folder for a remote --out (default: ~/.cache/rlp-data/<hash>); '
+                        'for a local --out, staging lives in OUT/.rlp-data')
+    p.add_argument('--chunk-mb', type=float, default=64.0,
+                   help='large jsonl/parquet/save_to_disk inputs are split into chunks of about this size '
+                        '(parallelism only; the output does not depend on it)')
+    p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='show a progress bar')
+
+    i = sub.add_parser('inspect', help='print the manifest, counts and a few decoded samples')
+    i.add_argument('path', help='dataset folder or object-store URI')
+    i.add_argument('--samples', type=int, default=3, help='number of samples to decode')
+
+    v = sub.add_parser('verify', help='check hashes, schema, token range and doc_starts; non-zero exit on problems')
+    v.add_argument('path', help='dataset folder or object-store URI')
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == 'prepare':
+        from pipeline.prepare import PrepareArgs, prepare
+
+        fields = {k: v for k, v in vars(args).items() if k != 'command'}
+        prepare(PrepareArgs(**fields))
+        return 0
+    if args.command == 'inspect':
+        from pipeline.inspect import inspect_dataset
+
+        inspect_dataset(args.path, args.samples)
+        return 0
+    from pipeline.verify import verify_dataset
+
+    return verify_dataset(args.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rlp-data`` console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _run(args)
+    except DataError as exc:
+        print(f'rlp-data: error: {exc}', file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print('rlp-data: error: interrupted; rerun the same command to resume', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

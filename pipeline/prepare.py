@@ -1,0 +1,429 @@
+"""``rlp-data prepare``: inputs -> tokenised, packed MDS shards + manifest, parallel, deterministic, resumable.
+
+Phases (every unit writes a done marker last; see :mod:`pipeline.store`):
+
+1. tokenise: each group (see :mod:`pipeline.sources`) becomes a raw token stream with document lengths.
+   Groups run in a process pool of ``--workers``; the result of a group depends only on the group.
+2. pack + write: with every group's token count known, the global stream is cut into samples at multiples of
+   ``seq_len`` (:mod:`pipeline.pack`). Part ``p`` holds the samples that *start* inside group ``p``'s token range
+   (they may read tokens of later groups), so parts are independent and written in parallel, and the result equals
+   packing the whole stream in one pass: only the final partial sample of the whole corpus is dropped.
+3. publish: parts are moved (local) or uploaded (object store) beside each other, then the root ``index.json``,
+   then ``manifest.json``. ``manifest.json`` is the completion mark: an output without it is incomplete.
+
+Same inputs + arguments => byte-identical shards, index and manifest for any ``--workers``; a killed run resumes
+from the markers. Throughput numbers stay in the printed summary, never in a published file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from pipeline import remote
+from pipeline.errors import DataError, UsageError
+from pipeline.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
+from pipeline.pack import concat_layout, concat_samples_starting_in, doc_starts_in_window, split_document
+from pipeline.sources import Group, expand_inputs, iter_records
+from pipeline.store import GroupTokenWriter, Staging, TokenStream, read_json, write_json_atomic
+from pipeline.tokenize import choose_dtype, encode_batch, load_tokenizer, make_policy, to_array, tokenizer_hash
+from pipeline.writer import SIZE_LIMIT, columns_for, merged_index, write_part
+
+__all__ = ['PrepareArgs', 'prepare']
+
+STAGING_DIRNAME = '.rlp-data'
+TEST_SLEEP_ENV = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'  # test hook: seconds to sleep after each done marker
+_BATCH_DOCS = 512
+_MAX_SEQ_LEN = SIZE_LIMIT // 8  # a sample (tokens + doc_starts) must fit in one shard; int32 doc_starts
+
+
+@dataclass
+class PrepareArgs:
+    """Arguments of ``rlp-data prepare`` (see ``rlp-data prepare --help``)."""
+
+    inputs: list[str]
+    tokenizer: str
+    seq_len: int
+    out: str
+    pack: str = 'concat'
+    dtype: str = 'auto'
+    text_field: str = 'text'
+    bos_text: str | None = None
+    eos_text: str | None = None
+    on_bad_record: str = 'fail'
+    workers: int = 1
+    overwrite: bool = False
+    staging: str | None = None
+    chunk_mb: float = 64.0
+    progress: bool = True
+
+    def dataset_arguments(self) -> dict:
+        """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""
+        keys = ('inputs', 'tokenizer', 'seq_len', 'pack', 'dtype', 'text_field', 'bos_text', 'eos_text',
+                'on_bad_record')
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class _Ctx:
+    """Everything a worker needs; inherited by fork or rebuilt by the pool initializer."""
+
+    args: PrepareArgs
+    staging: Path
+    dtype: str
+    fingerprint: str
+    tok: object = None
+    policy: object = None
+    counters: tuple = field(default=())
+
+
+_CTX: _Ctx | None = None
+
+
+def _check_args(a: PrepareArgs) -> None:
+    if a.seq_len < 2 or a.seq_len > _MAX_SEQ_LEN:
+        raise UsageError(f'--seq-len {a.seq_len} is out of range; rule: 2 <= seq_len <= {_MAX_SEQ_LEN} (a sample must '
+                         'hold a token and its successor, and fit in one 64 MB shard); fix: pass e.g. --seq-len 2048')
+    if a.workers < 1:
+        raise UsageError(f'--workers {a.workers} is invalid; rule: at least 1; fix: pass --workers 1 or more')
+    if not a.chunk_mb > 0:
+        raise UsageError(f'--chunk-mb {a.chunk_mb} is invalid; rule: > 0; fix: omit it (default 64)')
+    if a.pack not in ('concat', 'none'):
+        raise UsageError(f'--pack {a.pack!r} is invalid; rule: concat or none; fix: pass --pack concat')
+    if a.on_bad_record not in ('skip', 'fail'):
+        raise UsageError(f'--on-bad-record {a.on_bad_record!r} is invalid; rule: skip or fail')
+
+
+def _staging_root(a: PrepareArgs) -> Path:
+    if a.staging:
+        return Path(a.staging)
+    if not remote.is_remote(a.out):
+        return Path(a.out) / STAGING_DIRNAME
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache')
+    return cache / 'rlp-data' / xxhash.xxh64(a.out.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- workers
+
+
+def _init_worker(ctx: _Ctx | None, counters) -> None:
+    global _CTX
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    if ctx is not None:
+        _CTX = ctx
+    if _CTX.tok is None:
+        _CTX.tok = load_tokenizer(_CTX.args.tokenizer)
+    _CTX.counters = counters
+
+
+def _sleep_hook() -> None:
+    delay = os.environ.get(TEST_SLEEP_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _tokenize_group(group: Group) -> dict:
+    """Phase 1 for one group: read, tokenise, append to the group's stream, write its marker."""
+    ctx = _CTX
+    a = ctx.args
+    writer = GroupTokenWriter(Staging(ctx.staging), group.index, ctx.dtype)
+    docs = tokens = empty = bad = 0
+    bad_examples: list[str] = []
+    text_hash = xxhash.xxh64() if group.kind == 'hf' else None
+    batch: list[str] = []
+    docs_counter, tokens_counter = ctx.counters if ctx.counters else (None, None)
+
+    def flush() -> None:
+        nonlocal tokens
+        flat, lengths = encode_batch(ctx.tok, batch, ctx.policy)
+        writer.append(to_array(flat, ctx.dtype), lengths)
+        tokens += len(flat)
+        if docs_counter is not None:
+            with docs_counter.get_lock():
+                docs_counter.value += len(batch)
+            with tokens_counter.get_lock():
+                tokens_counter.value += len(flat)
+        batch.clear()
+
+    for text, reason in iter_records(group, a.text_field):
+        if reason is not None:
+            if a.on_bad_record == 'fail':
+                raise DataError(f'bad record: {reason}; rule: --on-bad-record fail stops at the first bad record; '
+                                'fix: repair the input or pass --on-bad-record skip (skipped records are counted)')
+            bad += 1
+            if len(bad_examples) < 3:
+                bad_examples.append(reason)
+            continue
+        if text_hash is not None:
+            text_hash.update(text.encode('utf-8', 'surrogatepass') + b'\0')
+        if not text.strip():
+            empty += 1
+            continue
+        batch.append(text)
+        docs += 1
+        if len(batch) >= _BATCH_DOCS:
+            flush()
+    if batch:
+        flush()
+    marker = {'fingerprint': ctx.fingerprint, 'group': asdict(group), 'documents': docs, 'tokens': tokens,
+              'empty': empty, 'bad': bad, 'bad_examples': bad_examples,
+              'text_hash': 'xxh64:' + text_hash.hexdigest() if text_hash is not None else None}
+    writer.finish(marker)
+    _sleep_hook()
+    return marker
+
+
+def _concat_samples(stream: TokenStream, ks: range, seq_len: int):
+    a, b = ks.start * seq_len, ks.stop * seq_len
+    tokens = stream.read(a, b)
+    offsets = stream.doc_offsets(a, b)
+    for i, k in enumerate(ks):
+        yield tokens[i * seq_len:(i + 1) * seq_len], doc_starts_in_window(offsets, k * seq_len, seq_len)
+
+
+def _none_samples(stream: TokenStream, g: int, seq_len: int):
+    lo = int(stream.offsets[g])
+    tokens = stream.read(lo, int(stream.offsets[g + 1]))
+    pos = 0
+    segment_start = np.zeros(1, dtype=np.int32)  # one document (or a piece of one) per sample
+    for length in stream.doc_lengths(g).tolist():
+        for s, e in split_document(length, seq_len):
+            yield tokens[pos + s:pos + e], segment_start
+        pos += length
+
+
+def _write_part(job: tuple[int, list[int]]) -> dict:
+    """Phase 2 for part p: pack the samples owned by group p and write them as an MDS folder, then its marker."""
+    p, counts = job
+    ctx = _CTX
+    a = ctx.args
+    staging = Staging(ctx.staging)
+    stream = TokenStream(staging, counts, ctx.dtype)
+    columns = columns_for(a.pack, ctx.dtype, a.seq_len)
+    if a.pack == 'concat':
+        n_samples, _ = concat_layout(stream.total, a.seq_len)
+        ks = concat_samples_starting_in(int(stream.offsets[p]), int(stream.offsets[p + 1]), a.seq_len, n_samples)
+        samples = _concat_samples(stream, ks, a.seq_len) if len(ks) else None
+    else:
+        samples = _none_samples(stream, p, a.seq_len) if counts[p] else None
+    result = {'samples': 0, 'shards': []}
+    if samples is not None:
+        result = write_part(staging.part_dir(p), columns, samples)
+    marker = {'fingerprint': ctx.fingerprint, 'part': staging.part_name(p), **result}
+    write_json_atomic(staging.part_marker(p), marker)
+    _sleep_hook()
+    return marker
+
+
+# ----------------------------------------------------------------------------------------------- orchestration
+
+
+def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
+    """Per input, ``(relative file name, xxh64)`` of its files; cached by (path, size, mtime) in the staging."""
+    cache_path = staging / 'hashes.json'
+    cache = read_json(cache_path) or {}
+    out = []
+    for spec in specs:
+        named = []
+        for f in spec.files:
+            st = os.stat(f)
+            key = f'{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}'
+            if key not in cache:
+                cache[key] = hash_file(f)
+            named.append((relative_name(f, spec.source.split('?')[0]), cache[key]))
+        out.append(named)
+    write_json_atomic(cache_path, cache)
+    return out
+
+
+def _run_pool(fn, jobs: list, ctx: _Ctx, workers: int, bar, label: str) -> None:
+    """Run ``fn`` over ``jobs`` in-process (1 worker) or in a process pool, feeding the progress bar.
+
+    Results are not returned: every job leaves a done marker that the caller reads back, so a resumed run and a
+    fresh one take the same path. A worker's :class:`DataError` is re-raised here.
+    """
+    import multiprocessing as mp
+
+    counters = ctx.counters
+    if workers == 1 or len(jobs) <= 1:
+        _init_worker(ctx, counters)
+        for job in jobs:
+            fn(job)
+            _tick(bar, counters, label)
+        return
+    method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
+    shipped = None if method == 'fork' else _Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy)
+    global _CTX
+    _CTX = ctx  # inherited by forked workers
+    with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,
+                                     initargs=(shipped, counters)) as pool:
+        pending = [pool.apply_async(fn, (job,)) for job in jobs]
+        while pending:
+            time.sleep(0.1)
+            _tick(bar, counters, label)
+            still = []
+            for res in pending:
+                if res.ready():
+                    res.get()  # re-raises a worker's exception
+                else:
+                    still.append(res)
+            pending = still
+    _tick(bar, counters, label)
+
+
+def _tick(bar, counters, label: str) -> None:
+    if bar is None or not counters:
+        return
+    docs, toks = counters[0].value, counters[1].value
+    elapsed = max(time.monotonic() - bar.t0, 1e-9)
+    bar.n = toks
+    bar.set_postfix_str(f'{label} docs={docs:,} tokens={toks:,} tok/s={toks / elapsed:,.0f}', refresh=False)
+    bar.refresh()
+def _progress_bar(enabled: bool, total_hint: int | None = None):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_hint, unit='tok', unit_scale=True, dynamic_ncols=True, desc='rlp-data', leave=False)
+    bar.t0 = time.monotonic()
+    return bar
+
+
+def prepare(a: PrepareArgs, log=print) -> dict:
+    """Run the whole preparation; return the summary dict (also printed through ``log``)."""
+    from pipeline import publish as pub
+
+    _check_args(a)
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    t_start = time.monotonic()
+    if remote.is_remote(a.out):
+        remote.check_output_location(a.out)
+    elif Path(a.out).is_file():
+        raise DataError(f'--out {a.out!r} is a file; rule: the output is a folder or an object-store prefix; fix: '
+                        'choose another path')
+    tok = load_tokenizer(a.tokenizer)
+    policy = make_policy(tok, a.bos_text, a.eos_text)
+    vocab_size = len(tok)
+    dtype = choose_dtype(a.dtype, vocab_size)
+    staging_root = _staging_root(a)
+    created_out = not remote.is_remote(a.out) and not Path(a.out).exists()
+    created_staging = not staging_root.exists()
+    try:
+        return _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root, t_start)
+    except BaseException:
+        if created_out:
+            shutil.rmtree(a.out, ignore_errors=True)
+        elif created_staging:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        raise
+
+
+def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_start: float) -> dict:
+    staging_root.mkdir(parents=True, exist_ok=True)
+    chunk_bytes = max(1, int(a.chunk_mb * (1 << 20)))
+    specs = expand_inputs(a.inputs, staging_root, chunk_bytes, chunk_rows=max(1, chunk_bytes // 1024),
+                          exclude=() if remote.is_remote(a.out) else (a.out,))
+    hashes = _input_hashes(specs, staging_root)
+    tok_info = {'name': a.tokenizer, 'class': type(tok).__name__, 'vocab_size': vocab_size,
+                'hash': tokenizer_hash(tok)}
+    identity = {'arguments': a.dataset_arguments(), 'tool': tool_version(), 'tokenizer': tok_info['hash'],
+                'inputs': hashes}
+    fingerprint = 'xxh64:' + xxhash.xxh64(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    run_key = 'xxh64:' + xxhash.xxh64(f'{fingerprint}|{a.chunk_mb}'.encode()).hexdigest()
+    state = pub.existing_output(a.out, staging_root, fingerprint, a.overwrite)
+    if state == 'complete':
+        log(f'rlp-data: {a.out} already holds this dataset (same manifest fingerprint); nothing to do')
+        return {'status': 'complete'}
+    staging_root.mkdir(parents=True, exist_ok=True)
+    old_state = read_json(staging_root / 'state.json')
+    if old_state is not None and old_state.get('run_key') != run_key:
+        raise DataError(f'the staging folder {str(staging_root)!r} belongs to a run with other settings (e.g. '
+                        '--chunk-mb); fix: repeat the original command or pass --overwrite')
+    write_json_atomic(staging_root / 'state.json', {'fingerprint': fingerprint, 'run_key': run_key})
+    staging = Staging(staging_root)
+    groups = [g for spec in specs for g in spec.groups]
+
+    import multiprocessing as mp
+    counters = (mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0),
+                mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0))
+    ctx = _Ctx(a, staging_root, dtype, run_key, tok, policy, counters)
+    bar = _progress_bar(a.progress)
+
+    # Phase 1: tokenise every group without a valid marker.
+    done1 = [g for g in groups if (staging.group_marker(g.index) or {}).get('fingerprint') == run_key]
+    todo1 = [g for g in groups if g not in done1]
+    t1 = time.monotonic()
+    _run_pool(_tokenize_group, todo1, ctx, a.workers, bar, 'tokenise')
+    t_tok = time.monotonic() - t1
+    markers = [staging.group_marker(g.index) for g in groups]
+    counts = [m['tokens'] for m in markers]
+    total_docs = sum(m['documents'] for m in markers)
+    total_tokens = sum(counts)
+    empty = sum(m['empty'] for m in markers)
+    bad = sum(m['bad'] for m in markers)
+    if total_docs == 0:
+        raise DataError(f'empty corpus: the inputs hold 0 usable documents ({empty} empty, {bad} bad records skipped); '
+                        'rule: at least one non-empty document is needed; fix: check the inputs and --text-field')
+    n_samples, dropped = concat_layout(total_tokens, a.seq_len) if a.pack == 'concat' else (None, 0)
+    if n_samples == 0:
+        raise DataError(f'the corpus has {total_tokens} tokens, fewer than one sample of --seq-len {a.seq_len}; rule: '
+                        'concat packing drops the final partial sample; fix: lower --seq-len, add data or use '
+                        '--pack none')
+
+    # Phase 2: pack and write the parts without a valid marker.
+    done2 = {g.index for g in groups if (read_json(staging.part_marker(g.index)) or {}).get('fingerprint') == run_key}
+    todo2 = [(g.index, counts) for g in groups if g.index not in done2]
+    for p, _ in todo2:
+        staging.clear_part(p)
+    _run_pool(_write_part, todo2, ctx, a.workers, bar, 'write')
+    if bar is not None:
+        bar.close()
+    parts = [read_json(staging.part_marker(g.index)) for g in groups]
+    with_data = [(m['part'], m['shards']) for m in parts if m['samples']]
+    samples = sum(m['samples'] for m in parts)
+
+    inputs = []
+    for spec, named in zip(specs, hashes):
+        ms = [markers[g.index] for g in spec.groups]
+        content = combine_hashes(named) if named else (ms[0]['text_hash'] if ms else None)
+        inputs.append({'source': spec.source, 'kind': spec.kind, 'files': len(named), 'content_hash': content,
+                       'documents': sum(m['documents'] for m in ms), 'tokens': sum(m['tokens'] for m in ms),
+                       'empty_documents_skipped': sum(m['empty'] for m in ms),
+                       'bad_records_skipped': sum(m['bad'] for m in ms)})
+    counts_out = {'documents': total_docs, 'tokens': total_tokens, 'samples': samples, 'dropped_tail_tokens': dropped,
+                  'empty_documents_skipped': empty, 'bad_records_skipped': bad,
+                  'shards': sum(len(s) for _, s in with_data)}
+    manifest = build_manifest(tokenizer=tok_info, policy=policy.to_json(), seq_len=a.seq_len, dtype=dtype,
+                              pack=a.pack, columns=columns_for(a.pack, dtype, a.seq_len), counts=counts_out,
+                              inputs=inputs, arguments=a.dataset_arguments())
+    manifest['fingerprint'] = fingerprint
+    pub.publish(a.out, staging.parts, [n for n, _ in with_data], merged_index(with_data), manifest)
+    shutil.rmtree(staging_root, ignore_errors=True)
+
+    elapsed = time.monotonic() - t_start
+    summary = {'status': 'written', **counts_out, 'groups': len(groups), 'groups_resumed': len(done1),
+               'parts_resumed': len(done2), 'seconds': elapsed,
+               'tokens_per_second': (sum(markers[g.index]['tokens'] for g in todo1) / t_tok) if todo1 and t_tok else 0.0,
+               'bad_examples': [e for m in markers for e in m['bad_examples']][:3]}
+    _print_summary(a, summary, log)
+    return summary
+
+
+def _print_summary(a: PrepareArgs, s: dict, log) -> None:
+    log(f'rlp-data: wrote {a.out}')
+    log(f'  documents {s["documents"]:,} | tokens {s["tokens"]:,} | samples {s["samples"]:,} '
+        f'(seq_len {a.seq_len}, pack {a.pack}) | shards {s["shards"]}')
+    log(f'  dropped tail tokens {s["dropped_tail_tokens"]:,} | empty documents skipped '
+        f'{s["empty_documents_skipped"]:,} | bad records skipped {s["bad_records_skipped"]:,}')
+    for example in s['bad_examples']:
+        log(f'    e.g. {example}')
+    log(f'  groups {s["groups"]} ({s["groups_resumed"]} already tokenised, {s["parts_resumed"]} parts already '
+        f'written) | throughput {s["tokens_per_second"]:,.0f} tokens/s tokenising with {a.workers} worker(s) | '
+        f'{s["seconds"]:.1f} s total')

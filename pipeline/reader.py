@@ -1,0 +1,97 @@
+"""Reading a prepared dataset back without a StreamingDataset: fetch files, decode shards in memory.
+
+Used by ``inspect`` and ``verify``. A remote dataset (``s3://``, ``gs://``...) is downloaded into a temporary
+folder; a local one is read in place. Shards are decoded with streaming's own MDS column decoders.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline import remote
+from pipeline.errors import DataError
+
+__all__ = ['DatasetFiles', 'decode_shard']
+
+
+class DatasetFiles:
+    """Access to ``index.json``, ``manifest.json`` and shard files of a local folder or a remote prefix."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.is_remote = remote.is_remote(path)
+        self._tmp = tempfile.TemporaryDirectory(prefix='rlp-data-') if self.is_remote else None
+        self.root = Path(self._tmp.name) if self._tmp else Path(path)
+        if not self.is_remote and not self.root.is_dir():
+            raise DataError(f'{path!r} is not a folder; rule: inspect/verify take a prepared dataset folder or an '
+                            'object-store URI; fix: pass the --out of rlp-data prepare')
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def exists(self, name: str) -> bool:
+        if self.is_remote:
+            if not hasattr(self, '_listing'):
+                self._listing = remote.list_objects(self.path)
+            return name in self._listing
+        return (self.root / name).is_file()
+
+    def local(self, name: str) -> Path:
+        """Local path of ``name``, downloading it first for a remote dataset."""
+        local = self.root / name
+        if self.is_remote and not local.exists():
+            remote.download(remote.join(self.path, name), local)
+        return local
+
+    def json(self, name: str) -> dict:
+        if not self.exists(name):
+            raise DataError(f'{self.path!r} has no {name}; rule: a complete rlp-data output has index.json and '
+                            'manifest.json; fix: (re)run rlp-data prepare to completion, or check the path')
+        try:
+            return json.loads(self.local(name).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f'{self.path}/{name} is not valid JSON ({exc}); the dataset is corrupt; fix: prepare it '
+                            'again') from None
+
+
+def decompress(entry: dict, data: bytes) -> bytes:
+    """Raw MDS bytes of a shard from its stored bytes (zstd or uncompressed)."""
+    if entry.get('compression'):
+        from streaming.base.compression import decompress as sdecompress
+        return sdecompress(entry['compression'], data)
+    return data
+
+
+def decode_shard(entry: dict, raw: bytes) -> Iterator[dict]:
+    """Yield every sample dict of a raw MDS shard (format version 2, as written by ``MDSWriter``)."""
+    from streaming.base.format.mds.encodings import mds_decode
+
+    n = int(np.frombuffer(raw[:4], np.uint32)[0])
+    offsets = np.frombuffer(raw[4:4 + 4 * (n + 1)], np.uint32)
+    names, encodings, sizes = entry['column_names'], entry['column_encodings'], entry['column_sizes']
+    for i in range(n):
+        data = raw[int(offsets[i]):int(offsets[i + 1])]
+        idx, col_sizes = 0, []
+        for size in sizes:
+            if size:
+                col_sizes.append(size)
+            else:
+                col_sizes.append(int(np.frombuffer(data[idx:idx + 4], np.uint32)[0]))
+                idx += 4
+        sample = {}
+        for name, enc, size in zip(names, encodings, col_sizes):
+            sample[name] = mds_decode(enc, data[idx:idx + size])
+            idx += size
+        yield sample

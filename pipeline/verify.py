@@ -1,0 +1,91 @@
+"""``rlp-data verify PATH``: check a prepared dataset end to end; any problem means a non-zero exit.
+
+Checks, per shard: the file exists, its size and xxh64 match ``index.json`` (compressed and raw bytes), the
+columns and encodings match the manifest's schema, and the sample count matches. Per sample: ``tokens`` has the
+manifest dtype, length exactly ``seq_len`` (concat) or 1..seq_len (none), every id < the tokenizer's vocab size;
+``doc_starts`` is int32, starts with 0, strictly increasing, inside [0, len(tokens)). Totals: samples and shards match the
+manifest's counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xxhash
+
+from pipeline.errors import DataError
+from pipeline.reader import DatasetFiles, decode_shard, decompress
+
+__all__ = ['verify_dataset']
+
+
+def _check_sample(s: dict, m: dict, where: str, problems: list[str]) -> None:
+    tokens, starts = s['tokens'], s['doc_starts']
+    L, vocab = m['seq_len'], m['tokenizer']['vocab_size']
+    if tokens.dtype != np.dtype(m['dtype']):
+        problems.append(f'{where}: tokens dtype {tokens.dtype}, manifest says {m["dtype"]}')
+    n = len(tokens)
+    if (m['pack'] == 'concat' and n != L) or not 1 <= n <= L:
+        problems.append(f'{where}: {n} tokens, expected {"exactly" if m["pack"] == "concat" else "1 to"} {L}')
+    if n and int(tokens.max()) >= vocab:
+        problems.append(f'{where}: token id {int(tokens.max())} >= vocab size {vocab}')
+    if starts.dtype != np.int32:
+        problems.append(f'{where}: doc_starts dtype {starts.dtype}, expected int32')
+    if not len(starts) or starts[0] != 0 or starts.max() >= n or np.any(np.diff(starts) <= 0):
+        problems.append(f'{where}: doc_starts {starts.tolist()[:8]} must start at 0 and increase strictly inside '
+                        f'[0, {n})')
+
+
+def verify_dataset(path: str, log=print) -> int:
+    """Verify ``path``; print the problems; return the number of problems (0: the dataset is sound)."""
+    problems: list[str] = []
+    with DatasetFiles(path) as files:
+        m = files.json('manifest.json')
+        index = files.json('index.json')
+        expected_cols = sorted(m['columns'].items())
+        samples = 0
+        for i, entry in enumerate(index.get('shards', [])):
+            info = entry.get('zip_data') or entry['raw_data']
+            name = info['basename']
+            cols = sorted(zip(entry.get('column_names', []), entry.get('column_encodings', [])))
+            if cols != expected_cols:
+                problems.append(f'{name}: columns {cols} differ from the manifest schema {expected_cols}')
+                continue
+            if 'xxh64' not in entry.get('hashes', []):
+                problems.append(f'{name}: no xxh64 hash recorded in index.json')
+                continue
+            if not files.exists(name):
+                problems.append(f'{name}: missing')
+                continue
+            data = files.local(name).read_bytes()
+            if len(data) != info['bytes'] or xxhash.xxh64(data).hexdigest() != info['hashes']['xxh64']:
+                problems.append(f'{name}: size/xxh64 differ from index.json (corrupt or truncated shard)')
+                continue
+            try:
+                raw = decompress(entry, data)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f'{name}: cannot decompress ({exc})')
+                continue
+            raw_info = entry['raw_data']
+            if len(raw) != raw_info['bytes'] or xxhash.xxh64(raw).hexdigest() != raw_info['hashes']['xxh64']:
+                problems.append(f'{name}: decompressed size/xxh64 differ from index.json')
+                continue
+            n = 0
+            for k, sample in enumerate(decode_shard(entry, raw)):
+                _check_sample(sample, m, f'{name} sample {k}', problems)
+                n += 1
+            if n != entry['samples']:
+                problems.append(f'{name}: {n} samples decoded, index.json says {entry["samples"]}')
+            samples += n
+        counts = m['counts']
+        if samples != counts['samples']:
+            problems.append(f'total samples {samples} != manifest counts.samples {counts["samples"]}')
+        if len(index.get('shards', [])) != counts['shards']:
+            problems.append(f'{len(index.get("shards", []))} shards in index.json, manifest says {counts["shards"]}')
+    for p in problems[:50]:
+        log(f'  problem: {p}')
+    if problems:
+        raise DataError(f'verify found {len(problems)} problem(s) in {path} (listed above); the dataset is corrupt or '
+                        'incomplete; fix: prepare it again (rlp-data prepare ... --overwrite)')
+    log(f'rlp-data: {path} verified: {len(index["shards"])} shards, {samples:,} samples, hashes, schema and token '
+        'range OK')
+    return 0
