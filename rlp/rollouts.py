@@ -1,0 +1,236 @@
+"""Thought rollouts: G thoughts per position, sampled with a shared prefix KV cache.
+
+Batching: the prompts of ALL positions of a microbatch (``[instruction] prefix <think>``) are left-padded into one
+(P, Lp) tensor with an attention mask and position ids ``cumsum(mask) - 1``; one prefill computes their KV cache,
+which is then expanded G times (``batch_repeat_interleave``) so the G thoughts of a position share it. Decoding is
+our own loop over the HF model with ``past_key_values`` (not ``generate``), so that:
+
+- every rollout draws from its own keyed stream: the uniforms ``u`` of rollout (position, g) come from a generator
+  keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
+  ``token = min{j : CDF_j > u * CDF_V}`` over softmax(logits / T) (top-p: over the renormalised nucleus). This is
+  exact categorical sampling, fully batched, independent of the global RNG and of the microbatch split;
+- a rollout stops at the closing tag; the loop stops when all rollouts have stopped. Under torch.distributed
+  (``synced=True``) the stop decision is all-reduced, so every rank runs the same number of decode steps
+  (HF's ``synced_gpus`` semantics; needed by FSDP, whose forwards are collective);
+- a thought that reaches ``max_thought_tokens`` sampled tokens without closing is force-closed: the closing tag
+  is appended as one extra token that is part of the sequence (x_t is scored after it) but is NOT trained (the
+  policy did not choose it) and the rollout is flagged truncated. A sampled closing tag is a trained thought token.
+
+Sampling runs under ``torch.no_grad()`` in eval mode (the previous mode is restored). The recorded log-probs are
+those of the tempered policy softmax(logits / T) (top-p is treated as a sampler detail, as TRL/vLLM do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from rlp.keys import keyed_generator
+from rlp.positions import Positions
+from rlp.template import ThoughtTemplate
+
+__all__ = ['Prompts', 'Rollouts', 'build_prompts', 'call_model', 'eval_mode', 'sample_from_logits',
+           'sample_thoughts', 'rollout_uniforms']
+
+
+@dataclass
+class Prompts:
+    """Left-padded thought prompts, one per position.
+
+    Attributes:
+        ids: (P, Lp) ``[instruction] prefix <think>``, left-padded with ``pad_id``.
+        mask: (P, Lp) 1 on real tokens.
+        target: (P,) the token x_t to predict after the thought.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class Rollouts:
+    """G thoughts per position; P positions, T = longest thought in this call (closing tag included).
+
+    Attributes:
+        tokens: (P, G, T) thought tokens, closing tag included (sampled or forced), then ``pad_id``.
+        logp: (P, G, T) log-prob of each sampled token under softmax(logits / temperature); 0 where not trained.
+        mask: (P, G, T) bool, the trained tokens (sampled ones, a sampled closing tag included).
+        lengths: (P, G) tokens in the thought including its closing tag (sampled or forced), >= 1.
+        truncated: (P, G) bool, the thought hit ``max_thought_tokens`` and was force-closed.
+        nothink_logp: (P,) log p_theta(x_t | [instruction] prefix) of the current model (eval mode), read from
+            the prefill for free.
+        decode_steps: decoder forwards run after the prefill (equal on all ranks when synced).
+    """
+
+    tokens: torch.Tensor
+    logp: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    nothink_logp: torch.Tensor
+    decode_steps: int
+
+
+def call_model(model: Any, **kwargs: Any) -> Any:
+    """Run an HF causal LM, or Composer's ``HuggingFaceModel`` (which takes one mapping), with ``kwargs``."""
+    inner = getattr(model, 'module', model)  # DDP wraps the ComposerModel
+    if hasattr(inner, 'model_forward_args'):
+        kwargs = {k: v for k, v in kwargs.items() if k in inner.model_forward_args}
+        return model(kwargs)
+    return model(**kwargs)
+
+
+def _accepts(model: Any, name: str) -> bool:
+    inner = getattr(model, 'module', model)
+    if hasattr(inner, 'model_forward_args'):
+        return name in inner.model_forward_args
+    return name in inspect.signature(inner.forward).parameters
+
+
+def keep_last_logits(model: Any, n: int) -> dict[str, int]:
+    """``{'logits_to_keep': n}`` when the model supports it (saves the (N, L, V) logits), else ``{}``."""
+    return {'logits_to_keep': n} if _accepts(model, 'logits_to_keep') else {}
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Switch ``model`` to eval mode and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def build_prompts(input_ids: torch.Tensor, positions: Positions, template: ThoughtTemplate,
+                  pad_id: int) -> Prompts:
+    """Left-padded ``[instruction] prefix <think>`` for every position (prefix = input_ids[row, start:target])."""
+    ids_cpu = input_ids.detach().cpu()
+    instr = list(template.instruction_ids)
+    seqs = [instr + ids_cpu[r, s:t].tolist() + [template.open_id]
+            for r, s, t in zip(positions.row.tolist(), positions.start.tolist(), positions.target.tolist())]
+    width = max((len(s) for s in seqs), default=1)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    target = ids_cpu[positions.row, positions.target] if len(positions) else torch.zeros(0, dtype=torch.long)
+    dev = input_ids.device
+    return Prompts(ids=ids.to(dev), mask=mask.to(dev), target=target.to(dev))
+
+
+def rollout_uniforms(keys: Sequence[tuple], group_size: int, steps: int) -> torch.Tensor:
+    """(P, G, steps) uniforms in [0, 1): rollout g of position p draws from ``keyed_generator(*keys[p], g)``."""
+    out = torch.empty(len(keys), group_size, steps)
+    for p, key in enumerate(keys):
+        for g in range(group_size):
+            out[p, g] = torch.rand(steps, generator=keyed_generator(*key, 'thought', g))
+    return out
+
+
+def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float,
+                       top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF sampling: (N, V) logits, (N,) uniforms -> (N,) tokens and their log-probs under softmax(l/T).
+
+    The returned log-prob is that of the tempered distribution before top-p truncation.
+    """
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
+    probs = logp_all.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p)  # the nucleus; the top token always kept
+    else:
+        sorted_p, order = probs, None
+    cdf = sorted_p.cumsum(-1)  # (N, V)
+    j = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+    tokens = j.squeeze(-1) if order is None else order.gather(-1, j).squeeze(-1)
+    return tokens, logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _expand_cache(past: Any, repeats: int) -> Any:
+    if hasattr(past, 'batch_repeat_interleave'):
+        past.batch_repeat_interleave(repeats)
+        return past
+    return tuple(tuple(t.repeat_interleave(repeats, dim=0) for t in layer) for layer in past)  # legacy tuples
+
+
+def _all_done(done: torch.Tensor, synced: bool) -> bool:
+    flag = (~done).any().to(torch.int32).view(1)
+    if synced:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) == 0
+
+
+@torch.no_grad()
+def sample_thoughts(model: Any, module: torch.nn.Module, prompts: Prompts, uniforms: torch.Tensor, *,
+                    temperature: float, top_p: float, close_id: int, pad_id: int,
+                    synced: bool = False) -> Rollouts:
+    """Sample G thoughts per prompt with a shared prefix KV cache (see the module docstring).
+
+    Args:
+        model: what to call (an HF causal LM, or Composer's HuggingFaceModel around it).
+        module: the ``nn.Module`` whose train/eval mode is switched (usually ``model`` itself).
+        prompts: P left-padded prompts ending with the opening tag.
+        uniforms: (P, G, max_thought_tokens) keyed uniforms (:func:`rollout_uniforms`).
+        temperature / top_p: sampling settings (temperature > 0, top_p in (0, 1]).
+        close_id / pad_id: closing-tag and padding token ids.
+        synced: all-reduce the stop decision so all ranks run the same number of decode steps.
+
+    Returns:
+        :class:`Rollouts` on the prompts' device.
+    """
+    p, g, max_tokens = uniforms.shape
+    dev = prompts.ids.device
+    n = p * g
+    with eval_mode(module):
+        pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
+        out = call_model(model, input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=pos_ids,
+                         past_key_values=DynamicCache(), use_cache=True, **keep_last_logits(model, 2))
+        last2 = out.logits[:, -2:].float()  # (P, 2, V)
+        nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
+        past = _expand_cache(out.past_key_values, g)
+        logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
+        attn = prompts.mask.repeat_interleave(g, dim=0)
+        next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)
+        u = uniforms.reshape(n, max_tokens).to(dev)
+        tokens = torch.full((n, max_tokens + 1), pad_id, dtype=torch.long, device=dev)
+        logp = torch.zeros((n, max_tokens + 1), device=dev)
+        trained = torch.zeros((n, max_tokens + 1), dtype=torch.bool, device=dev)
+        lengths = torch.zeros(n, dtype=torch.long, device=dev)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        steps = 0
+        for s in range(max_tokens):
+            tok, lp = sample_from_logits(logits, u[:, s], temperature, top_p)
+            live = ~done
+            tokens[:, s] = torch.where(live, tok, pad_id)
+            logp[:, s] = torch.where(live, lp, 0.0)
+            trained[:, s] = live
+            closed = live & (tok == close_id)
+            lengths[closed] = s + 1
+            done |= closed
+            if s == max_tokens - 1 or _all_done(done, synced):
+                break
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = call_model(model, input_ids=tokens[:, s:s + 1], attention_mask=attn,
+                             position_ids=(next_pos + s).view(-1, 1), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float()
+            steps += 1
+        truncated = ~done
+        tokens[truncated, max_tokens] = close_id  # forced close: in the sequence, not trained
+        lengths[truncated] = max_tokens + 1
+    width = int(lengths.max().item()) if n else 1
+    return Rollouts(tokens=tokens[:, :width].view(p, g, width), logp=logp[:, :width].view(p, g, width),
+                    mask=trained[:, :width].view(p, g, width), lengths=lengths.view(p, g),
+                    truncated=truncated.view(p, g), nothink_logp=nothink, decode_steps=steps)

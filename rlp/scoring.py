@@ -1,0 +1,126 @@
+"""Scoring: the policy forward over ``prompt thought x_t``, the no-think baseline, and no-think entropies.
+
+- :func:`policy_forward` runs the *training* forward (with grad) over every rollout's sequence
+  ``[instruction] prefix <think> c </think> x_t``, right-aligned (left padding), and returns the tempered
+  log-probs of the thought tokens (the policy, carrying the gradient) and S_pred = log p_theta(x_t | prefix, c)
+  at temperature 1, detached. Fusing S_pred into the training forward is exact because theta = theta_old when
+  it runs (one optimizer step per generation batch) and saves a full forward per rollout. It runs in the model's
+  current mode: with dropout > 0 both terms carry dropout noise (RLP recipes should set dropout to 0).
+- :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
+  prompts (the logit before the opening tag), no grad, eval mode.
+- :func:`nothink_entropy` gives H(p_teacher(. | x_<t)) at every token of a batch, with each document's context
+  only (segments are run as separate sequences), for the ``entropy`` position strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from rlp.positions import segment_starts
+from rlp.rollouts import Prompts, Rollouts, call_model, eval_mode, keep_last_logits
+
+__all__ = ['nothink_entropy', 'nothink_logprob', 'policy_forward']
+
+
+def _right_align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid tokens to the right end, keeping their order: (N, L) -> ids, mask (left padding)."""
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)  # pads first, then valid tokens in order
+    ids = torch.where(valid, seq, torch.full_like(seq, pad_id)).gather(1, order)
+    return ids, valid.gather(1, order).long()
+
+
+def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperature: float,
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training forward over ``prompt thought x_t`` for all P*G rollouts.
+
+    Args:
+        model: the model to call (HF module or Composer's HuggingFaceModel), in its current (train) mode.
+        prompts: the P prompts the rollouts were sampled from.
+        rollouts: P x G thoughts (tokens, lengths).
+        temperature: the sampling temperature; the policy is softmax(logits / temperature).
+        pad_id: padding id.
+
+    Returns:
+        ``logp_new`` (P, G, T) tempered log-probs of the thought tokens (with grad; 0 beyond each length) and
+        ``s_pred`` (P, G) log p(x_t | prompt, thought) at temperature 1, detached.
+    """
+    p, g, width = rollouts.tokens.shape
+    n = p * g
+    dev = prompts.ids.device
+    ids_p = prompts.ids.repeat_interleave(g, dim=0)  # (N, Lp)
+    mask_p = prompts.mask.repeat_interleave(g, dim=0).bool()
+    thought = rollouts.tokens.reshape(n, width)  # (N, T)
+    lengths = rollouts.lengths.reshape(n)
+    col = torch.arange(width, device=dev)
+    thought_valid = col.unsqueeze(0) < lengths.unsqueeze(1)
+    target = prompts.target.repeat_interleave(g, dim=0).view(n, 1)
+    seq = torch.cat([ids_p, thought, target], dim=1)
+    valid = torch.cat([mask_p, thought_valid, torch.ones_like(target, dtype=torch.bool)], dim=1)
+    ids, attn = _right_align(seq, valid, pad_id)
+    pos_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    keep = width + 2  # logits predicting thought token 0 .. x_t sit in the last width + 2 positions
+    out = call_model(model, input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False,
+                     **keep_last_logits(model, keep))
+    logits = out.logits[:, -keep:]  # (N, T + 2, V)
+    # kept index of the logit predicting thought token j: width - length + j; x_t's logit is at index width
+    src = (width - lengths).unsqueeze(1) + col.unsqueeze(0)  # (N, T)
+    src = torch.where(thought_valid, src, torch.full_like(src, width))  # any in-range index for padding slots
+    # cut padding positions out of the graph: a fully masked query row must not leak NaN into the gradient
+    kept_valid = attn[:, -keep:].bool()
+    logits = torch.where(kept_valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype, device=dev))
+    pred = logits.gather(1, src.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (N, T, V)
+    logp_new = torch.log_softmax(pred.float() / temperature, -1).gather(-1, thought.unsqueeze(-1)).squeeze(-1)
+    logp_new = torch.where(thought_valid, logp_new, torch.zeros_like(logp_new))
+    with torch.no_grad():
+        s_pred = torch.log_softmax(logits[:, width].float(), -1).gather(-1, target).squeeze(-1)
+    return logp_new.view(p, g, width), s_pred.view(p, g)
+
+
+@torch.no_grad()
+def nothink_logprob(model: Any, prompts: Prompts, module: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """(P,) log p(x_t | [instruction] prefix) under ``model`` (eval mode, no grad).
+
+    The prompts end with the opening tag; the logit just before it is the no-think prediction.
+    """
+    if len(prompts) == 0:
+        return torch.zeros(0, device=prompts.ids.device)
+    with eval_mode(module if module is not None else model):
+        pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
+        out = call_model(model, input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=pos_ids,
+                         use_cache=False, **keep_last_logits(model, 2))
+        logits = out.logits[:, -2].float()
+    return torch.log_softmax(logits, -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)
+
+
+@torch.no_grad()
+def nothink_entropy(model: Any, input_ids: torch.Tensor, segment_ids: Optional[torch.Tensor],
+                    pad_id: int, module: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """(B, L) entropy (nats) of p(. | x_<t) for each token x_t, each document seen alone; -inf at document starts.
+
+    Every document segment becomes its own right-padded sequence, so context never crosses a document boundary.
+    """
+    b, length = input_ids.shape
+    dev = input_ids.device
+    seg = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
+    starts = segment_starts(seg.cpu())
+    spans = []  # (row, start, end)
+    for r in range(b):
+        s_list = torch.unique(starts[r]).tolist()
+        ends = s_list[1:] + [length]
+        spans += [(r, s, e) for s, e in zip(s_list, ends)]
+    width = max(e - s for _, s, e in spans)
+    ids = torch.full((len(spans), width), pad_id, dtype=torch.long, device=dev)
+    attn = torch.zeros((len(spans), width), dtype=torch.long, device=dev)
+    for i, (r, s, e) in enumerate(spans):
+        ids[i, :e - s] = input_ids[r, s:e]
+        attn[i, :e - s] = 1
+    with eval_mode(module if module is not None else model):
+        logits = call_model(model, input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
+    logp = torch.log_softmax(logits, -1)
+    ent = -(logp.exp() * logp).sum(-1)  # (S, W): entropy of the prediction of token w + 1
+    out = torch.full((b, length), -torch.inf, device=dev)
+    for i, (r, s, e) in enumerate(spans):
+        out[r, s + 1:e] = ent[i, :e - s - 1]
+    return out

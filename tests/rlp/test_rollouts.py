@@ -1,0 +1,211 @@
+"""rlp.rollouts and rlp.scoring on tiny Llama / Qwen3 / GPT-2 models.
+
+Checked against references written here: per-rollout full forwards WITHOUT cache or padding (the KV-cache
+sharing and left padding must give the same log-probs, no-think log-probs and S_pred); the closing-tag stop and
+force-close rules; keyed determinism (batched positions == one position at a time); eval mode restored; the
+inverse-CDF sampler against softmax(l/T) frequencies and the top-p nucleus; synced decoding on 2 processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pipeline.synthetic import generate_documents
+from rlp.positions import select_positions
+from rlp.rlp_config import PositionsConfig, TemplateConfig
+from rlp.rollouts import build_prompts, rollout_uniforms, sample_from_logits, sample_thoughts
+from rlp.scoring import nothink_entropy, nothink_logprob, policy_forward
+from rlp.template import resolve_template
+from tests.tiny_models import TINY_KINDS, build_tiny_model
+
+VOCAB = 512
+
+
+def close_biased(model, close_id: int, bias: float):
+    """Give the LM head a bias on the closing tag so random-init models close their thoughts (tied weight kept)."""
+    old = model.get_output_embeddings()
+    new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    new.weight = old.weight
+    with torch.no_grad():
+        new.bias.zero_()
+        new.bias[close_id] = bias
+    model.set_output_embeddings(new)
+    return model
+
+
+def packed_batch(tokenizer, rows: int, length: int, seed: int = 0):
+    """A packed batch of synthetic documents following the batch contract (ids, segment_ids, sample ids)."""
+    ids, seg, d = [], [], 0
+    for doc in generate_documents(rows * 6, seed=seed):
+        toks = tokenizer(doc, add_special_tokens=False)['input_ids'] + [tokenizer.eos_token_id]
+        ids += toks
+        seg += [d] * len(toks)
+        d += 1
+        if len(ids) >= rows * length:
+            break
+    x = torch.tensor(ids[:rows * length]).view(rows, length)
+    s = torch.tensor(seg[:rows * length]).view(rows, length)
+    s = s - s[:, :1]  # segment ids restart at 0 in every row
+    return {'input_ids': x, 'labels': x.clone(), 'attention_mask': torch.ones_like(x), 'segment_ids': s,
+            'sample_id': torch.arange(100, 100 + rows)}
+
+
+def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think.'):
+    tpl = resolve_template(tokenizer, TemplateConfig(instruction=instruction))
+    model = close_biased(build_tiny_model(kind, VOCAB), tpl.close_id, bias)
+    batch = packed_batch(tokenizer, rows, length)
+    keys = [str(int(s)) for s in batch['sample_id']]
+    pos = select_positions(batch['input_ids'], batch['segment_ids'], keys,
+                           PositionsConfig(unit='sample', k=k, min_context=4), tpl.excluded_targets,
+                           seed=0, batch_index=3)
+    prompts = build_prompts(batch['input_ids'], pos, tpl, pad_id=0)
+    rkeys = [(0, 3, keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
+    return tpl, model, batch, pos, prompts, rkeys
+
+
+def _unpadded_prompt(prompts, i):
+    return prompts.ids[i][prompts.mask[i].bool()]
+
+
+@pytest.mark.parametrize('kind', TINY_KINDS)
+def test_shared_cache_matches_full_forward(tokenizer, kind):
+    """Sampler log-probs, no-think log-probs, policy_forward log-probs and S_pred all equal per-rollout full
+    forwards of the unpadded sequence without any cache (eval mode, float32 tolerance)."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind)
+    g, temp = 3, 0.7
+    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, g, 6), temperature=temp, top_p=1.0,
+                         close_id=tpl.close_id, pad_id=0)
+    assert 0 < ro.truncated.float().mean() < 1, 'the bias should give a mix of closed and truncated thoughts'
+    model.eval()
+    logp_new, s_pred = policy_forward(model, prompts, ro, temperature=temp, pad_id=0)
+    nothink = nothink_logprob(model, prompts)
+    with torch.no_grad():
+        for i in range(len(prompts)):
+            prompt = _unpadded_prompt(prompts, i)
+            ref_nt = torch.log_softmax(model(prompt[None]).logits[0, -2], -1)[prompts.target[i]]
+            torch.testing.assert_close(ro.nothink_logp[i], ref_nt, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(nothink[i], ref_nt, atol=1e-5, rtol=1e-5)
+            for j in range(g):
+                n = int(ro.lengths[i, j])
+                thought = ro.tokens[i, j, :n]
+                seq = torch.cat([prompt, thought, prompts.target[i:i + 1]])
+                logits = model(seq[None]).logits[0]
+                lp = torch.log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + n] / temp, -1)
+                ref = lp.gather(-1, thought[:, None]).squeeze(-1)
+                m = ro.mask[i, j, :n]
+                torch.testing.assert_close(ro.logp[i, j, :n][m], ref[m], atol=2e-5, rtol=1e-5)
+                torch.testing.assert_close(logp_new[i, j, :n], ref, atol=2e-5, rtol=1e-5)
+                ref_pred = torch.log_softmax(logits[-2], -1)[prompts.target[i]]
+                torch.testing.assert_close(s_pred[i, j], ref_pred, atol=2e-5, rtol=1e-5)
+
+
+def test_stop_and_force_close_rules(tokenizer):
+    """A sampled closing tag ends the thought and is trained; after it only padding; a thought that reaches
+    max_thought_tokens gets a forced, untrained closing tag and is flagged truncated."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=2.0)
+    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 4, 5), temperature=1.0, top_p=1.0,
+                         close_id=tpl.close_id, pad_id=0)
+    for i in range(len(prompts)):
+        for j in range(4):
+            n = int(ro.lengths[i, j])
+            row, m = ro.tokens[i, j], ro.mask[i, j]
+            assert row[n - 1] == tpl.close_id and (row[:n - 1] != tpl.close_id).all()
+            assert (row[n:] == 0).all() and not m[n:].any()
+            if ro.truncated[i, j]:
+                assert n == 6 and m[:5].all() and not m[5]  # 5 sampled tokens + forced close
+                assert ro.logp[i, j, 5] == 0
+            else:
+                assert n <= 5 and m[:n].all()  # sampled close is trained
+    assert ro.truncated.any() and (~ro.truncated).any()
+    never = close_biased(build_tiny_model('gpt2', VOCAB), tpl.close_id, -50.0)
+    ro2 = sample_thoughts(never, never, prompts, rollout_uniforms(rkeys, 2, 3), temperature=1.0, top_p=1.0,
+                          close_id=tpl.close_id, pad_id=0)
+    assert ro2.truncated.all() and (ro2.lengths == 4).all() and ro2.decode_steps == 2
+    always = close_biased(build_tiny_model('qwen3', VOCAB), tpl.close_id, 50.0)
+    ro3 = sample_thoughts(always, always, prompts, rollout_uniforms(rkeys, 2, 3), temperature=1.0, top_p=1.0,
+                          close_id=tpl.close_id, pad_id=0)
+    assert (ro3.lengths == 1).all() and ro3.mask[..., 0].all() and ro3.decode_steps == 0  # empty thought
+
+
+def test_keyed_determinism_batched_equals_one_by_one_and_mode_restored(tokenizer):
+    """Same keys -> same thoughts; sampling all positions together equals sampling each position alone;
+    train mode is restored and nothing requires grad."""
+    tpl, model, batch, pos, prompts, rkeys = _setup(tokenizer, 'qwen3', bias=1.5)
+    model.train()
+    kw = dict(temperature=0.7, top_p=0.9, close_id=tpl.close_id, pad_id=0)
+    u = rollout_uniforms(rkeys, 3, 6)
+    a = sample_thoughts(model, model, prompts, u, **kw)
+    b = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 3, 6), **kw)
+    assert model.training
+    assert torch.equal(a.tokens, b.tokens) and not a.logp.requires_grad
+    for i in range(len(prompts)):
+        sub = build_prompts(batch['input_ids'], type(pos)(pos.row[i:i + 1], pos.target[i:i + 1],
+                                                          pos.start[i:i + 1], 1, 0), tpl, 0)
+        one = sample_thoughts(model, model, sub, u[i:i + 1], **kw)
+        n = one.tokens.shape[-1]
+        assert torch.equal(one.tokens[0], a.tokens[i, :, :n]), f'position {i} differs when sampled alone'
+    other = sample_thoughts(model, model, prompts, rollout_uniforms([k + ('x',) for k in rkeys], 3, 6), **kw)
+    assert not torch.equal(other.tokens, a.tokens)
+
+
+def test_sampler_matches_tempered_softmax_and_top_p():
+    """Inverse-CDF draws follow softmax(l/T) (frequencies within 4 sigma) and never leave the top-p nucleus."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    n = 20000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    tok, lp = sample_from_logits(logits.expand(n, -1), u, temperature=0.7)
+    p = torch.softmax(logits[0] / 0.7, -1)
+    freq = torch.bincount(tok, minlength=5).double() / n
+    assert torch.all((freq - p).abs() <= 4 * torch.sqrt(p * (1 - p) / n) + 1e-4)
+    torch.testing.assert_close(lp, torch.log(p)[tok])
+    tok_p, _ = sample_from_logits(logits.expand(n, -1), u, temperature=1.0, top_p=0.7)
+    p1 = torch.softmax(logits[0], -1)  # 0.64, 0.24, ...: the nucleus for 0.7 is tokens {0, 1}
+    assert set(tok_p.tolist()) == {0, 1}
+    assert abs((tok_p == 0).double().mean() - p1[0] / (p1[0] + p1[1])) < 0.02
+
+
+def test_nothink_entropy_stays_inside_documents(tokenizer):
+    """Entropies equal those of each document run alone; document starts are -inf."""
+    batch = packed_batch(tokenizer, 2, 40)
+    model = build_tiny_model('llama', VOCAB).eval()
+    ent = nothink_entropy(model, batch['input_ids'], batch['segment_ids'], pad_id=0)
+    r = 1
+    seg = batch['segment_ids'][r]
+    d = int(seg.max())
+    idx = (seg == d).nonzero().flatten()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(batch['input_ids'][r, idx][None]).logits[0], -1)
+    ref = -(lp.exp() * lp).sum(-1)
+    torch.testing.assert_close(ent[r, idx[1:]], ref[:-1], atol=1e-5, rtol=1e-5)
+    assert ent[r, idx[0]] == -torch.inf
+
+
+def _synced_worker(rank, world, port, out_dir, prompts, rkeys, close_id):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.distributed.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        model = close_biased(build_tiny_model('llama', VOCAB), close_id, 50.0 if rank == 0 else -50.0)
+        ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 2, 5), temperature=1.0, top_p=1.0,
+                             close_id=close_id, pad_id=0, synced=True)
+        torch.save({'steps': ro.decode_steps, 'lengths': ro.lengths}, os.path.join(out_dir, f'{rank}.pt'))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_synced_decoding_keeps_ranks_in_step(tokenizer, tmp_path):
+    """Two gloo ranks: rank 0's thoughts close at once, rank 1's never; both run the same number of decode
+    steps (all-reduced stop), and rank 0's results are unchanged by the extra steps."""
+    import socket
+
+    import torch.multiprocessing as mp
+    tpl, _, _, _, prompts, rkeys = _setup(tokenizer, 'llama')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_synced_worker, args=(2, port, str(tmp_path), prompts, rkeys, tpl.close_id), nprocs=2)
+    r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
+    assert r0['steps'] == r1['steps'] == 4
+    assert (r0['lengths'] == 1).all() and (r1['lengths'] == 6).all()
