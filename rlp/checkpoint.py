@@ -1,0 +1,161 @@
+"""Resumption: find the newest complete checkpoint in a save folder (local or object store) ourselves.
+
+This module is the one place that works around two Composer 0.32.1 autoresume bugs (Composer is frozen
+upstream, so they will not be fixed there). ``rlp.train`` therefore never turns on Composer's own
+``autoresume``; it lists the save folder with :func:`find_latest_checkpoint` and passes the result as
+``load_path``.
+
+1. Late ``latest`` pointer on object stores (``install.md`` pitfall 6). Composer uploads
+   ``latest-rank0.pt.symlink`` only after polling that the checkpoint object exists (every 30 s, private
+   ``CheckpointSaver._symlink_upload_wait_before_next_try_in_seconds``). A job killed in that window leaves the
+   checkpoint on S3 without the pointer; Composer's autoresume then starts again from batch 0 and fails at the
+   end with "Object ... already exists, but overwrite was set to False". Test:
+   ``tests/rlp/test_checkpoint.py::test_composer_autoresume_misses_checkpoint_without_symlink``.
+2. Stale local copy (``install.md`` pitfall 7). Composer's autoresume downloads the remote pointer target into
+   a local folder literally named ``s3:/bucket/prefix/`` under the working directory and, on the next start,
+   prefers that local ``latest-rank0.pt`` over the object store, so an old checkpoint wins. Test:
+   ``tests/rlp/test_checkpoint.py::test_composer_autoresume_prefers_stale_local_s3_folder``.
+
+Completeness: an object-store object exists only once its upload finished; a local monolithic checkpoint is a
+torch zip file whose central directory is written last (a truncated file fails ``zipfile.is_zipfile``); a
+sharded checkpoint folder is complete once its ``.metadata`` file exists (torch.distributed.checkpoint writes it
+after every shard).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zipfile
+from typing import Optional
+
+from rlp.config import ConfigError
+
+__all__ = ['SYMLINK_POLL_ENV', 'check_save_folder', 'find_latest_checkpoint', 'format_save_folder',
+           'set_symlink_upload_poll']
+
+log = logging.getLogger(__name__)
+
+_MONOLITHIC = re.compile(r'(?:^|/)ep(\d+)-ba(\d+)-rank0\.pt$')
+_SHARDED = re.compile(r'(?:^|/)ep(\d+)-ba(\d+)/\.metadata$')
+SYMLINK_POLL_ENV = 'RLP_SYMLINK_UPLOAD_POLL_S'
+"""Environment variable (seconds) that shortens Composer's symlink-upload poll; tests set it to keep runs short."""
+
+
+def format_save_folder(save_folder: str, run_name: str) -> str:
+    """``save_folder`` with ``{run_name}`` filled in (the only placeholder Composer allows in folders)."""
+    return save_folder.replace('{run_name}', run_name)
+
+
+def _split_remote(folder: str) -> Optional[tuple[str, str, str]]:
+    from composer.utils.file_helpers import parse_uri
+
+    backend, bucket, path = parse_uri(folder)
+    return (backend, bucket, path.rstrip('/')) if backend else None
+
+
+def _newest(names: list[str], pattern: re.Pattern) -> Optional[tuple[tuple[int, int], str]]:
+    best = None
+    for name in names:
+        m = pattern.search(name)
+        if m:
+            key = (int(m.group(2)), int(m.group(1)))  # batch first: it grows monotonically
+            if best is None or key > best[0]:
+                best = (key, name)
+    return best
+
+
+def _list_remote(backend: str, bucket: str, path: str) -> list[str]:
+    from composer.utils.file_helpers import maybe_create_object_store_from_uri
+
+    store = maybe_create_object_store_from_uri(f'{backend}://{bucket}/{path}')
+    if store is None or not hasattr(store, 'list_objects'):
+        raise ConfigError(f'cannot list {backend}://{bucket}/{path}: Composer has no listing object store for '
+                          f'{backend}://; use s3:// or gs:// (or a local folder) as trainer.save_folder')
+    prefix = f'{path}/' if path else ''
+    return [key[len(prefix):] for key in store.list_objects(prefix) if key.startswith(prefix)]
+
+
+def _list_local(folder: str) -> list[str]:
+    names = []
+    if not os.path.isdir(folder):
+        return names
+    for entry in os.listdir(folder):
+        full = os.path.join(folder, entry)
+        if os.path.isfile(full) and not os.path.islink(full) and zipfile.is_zipfile(full):
+            names.append(entry)
+        elif os.path.isdir(full) and os.path.isfile(os.path.join(full, '.metadata')):
+            names.append(f'{entry}/.metadata')
+    return names
+
+
+def find_latest_checkpoint(save_folder: str, run_name: str) -> Optional[str]:
+    """Path or URI of the newest complete checkpoint in ``save_folder``, or None if there is none.
+
+    Monolithic checkpoints ``ep{E}-ba{B}-rank0.pt`` and sharded folders ``ep{E}-ba{B}/`` are both found; the
+    one with the highest batch count wins. Composer's ``latest*`` pointers are ignored (see the module
+    docstring). Under ``composer -n N`` call it on every rank after dist init; rank 0's answer is broadcast.
+    """
+    from composer.utils import dist
+
+    answer: list[Optional[str]] = [None]
+    if dist.get_global_rank() == 0:
+        folder = format_save_folder(save_folder, run_name)
+        remote = _split_remote(folder)
+        names = _list_remote(*remote) if remote else _list_local(folder)
+        candidates = [c for c in (_newest(names, _MONOLITHIC), _newest(names, _SHARDED)) if c is not None]
+        if candidates:
+            _, name = max(candidates)
+            if name.endswith('/.metadata'):
+                name = name[:-len('/.metadata')]
+            answer[0] = f'{folder.rstrip("/")}/{name}'
+        log.info('newest complete checkpoint in %s: %s', folder, answer[0])
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(answer, src=0)
+    return answer[0]
+
+
+def check_save_folder(save_folder: str, run_name: str) -> None:
+    """Fail before training when an object-store save folder's bucket is missing or unreachable.
+
+    Raises:
+        ConfigError: naming the bucket, the cause and the fix.
+    """
+    remote = _split_remote(format_save_folder(save_folder, run_name))
+    if remote is None:
+        return
+    backend, bucket, path = remote
+    if not bucket:
+        raise ConfigError(f'trainer.save_folder={save_folder!r} names no bucket; write {backend}://BUCKET/prefix')
+    if backend != 's3':
+        return
+    import boto3
+    import botocore.exceptions
+
+    client = boto3.client('s3', endpoint_url=os.environ.get('S3_ENDPOINT_URL') or None)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get('Error', {}).get('Code', '?')
+        raise ConfigError(f'trainer.save_folder={save_folder!r}: bucket {bucket!r} is not usable (S3 error {code}); '
+                          f'create it or fix the name/credentials (S3_ENDPOINT_URL, AWS_* variables)') from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise ConfigError(f'trainer.save_folder={save_folder!r}: cannot reach bucket {bucket!r} ({err}); check '
+                          f'S3_ENDPOINT_URL and the AWS credentials') from err
+
+
+def set_symlink_upload_poll(trainer, seconds: Optional[float] = None) -> None:
+    """Shorten Composer's poll before uploading the ``latest`` pointer (private attribute, Composer 0.32.1).
+
+    ``fit`` blocks at its end until the pointer is uploaded, polling every 30 s; tests set
+    ``RLP_SYMLINK_UPLOAD_POLL_S`` to keep short runs short. Our resumption does not depend on the pointer.
+    """
+    if seconds is None:
+        env = os.environ.get(SYMLINK_POLL_ENV)
+        if not env:
+            return
+        seconds = float(env)
+    saver = getattr(trainer, '_checkpoint_saver', None)
+    if saver is not None and hasattr(saver, '_symlink_upload_wait_before_next_try_in_seconds'):
+        saver._symlink_upload_wait_before_next_try_in_seconds = seconds

@@ -1,0 +1,160 @@
+"""``metrics.jsonl``: one JSON object per training batch, with Composer's metric names.
+
+Each line is ``{"batch": i, "<metric name>": value, ...}`` where ``i`` is Composer's logging step (the 0-based
+index of the batch that produced ``loss/train/total``) and the names are exactly those Composer and the
+algorithms log (``loss/train/total``, ``loss/train/ntp``, ``loss/train/rlp``, ``rlp/...``,
+``throughput/...``). With ``trainer.record_sample_ids`` each record also holds ``sample_ids``: the global batch's
+sample ids in rank order.
+
+Composer increments its batch counter before ``BATCH_END``, so metrics logged at ``BATCH_END`` (throughput,
+timestamps, algorithm updates) carry the *next* step; they are filed under the batch that just ran (the step
+seen at ``BATCH_START``), so each record holds everything about one batch. A batch's record is written at
+``BATCH_CHECKPOINT``, before Composer's checkpoint saver runs (logger destinations come first among callbacks),
+so every batch covered by a checkpoint is on disk before the checkpoint exists. On start the file keeps the records of batches before the resume point and drops the rest (a killed run
+may have written batches the resumed run redoes), so a finished run holds exactly one record per batch.
+Only global rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+from composer.core import Callback, State
+from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
+
+__all__ = ['MetricsJsonlLogger', 'SampleIdRecorder', 'read_metrics']
+
+
+def _scalar(value: Any) -> Optional[float]:
+    if hasattr(value, 'numel'):
+        if value.numel() != 1:
+            return None
+        value = value.detach().float().item()
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return value
+    try:  # numpy scalars
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class MetricsJsonlLogger(LoggerDestination):
+    """Composer logger destination writing ``path`` (JSON lines, one object per batch).
+
+    Args:
+        path: the JSONL file (its folder is created).
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._fh = None
+        self._current: Optional[int] = None
+        self._written_upto = -1  # metrics arriving for a batch already written (post-fit timestamps) are dropped
+
+    def _record(self, step: int) -> dict[str, Any]:
+        return self._pending.setdefault(int(step), {})
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        """Buffer scalar metrics under ``step`` (non-scalars are skipped)."""
+        if step is None:
+            return
+        if self._current is not None:
+            step = min(int(step), self._current)
+        if step <= self._written_upto:
+            return
+        record = self._record(step)
+        for name, value in metrics.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                record[name] = scalar if math.isfinite(scalar) else str(scalar)
+
+    def add_fields(self, step: int, fields: dict[str, Any]) -> None:
+        """Attach extra JSON-able fields (e.g. ``sample_ids``) to the record of ``step``."""
+        self._record(step).update(fields)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        """Open the file, keeping only records of batches before the (possibly resumed) start."""
+        if dist.get_global_rank() != 0:
+            return
+        start = state.timestamp.batch.value
+        kept = []
+        if start > 0 and os.path.exists(self.path):
+            with open(self.path) as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        continue
+                    if record.get('batch', start) < start:
+                        kept.append(line if line.endswith('\n') else line + '\n')
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._fh = open(self.path, 'w')
+        self._fh.writelines(kept)
+        self._fh.flush()
+        self._pending = {k: v for k, v in self._pending.items() if k >= start}
+        self._written_upto = start - 1
+
+    def _flush(self, upto: Optional[int]) -> None:
+        if self._fh is None:
+            return
+        for step in sorted(self._pending):
+            if upto is not None and step > upto:
+                break
+            self._fh.write(json.dumps({'batch': step, **self._pending.pop(step)}, sort_keys=True) + '\n')
+            self._written_upto = max(self._written_upto, step)
+        self._fh.flush()
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        """Remember the index of the batch now running."""
+        self._current = state.timestamp.batch.value
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        """Write the record of the batch that just finished (and any older one)."""
+        self._flush(upto=self._current)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        """Write what is left."""
+        self._flush(upto=None)
+
+    def close(self, state: State, logger: Logger) -> None:
+        """Write what is left and close the file."""
+        self._flush(upto=None)
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class SampleIdRecorder(Callback):
+    """Adds the global batch's ``sample_ids`` (rank 0's, then rank 1's, ...) to each ``metrics.jsonl`` record."""
+
+    def __init__(self, destination: MetricsJsonlLogger):
+        self.destination = destination
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        """Gather the device batches' ``sample_id`` from every rank (a collective: all ranks call it)."""
+        ids = state.batch['sample_id'].tolist() if isinstance(state.batch, dict) else []
+        gathered = dist.all_gather_object(ids)
+        self.destination.add_fields(state.timestamp.batch.value, {'sample_ids': [i for r in gathered for i in r]})
+
+
+def read_metrics(path: str) -> dict[int, dict[str, Any]]:
+    """Records of ``metrics.jsonl`` by batch (the last record wins; cut lines are skipped)."""
+    out: dict[int, dict[str, Any]] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[int(record['batch'])] = record
+    return out
