@@ -113,8 +113,35 @@ def _staging_root(a: PrepareArgs) -> Path:
 # ----------------------------------------------------------------------------------------------- workers
 
 
-def _init_worker(ctx: _Ctx | None, counters) -> None:
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the parent dies, so a killed run leaves no orphan writer."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _lock_staging(root: Path):
+    """Hold an exclusive lock on the staging folder for this run (released by the kernel when the process dies)."""
+    import fcntl
+
+    fh = open(root / 'lock', 'w')
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(f'another rlp-data run is using the staging folder {str(root)!r}; rule: one run per output '
+                        'at a time; fix: wait for it to finish or stop it') from None
+    return fh
+
+
+def _init_worker(ctx: _Ctx | None, counters, in_pool: bool = False) -> None:
     global _CTX
+    if in_pool:
+        _die_with_parent()
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     if ctx is not None:
         _CTX = ctx
@@ -263,7 +290,7 @@ def _run_pool(fn, jobs: list, ctx: _Ctx, workers: int, bar, label: str) -> None:
     global _CTX
     _CTX = ctx  # inherited by forked workers
     with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,
-                                     initargs=(shipped, counters)) as pool:
+                                     initargs=(shipped, counters, True)) as pool:
         pending = [pool.apply_async(fn, (job,)) for job in jobs]
         while pending:
             time.sleep(0.1)
@@ -327,6 +354,7 @@ def prepare(a: PrepareArgs, log=print) -> dict:
 
 def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_start: float) -> dict:
     staging_root.mkdir(parents=True, exist_ok=True)
+    lock = _lock_staging(staging_root)  # noqa: F841 - held until this function returns
     chunk_bytes = max(1, int(a.chunk_mb * (1 << 20)))
     specs = expand_inputs(a.inputs, staging_root, chunk_bytes, chunk_rows=max(1, chunk_bytes // 1024),
                           exclude=() if remote.is_remote(a.out) else (a.out,))
@@ -339,6 +367,7 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     run_key = 'xxh64:' + xxhash.xxh64(f'{fingerprint}|{a.chunk_mb}'.encode()).hexdigest()
     state = pub.existing_output(a.out, staging_root, fingerprint, a.overwrite)
     if state == 'complete':
+        shutil.rmtree(staging_root, ignore_errors=True)
         log(f'rlp-data: {a.out} already holds this dataset (same manifest fingerprint); nothing to do')
         return {'status': 'complete'}
     staging_root.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def existing_output(out: str, staging: Path, fingerprint: str, overwrite: bool) 
 
 
 def clear_output(out: str, staging: Path, listing: dict[str, int]) -> None:
-    """Delete what rlp-data wrote at ``out`` (and the staging folder); used by ``--overwrite``."""
+    """Delete what rlp-data wrote at ``out`` and the staging folder's work products; used by ``--overwrite``."""
     staging_name = staging.name if not remote.is_remote(out) else ''
     if remote.is_remote(out):
         remote.delete_objects(out, [n for n in listing if _ours(n, staging_name)])
@@ -96,8 +96,12 @@ def clear_output(out: str, staging: Path, listing: dict[str, int]) -> None:
         for name in listing:
             if _ours(name, staging_name):
                 path = Path(out) / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
+                if path != staging:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # Work products only: downloaded inputs, input hashes and the run lock stay.
+    for name in ('tokens', 'parts', 'state.json'):
+        path = staging / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def publish(out: str, parts_root: Path, part_names: list[str], index: dict, manifest: dict) -> None:

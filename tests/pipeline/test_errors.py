@@ -1,0 +1,165 @@
+"""Bad input: each case gets one ``rlp-data: error:`` line naming the value, the rule and the fix, a non-zero exit
+code, no traceback, and nothing published at the output (no ``index.json`` / ``manifest.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipeline.synthetic import write_jsonl
+from tests.pipeline.helpers import BASE, TOK, prepare, run
+
+
+def _assert_refused(rc, err, code, *fragments, out=None):
+    assert rc == code, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith('rlp-data: error: '), err
+    assert 'Traceback' not in err
+    for fragment in fragments:
+        assert fragment in err, f'{fragment!r} not in {err!r}'
+    if out is not None:
+        assert not (out / 'index.json').exists() and not (out / 'manifest.json').exists()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_jsonl(tmp_path / 'c.jsonl', 30)
+
+
+def test_missing_input(tmp_path, capsys):
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(tmp_path / 'nope.jsonl')], out)
+    _assert_refused(rc, err, 1, 'nope.jsonl', 'does not exist', 'fix:', out=out)
+    assert not out.exists()  # a refused run leaves no output folder behind
+
+
+def test_unreadable_input(tmp_path, capsys):
+    (tmp_path / 'bad.parquet').write_bytes(b'not a parquet file')
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(tmp_path / 'bad.parquet')], out)
+    _assert_refused(rc, err, 1, 'bad.parquet', 'not a readable parquet file', out=out)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads files whatever their permissions')
+def test_permission_denied_input(tmp_path, capsys, corpus):
+    corpus.chmod(0)
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(corpus)], out)
+    _assert_refused(rc, err, 1, 'not readable', out=out)
+
+
+def test_unsupported_extension(tmp_path, capsys):
+    (tmp_path / 'data.csv').write_text('text\nhello\n')
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(tmp_path / 'data.csv')], out)
+    _assert_refused(rc, err, 1, 'data.csv', 'unsupported extension', '.jsonl', out=out)
+
+
+def test_unknown_text_field(tmp_path, capsys, corpus):
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(corpus)], out, 64, '--text-field', 'body')
+    _assert_refused(rc, err, 1, "'body'", "available fields: ['id', 'text']", '--text-field', out=out)
+
+
+@pytest.mark.parametrize('line,why', [(b'{"text": "unterminated\n', 'malformed JSON'),
+                                      (b'{"text": "\xff\xfe"}\n', 'not valid UTF-8')])
+def test_bad_record_fails_by_default(tmp_path, capsys, corpus, line, why):
+    data = corpus.read_bytes().splitlines(keepends=True)
+    data.insert(4, line)
+    corpus.write_bytes(b''.join(data))
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(corpus)], out)
+    _assert_refused(rc, err, 1, why, 'c.jsonl at byte', '--on-bad-record skip', out=out)
+
+
+def test_empty_corpus(tmp_path, capsys):
+    (tmp_path / 'e.jsonl').write_text(json.dumps({'text': ''}) + '\n' + json.dumps({'text': ' \n'}) + '\n')
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(tmp_path / 'e.jsonl')], out)
+    _assert_refused(rc, err, 1, 'empty corpus', '2 empty', out=out)
+
+
+def test_corpus_shorter_than_one_sample(tmp_path, capsys):
+    (tmp_path / 's.jsonl').write_text(json.dumps({'text': 'tiny'}) + '\n')
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(tmp_path / 's.jsonl')], out, 4096)
+    _assert_refused(rc, err, 1, 'fewer than one sample', '--seq-len 4096', out=out)
+
+
+def test_unknown_tokenizer_folder(tmp_path, capsys, corpus):
+    out = tmp_path / 'out'
+    rc, _, err = run(capsys, 'prepare', '-i', corpus, '--tokenizer', str(tmp_path / 'no-tok'), '--eos-text', 'x',
+                     '--seq-len', 64, '--out', out)
+    _assert_refused(rc, err, 1, 'no-tok', 'not found', out=out)
+
+
+def test_unknown_tokenizer_name(tmp_path, capsys, corpus, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    out = tmp_path / 'out'
+    rc, _, err = run(capsys, 'prepare', '-i', corpus, '--tokenizer', 'no-such-org/no-such-tokenizer', '--eos-text',
+                     'x', '--seq-len', 64, '--out', out)
+    _assert_refused(rc, err, 1, 'no-such-org/no-such-tokenizer', 'cannot load tokenizer', out=out)
+
+
+def test_tokenizer_without_bos_eos_needs_eos_text(tmp_path, capsys, corpus):
+    out = tmp_path / 'out'
+    rc, _, err = run(capsys, 'prepare', '-i', corpus, '--tokenizer', TOK, '--seq-len', 64, '--out', out)
+    _assert_refused(rc, err, 2, 'adds neither a BOS nor an EOS', "--eos-text '<|endoftext|>'", out=out)
+
+
+@pytest.mark.parametrize('seq_len', [1, 0, 1 << 30])
+def test_seq_len_out_of_range(tmp_path, capsys, corpus, seq_len):
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, [str(corpus)], out, seq_len)
+    _assert_refused(rc, err, 2, f'--seq-len {seq_len}', '2 <= seq_len', out=out)
+
+
+def test_uint16_too_small_for_vocab():
+    from pipeline.errors import UsageError
+    from pipeline.tokenize import choose_dtype
+
+    assert choose_dtype('auto', 501) == 'uint16' and choose_dtype('auto', 128_256) == 'uint32'
+    with pytest.raises(UsageError, match='uint16 cannot hold this vocabulary of 128256'):
+        choose_dtype('uint16', 128_256)
+
+
+def test_missing_bucket(s3, tmp_path, capsys, corpus):
+    rc, _, err = prepare(capsys, [str(corpus)], 's3://no-such-bucket-xyz/ds', 64, '--staging', tmp_path / 'stg')
+    _assert_refused(rc, err, 1, "bucket 'no-such-bucket-xyz' does not exist")
+    assert s3.list('', bucket=s3.bucket) == []
+
+
+def test_missing_credentials(s3, tmp_path, capsys, corpus, monkeypatch):
+    for key in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(tmp_path / 'none'))
+    monkeypatch.setenv('AWS_CONFIG_FILE', str(tmp_path / 'none'))
+    monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
+    rc, _, err = prepare(capsys, [str(corpus)], f's3://{s3.bucket}/ds', 64, '--staging', tmp_path / 'stg')
+    _assert_refused(rc, err, 1, 'no S3 credentials', 'AWS_ACCESS_KEY_ID')
+    assert s3.list('') == []
+
+
+def test_output_holding_another_dataset(tmp_path, capsys, corpus):
+    out = tmp_path / 'out'
+    assert prepare(capsys, [str(corpus)], out, 64)[0] == 0
+    manifest = (out / 'manifest.json').read_bytes()
+    rc, _, err = prepare(capsys, [str(corpus)], out, 64, '--pack', 'none')
+    _assert_refused(rc, err, 1, 'already holds a different dataset', '--overwrite')
+    assert (out / 'manifest.json').read_bytes() == manifest
+
+
+def test_output_folder_with_foreign_files(tmp_path, capsys, corpus):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    rc, _, err = prepare(capsys, [str(corpus)], out, 64)
+    _assert_refused(rc, err, 1, 'not empty', 'notes.txt', out=out)
+    assert (out / 'notes.txt').read_text() == 'mine' and not (out / '.rlp-data').exists()
+
+
+def test_argparse_errors_are_one_line(capsys):
+    rc, _, err = run(capsys, 'prepare', '--input', 'x.jsonl', *BASE)
+    _assert_refused(rc, err, 2, 'required', '--help')

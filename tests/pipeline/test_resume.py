@@ -1,0 +1,68 @@
+"""Kill-and-resume: ``rlp-data prepare`` is SIGKILLed mid-run (in the tokenise phase, and in the write phase),
+re-run with the same command, and the result is compared byte for byte with an uninterrupted run.
+
+The test hook ``RLP_DATA_TEST_SLEEP_AFTER_UNIT`` makes every group/part sleep after its done marker, so the kill
+lands between markers deterministically enough; the re-run must report the completed groups as already done.
+Only the parent process is killed: its pool workers must die with it (PR_SET_PDEATHSIG), never racing the re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.prepare import TEST_SLEEP_ENV
+from pipeline.synthetic import write_jsonl
+from tests.pipeline.helpers import BASE, prepare, tree_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_for(pattern_dir: Path, glob: str, count: int, proc, timeout=90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pattern_dir.exists() and len(list(pattern_dir.glob(glob))) >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f'prepare finished before the kill point: {proc.stderr.read().decode()[-2000:]}')
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError('kill point not reached in time')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('phase,sub,glob', [('tokenise', 'tokens', 'g*.done.json'),
+                                            ('write', 'parts', 'part_*.done.json')])
+def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, capsys):
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    for i in range(6):
+        write_jsonl(corpus / f'part{i}.jsonl', 40, seed=i)
+    ref = tmp_path / 'ref'
+    assert prepare(capsys, [str(corpus)], ref, 40)[0] == 0
+
+    out = tmp_path / 'out'
+    argv = [sys.executable, '-m', 'pipeline.cli', 'prepare', '--input', str(corpus), *BASE, '--seq-len', '40',
+            '--out', str(out), '--workers', '2']
+    env = {**os.environ, TEST_SLEEP_ENV: '0.7', 'TOKENIZERS_PARALLELISM': 'false'}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(out / '.rlp-data' / sub, glob, 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)  # let the kernel deliver PDEATHSIG to the orphaned workers
+    assert not (out / 'manifest.json').exists() and not (out / 'index.json').exists()
+    done_before = sorted(p.name for p in (out / '.rlp-data' / sub).glob(glob))
+
+    rc, stdout, err = prepare(capsys, [str(corpus)], out, 40, '--workers', '2')
+    assert rc == 0, err
+    if phase == 'tokenise':
+        assert f'({len(done_before)} already tokenised' in stdout
+    else:
+        assert f'6 already tokenised, {len(done_before)} parts already written' in stdout
+    assert tree_bytes(out) == tree_bytes(ref)
