@@ -1,0 +1,196 @@
+"""rlp.algorithm.RLP inside a real composer.Trainer on CPU (tiny Llama, bundled tokenizer, in-memory batches).
+
+Checked: metrics are logged and move over a few steps of training; the loss dict {'total','ntp','rlp'} reaches
+Composer; gradient accumulation gives the same update for 1 microbatch of 8 rows as for 8 of 1 (with rows that
+have no eligible position, pure RLP and mixed with NTP), compared parameter by parameter; a batch without any
+eligible position is a counted skip with a finite zero RLP loss; a run resumed from a checkpoint ends with the
+same weights and teacher as the uninterrupted run (keyed draws + teacher in the checkpoint); the thought JSONL;
+the algorithm state is tensors/scalars only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from composer import Trainer
+from composer.loggers import InMemoryLogger
+from composer.models import HuggingFaceModel
+
+from rlp.algorithm import RLP
+from rlp.rlp_config import RLPConfig
+from tests.rlp.test_rollouts import VOCAB, close_biased, packed_batch
+from tests.tiny_models import build_tiny_model
+
+CLOSE_ID = 2  # '</think>' in the bundled tokenizer (checked in _config)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return self.batch['input_ids'].shape[0]
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+def _config(tokenizer, tmp_path=None, **loss):
+    assert tokenizer.convert_tokens_to_ids('</think>') == CLOSE_ID
+    return RLPConfig.from_dict({
+        'positions': {'min_context': 8, 'max_per_sample': 2},
+        'rollouts': {'group_size': 3, 'max_thought_tokens': 5, 'temperature': 1.0},
+        'teacher': {'tau': 0.5},
+        'loss': dict(loss),
+        'log': {'every_n_batches': 1, 'max_rows': 4,
+                'path': None if tmp_path is None else str(tmp_path / 'thoughts.jsonl')},
+    })
+
+
+def _data(tokenizer, rows=8, skip_rows=(2, 5), seed=0):
+    batch = packed_batch(tokenizer, rows, 48, seed=seed)
+    for r in skip_rows:  # rows with no eligible position: all EOS
+        batch['input_ids'][r] = tokenizer.eos_token_id
+        batch['labels'][r] = tokenizer.eos_token_id
+    return batch
+
+
+def _trainer(tokenizer, data, config, *, microbatch=8, duration='1ba', optimizer='sgd', lr=0.5, model_seed=0,
+             **kwargs):
+    hf = close_biased(build_tiny_model('llama', VOCAB, seed=model_seed), CLOSE_ID, 2.0)
+    model = HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True)
+    opt = (torch.optim.SGD(model.parameters(), lr=lr) if optimizer == 'sgd'
+           else torch.optim.Adam(model.parameters(), lr=lr))
+    logger = InMemoryLogger()
+    loader = torch.utils.data.DataLoader(_Rows(data), batch_size=8, shuffle=False)
+    algo = RLP(config, seed=11)
+    trainer = Trainer(model=model, train_dataloader=loader, max_duration=duration, optimizers=opt,
+                      algorithms=[algo], loggers=[logger], device='cpu', device_train_microbatch_size=microbatch,
+                      progress_bar=False, log_to_console=False, seed=3, **kwargs)
+    return trainer, algo, logger, hf
+
+
+def _series(logger, key):
+    return [float(v) for _, v in logger.data[key]]
+
+
+def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
+    """A few Adam steps of pure RLP (ntp_weight 0): every rlp/ metric is logged per batch and finite, the reward
+    changes across batches, the EMA is updated each batch, and the thought JSONL holds readable rows."""
+    data = _data(tokenizer, rows=32, skip_rows=(1,))
+    trainer, algo, logger, _ = _trainer(tokenizer, data, _config(tokenizer, tmp_path), duration='4ba',
+                                        optimizer='adam', lr=3e-2)
+    trainer.fit()
+    for key in ('rlp/reward_mean', 'rlp/reward_std', 'rlp/s_pred', 'rlp/s_ema', 'rlp/gain_vs_ema',
+                'rlp/gain_vs_current', 'rlp/advantage_std', 'rlp/clip_fraction', 'rlp/ratio_min', 'rlp/ratio_max',
+                'rlp/thought_len_mean', 'rlp/thought_len_max', 'rlp/truncation_rate', 'rlp/positions',
+                'rlp/rows_skipped', 'loss/train/rlp', 'loss/train/ntp', 'loss/train/total'):
+        values = _series(logger, key)
+        assert len(values) == 4, key
+        assert all(torch.isfinite(torch.tensor(values))), (key, values)
+    rewards = _series(logger, 'rlp/reward_mean')
+    assert len(set(rewards)) == 4, rewards
+    assert _series(logger, 'rlp/rows_skipped')[0] == 1  # row 1 of the first batch is all EOS
+    assert _series(logger, 'rlp/ema_updates') == [1, 2, 3, 4]
+    lengths = _series(logger, 'rlp/thought_len_mean')
+    assert all(1 <= v <= 6 for v in lengths)
+    # ntp_weight 0: the total is the RLP term alone
+    torch.testing.assert_close(torch.tensor(_series(logger, 'loss/train/total')),
+                               torch.tensor(_series(logger, 'loss/train/rlp')))
+    rows = [json.loads(line) for line in (tmp_path / 'thoughts.jsonl').read_text().splitlines()]
+    assert len(rows) == 16 and {r['batch'] for r in rows} == {0, 1, 2, 3}
+    assert {'context', 'thought', 'target', 'reward', 'advantage', 'truncated'} <= set(rows[0])
+    assert algo.totals['batches'] == 4 and algo.totals['positions'] > 0
+
+
+@pytest.mark.parametrize('loss', [{}, {'ntp_weight': 0.3, 'rlp_weight': 2.0}])
+def test_gradient_accumulation_one_by_eight_equals_eight_by_one(tokenizer, loss):
+    """One SGD step on 8 rows (2 without any eligible position): microbatch 8 and microbatch 1 give the same
+    updated parameters (the RLP normaliser is the whole batch's rollout count, Composer's scaling undone)."""
+    data = _data(tokenizer)
+    cfg = _config(tokenizer, **loss)
+    results = []
+    for mb in (8, 1):
+        trainer, algo, logger, hf = _trainer(tokenizer, data, cfg, microbatch=mb)
+        before = {k: v.detach().clone() for k, v in hf.named_parameters()}
+        trainer.fit()
+        results.append(({k: v.detach().clone() for k, v in hf.named_parameters()}, logger))
+    (p8, log8), (p1, log1) = results
+    moved = max((p8[k] - before[k]).abs().max().item() for k in p8)
+    assert moved > 1e-4, 'the step should change the weights'
+    for k in p8:
+        torch.testing.assert_close(p1[k], p8[k], atol=1e-6, rtol=1e-5, msg=f'{k} differs')
+    for key in ('loss/train/rlp', 'loss/train/total', 'rlp/reward_mean', 'rlp/positions', 'rlp/rows_skipped'):
+        assert _series(log1, key)[0] == pytest.approx(_series(log8, key)[0], rel=1e-4, abs=1e-6), key
+
+
+def test_batch_without_eligible_position_is_counted_skip(tokenizer):
+    """All rows EOS: no position anywhere; the RLP loss is exactly 0, NTP still trains, nothing is NaN."""
+    data = _data(tokenizer, skip_rows=range(8))
+    trainer, algo, logger, hf = _trainer(tokenizer, data, _config(tokenizer, ntp_weight=1.0), microbatch=4)
+    trainer.fit()
+    assert _series(logger, 'loss/train/rlp') == [0.0]
+    assert _series(logger, 'rlp/rows_skipped') == [8.0] and _series(logger, 'rlp/positions') == [0.0]
+    assert all(torch.isfinite(v).all() for v in _series_tensors(hf))
+    assert all(torch.isfinite(torch.tensor(v)) for v in _series(logger, 'loss/train/total'))
+
+
+def _series_tensors(hf):
+    return [p.detach() for p in hf.parameters()]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
+    """Train 3 batches in one go vs 1 batch, save, resume in a fresh Trainer for 2 more: identical weights and
+    identical EMA teacher (positions and thoughts are keyed on the batch index and sample id, the teacher and the
+    counters travel in the checkpoint)."""
+    data = _data(tokenizer, rows=24, skip_rows=(3,))
+    cfg = _config(tokenizer)
+    full, algo_full, _, hf_full = _trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
+    full.fit()
+    part, _, _, _ = _trainer(tokenizer, data, cfg, duration='1ba', optimizer='adam', lr=1e-2,
+                             save_folder=str(tmp_path / 'ckpt'), save_interval='1ba')
+    part.fit()
+    part.close()
+    resumed, algo_res, _, hf_res = _trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2,
+                                            model_seed=5, load_path=str(tmp_path / 'ckpt' / 'ep0-ba1-rank0.pt'))
+    resumed.fit()
+    for (k, a), (_, b) in zip(hf_full.named_parameters(), hf_res.named_parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=f'{k} differs after resume')
+    ema_full, ema_res = algo_full.teachers.ema.module.state_dict(), algo_res.teachers.ema.module.state_dict()
+    for k in ema_full:
+        torch.testing.assert_close(ema_res[k], ema_full[k], atol=1e-6, rtol=1e-5)
+    assert algo_res.totals == algo_full.totals and algo_res.teachers.updates == 3
+
+
+def test_state_dict_is_plain_and_round_trips(tokenizer):
+    """state_dict holds only tensors, numbers, strings, lists and dicts; load_state_dict restores it."""
+    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer))
+    trainer.fit()
+    state = algo.state_dict()
+
+    def check(x):
+        if isinstance(x, dict):
+            assert all(isinstance(k, str) for k in x)
+            for v in x.values():
+                check(v)
+        elif isinstance(x, list):
+            for v in x:
+                check(v)
+        else:
+            assert isinstance(x, (torch.Tensor, int, float, str, bool)), type(x)
+    check(state)
+    other = RLP(_config(tokenizer), seed=11)
+    other.load_state_dict(state)
+    assert other.totals == algo.totals
+    assert other.teachers.state_dict()['ema'].keys() == state['teacher']['ema'].keys()
+
+
+def test_missing_tags_refused_at_init(tokenizer):
+    """A template whose tags the tokenizer lacks fails at Trainer construction with the add_tags hint."""
+    cfg = RLPConfig.from_dict({'template': {'open_tag': '<reason>', 'close_tag': '</reason>'}})
+    hf = build_tiny_model('llama', VOCAB)
+    with pytest.raises(ValueError, match='add_tags'):
+        Trainer(model=HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True), algorithms=[RLP(cfg)],
+                device='cpu', progress_bar=False, log_to_console=False)
