@@ -7,10 +7,11 @@ algorithms log (``loss/train/total``, ``loss/train/ntp``, ``loss/train/rlp``, ``
 sample ids in rank order.
 
 Composer increments its batch counter before ``BATCH_END``, so metrics logged at ``BATCH_END`` (throughput,
-timestamps, algorithm updates) carry the *next* step; they are filed under the batch that just ran (the step
-seen at ``BATCH_START``), so each record holds everything about one batch. A batch's record is written at
-``BATCH_CHECKPOINT``, before Composer's checkpoint saver runs (logger destinations come first among callbacks),
-so every batch covered by a checkpoint is on disk before the checkpoint exists. On start the file keeps the records of batches before the resume point and drops the rest (a killed run
+timestamps, algorithm updates) carry the *next* step; they are filed under the batch that just ran, so each record
+holds everything about one batch. Composer runs logger destinations after algorithms and other callbacks, so at
+``BATCH_END`` every metric of the batch has arrived; the record is written then, before the ``BATCH_CHECKPOINT``
+event at which the checkpoint saver runs: every batch covered by a checkpoint is on disk before the checkpoint
+exists. Metrics logged after the last batch (final timestamps) belong to no batch and are dropped. On start the file keeps the records of batches before the resume point and drops the rest (a killed run
 may have written batches the resumed run redoes), so a finished run holds exactly one record per batch.
 Only global rank 0 writes.
 """
@@ -56,7 +57,6 @@ class MetricsJsonlLogger(LoggerDestination):
         self.path = path
         self._pending: dict[int, dict[str, Any]] = {}
         self._fh = None
-        self._current: Optional[int] = None
         self._written_upto = -1  # metrics arriving for a batch already written (post-fit timestamps) are dropped
 
     def _record(self, step: int) -> dict[str, Any]:
@@ -66,8 +66,6 @@ class MetricsJsonlLogger(LoggerDestination):
         """Buffer scalar metrics under ``step`` (non-scalars are skipped)."""
         if step is None:
             return
-        if self._current is not None:
-            step = min(int(step), self._current)
         if step <= self._written_upto:
             return
         record = self._record(step)
@@ -112,21 +110,22 @@ class MetricsJsonlLogger(LoggerDestination):
             self._written_upto = max(self._written_upto, step)
         self._fh.flush()
 
-    def batch_start(self, state: State, logger: Logger) -> None:
-        """Remember the index of the batch now running."""
-        self._current = state.timestamp.batch.value
-
-    def batch_checkpoint(self, state: State, logger: Logger) -> None:
-        """Write the record of the batch that just finished (and any older one)."""
-        self._flush(upto=self._current)
+    def batch_end(self, state: State, logger: Logger) -> None:
+        """File this event's metrics (logged under the next step) with the batch that ran, and write it."""
+        done = state.timestamp.batch.value - 1  # index of the batch that just ran
+        late = self._pending.pop(done + 1, None)
+        if late:
+            self._record(done).update({k: v for k, v in late.items() if k not in self._record(done)})
+        self._flush(upto=done)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        """Write what is left."""
-        self._flush(upto=None)
+        """Write what is left of batches that ran."""
+        self._flush(upto=state.timestamp.batch.value - 1)
+        self._pending.clear()
 
     def close(self, state: State, logger: Logger) -> None:
-        """Write what is left and close the file."""
-        self._flush(upto=None)
+        """Close the file."""
+        self._flush(upto=state.timestamp.batch.value - 1)
         if self._fh is not None:
             self._fh.close()
             self._fh = None
