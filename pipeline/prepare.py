@@ -21,26 +21,24 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import xxhash
 
 from pipeline import remote
 from pipeline.errors import DataError, UsageError
 from pipeline.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
-from pipeline.pack import concat_layout, concat_samples_starting_in, doc_starts_in_window, split_document
-from pipeline.sources import Group, expand_inputs, iter_records
-from pipeline.store import GroupTokenWriter, Staging, TokenStream, read_json, write_json_atomic
-from pipeline.tokenize import choose_dtype, encode_batch, load_tokenizer, make_policy, to_array, tokenizer_hash
-from pipeline.writer import SIZE_LIMIT, columns_for, merged_index, write_part
+from pipeline.pack import concat_layout
+from pipeline.sources import expand_inputs
+from pipeline.store import Staging, read_json, write_json_atomic
+from pipeline.tokenize import choose_dtype, load_tokenizer, make_policy, tokenizer_hash
+from pipeline.work import TEST_SLEEP_ENV, Ctx, lock_staging, progress_bar, run_pool, tokenize_group, write_part
+from pipeline.writer import SIZE_LIMIT, columns_for, merged_index
 
-__all__ = ['PrepareArgs', 'prepare']
+__all__ = ['PrepareArgs', 'prepare', 'TEST_SLEEP_ENV']
 
 STAGING_DIRNAME = '.rlp-data'
-TEST_SLEEP_ENV = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'  # test hook: seconds to sleep after each done marker
-_BATCH_DOCS = 512
 _MAX_SEQ_LEN = SIZE_LIMIT // 8  # a sample (tokens + doc_starts) must fit in one shard; int32 doc_starts
 
 
@@ -71,22 +69,6 @@ class PrepareArgs:
         return {k: getattr(self, k) for k in keys}
 
 
-@dataclass
-class _Ctx:
-    """Everything a worker needs; inherited by fork or rebuilt by the pool initializer."""
-
-    args: PrepareArgs
-    staging: Path
-    dtype: str
-    fingerprint: str
-    tok: object = None
-    policy: object = None
-    counters: tuple = field(default=())
-
-
-_CTX: _Ctx | None = None
-
-
 def _check_args(a: PrepareArgs) -> None:
     if a.seq_len < 2 or a.seq_len > _MAX_SEQ_LEN:
         raise UsageError(f'--seq-len {a.seq_len} is out of range; rule: 2 <= seq_len <= {_MAX_SEQ_LEN} (a sample must '
@@ -110,146 +92,6 @@ def _staging_root(a: PrepareArgs) -> Path:
     return cache / 'rlp-data' / xxhash.xxh64(a.out.encode()).hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------- workers
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when the parent dies, so a killed run leaves no orphan writer."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _lock_staging(root: Path):
-    """Hold an exclusive lock on the staging folder for this run (released by the kernel when the process dies)."""
-    import fcntl
-
-    fh = open(root / 'lock', 'w')
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise DataError(f'another rlp-data run is using the staging folder {str(root)!r}; rule: one run per output '
-                        'at a time; fix: wait for it to finish or stop it') from None
-    return fh
-
-
-def _init_worker(ctx: _Ctx | None, counters, in_pool: bool = False) -> None:
-    global _CTX
-    if in_pool:
-        _die_with_parent()
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    if ctx is not None:
-        _CTX = ctx
-    if _CTX.tok is None:
-        _CTX.tok = load_tokenizer(_CTX.args.tokenizer)
-    _CTX.counters = counters
-
-
-def _sleep_hook() -> None:
-    delay = os.environ.get(TEST_SLEEP_ENV)
-    if delay:
-        time.sleep(float(delay))
-
-
-def _tokenize_group(group: Group) -> dict:
-    """Phase 1 for one group: read, tokenise, append to the group's stream, write its marker."""
-    ctx = _CTX
-    a = ctx.args
-    writer = GroupTokenWriter(Staging(ctx.staging), group.index, ctx.dtype)
-    docs = tokens = empty = bad = 0
-    bad_examples: list[str] = []
-    text_hash = xxhash.xxh64() if group.kind == 'hf' else None
-    batch: list[str] = []
-    docs_counter, tokens_counter = ctx.counters if ctx.counters else (None, None)
-
-    def flush() -> None:
-        nonlocal tokens
-        flat, lengths = encode_batch(ctx.tok, batch, ctx.policy)
-        writer.append(to_array(flat, ctx.dtype), lengths)
-        tokens += len(flat)
-        if docs_counter is not None:
-            with docs_counter.get_lock():
-                docs_counter.value += len(batch)
-            with tokens_counter.get_lock():
-                tokens_counter.value += len(flat)
-        batch.clear()
-
-    for text, reason in iter_records(group, a.text_field):
-        if reason is not None:
-            if a.on_bad_record == 'fail':
-                raise DataError(f'bad record: {reason}; rule: --on-bad-record fail stops at the first bad record; '
-                                'fix: repair the input or pass --on-bad-record skip (skipped records are counted)')
-            bad += 1
-            if len(bad_examples) < 3:
-                bad_examples.append(reason)
-            continue
-        if text_hash is not None:
-            text_hash.update(text.encode('utf-8', 'surrogatepass') + b'\0')
-        if not text.strip():
-            empty += 1
-            continue
-        batch.append(text)
-        docs += 1
-        if len(batch) >= _BATCH_DOCS:
-            flush()
-    if batch:
-        flush()
-    marker = {'fingerprint': ctx.fingerprint, 'group': asdict(group), 'documents': docs, 'tokens': tokens,
-              'empty': empty, 'bad': bad, 'bad_examples': bad_examples,
-              'text_hash': 'xxh64:' + text_hash.hexdigest() if text_hash is not None else None}
-    writer.finish(marker)
-    _sleep_hook()
-    return marker
-
-
-def _concat_samples(stream: TokenStream, ks: range, seq_len: int):
-    a, b = ks.start * seq_len, ks.stop * seq_len
-    tokens = stream.read(a, b)
-    offsets = stream.doc_offsets(a, b)
-    for i, k in enumerate(ks):
-        yield tokens[i * seq_len:(i + 1) * seq_len], doc_starts_in_window(offsets, k * seq_len, seq_len)
-
-
-def _none_samples(stream: TokenStream, g: int, seq_len: int):
-    lo = int(stream.offsets[g])
-    tokens = stream.read(lo, int(stream.offsets[g + 1]))
-    pos = 0
-    segment_start = np.zeros(1, dtype=np.int32)  # one document (or a piece of one) per sample
-    for length in stream.doc_lengths(g).tolist():
-        for s, e in split_document(length, seq_len):
-            yield tokens[pos + s:pos + e], segment_start
-        pos += length
-
-
-def _write_part(job: tuple[int, list[int]]) -> dict:
-    """Phase 2 for part p: pack the samples owned by group p and write them as an MDS folder, then its marker."""
-    p, counts = job
-    ctx = _CTX
-    a = ctx.args
-    staging = Staging(ctx.staging)
-    stream = TokenStream(staging, counts, ctx.dtype)
-    columns = columns_for(a.pack, ctx.dtype, a.seq_len)
-    if a.pack == 'concat':
-        n_samples, _ = concat_layout(stream.total, a.seq_len)
-        ks = concat_samples_starting_in(int(stream.offsets[p]), int(stream.offsets[p + 1]), a.seq_len, n_samples)
-        samples = _concat_samples(stream, ks, a.seq_len) if len(ks) else None
-    else:
-        samples = _none_samples(stream, p, a.seq_len) if counts[p] else None
-    result = {'samples': 0, 'shards': []}
-    if samples is not None:
-        result = write_part(staging.part_dir(p), columns, samples)
-    marker = {'fingerprint': ctx.fingerprint, 'part': staging.part_name(p), **result}
-    write_json_atomic(staging.part_marker(p), marker)
-    _sleep_hook()
-    return marker
-
-
-# ----------------------------------------------------------------------------------------------- orchestration
 
 
 def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
@@ -268,59 +110,6 @@ def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
         out.append(named)
     write_json_atomic(cache_path, cache)
     return out
-
-
-def _run_pool(fn, jobs: list, ctx: _Ctx, workers: int, bar, label: str) -> None:
-    """Run ``fn`` over ``jobs`` in-process (1 worker) or in a process pool, feeding the progress bar.
-
-    Results are not returned: every job leaves a done marker that the caller reads back, so a resumed run and a
-    fresh one take the same path. A worker's :class:`DataError` is re-raised here.
-    """
-    import multiprocessing as mp
-
-    counters = ctx.counters
-    if workers == 1 or len(jobs) <= 1:
-        _init_worker(ctx, counters)
-        for job in jobs:
-            fn(job)
-            _tick(bar, counters, label)
-        return
-    method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-    shipped = None if method == 'fork' else _Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy)
-    global _CTX
-    _CTX = ctx  # inherited by forked workers
-    with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,
-                                     initargs=(shipped, counters, True)) as pool:
-        pending = [pool.apply_async(fn, (job,)) for job in jobs]
-        while pending:
-            time.sleep(0.1)
-            _tick(bar, counters, label)
-            still = []
-            for res in pending:
-                if res.ready():
-                    res.get()  # re-raises a worker's exception
-                else:
-                    still.append(res)
-            pending = still
-    _tick(bar, counters, label)
-
-
-def _tick(bar, counters, label: str) -> None:
-    if bar is None or not counters:
-        return
-    docs, toks = counters[0].value, counters[1].value
-    elapsed = max(time.monotonic() - bar.t0, 1e-9)
-    bar.n = toks
-    bar.set_postfix_str(f'{label} docs={docs:,} tokens={toks:,} tok/s={toks / elapsed:,.0f}', refresh=False)
-    bar.refresh()
-def _progress_bar(enabled: bool, total_hint: int | None = None):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_hint, unit='tok', unit_scale=True, dynamic_ncols=True, desc='rlp-data', leave=False)
-    bar.t0 = time.monotonic()
-    return bar
 
 
 def prepare(a: PrepareArgs, log=print) -> dict:
@@ -354,7 +143,7 @@ def prepare(a: PrepareArgs, log=print) -> dict:
 
 def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_start: float) -> dict:
     staging_root.mkdir(parents=True, exist_ok=True)
-    lock = _lock_staging(staging_root)  # noqa: F841 - held until this function returns
+    lock = lock_staging(staging_root)  # noqa: F841 - held until this function returns
     chunk_bytes = max(1, int(a.chunk_mb * (1 << 20)))
     specs = expand_inputs(a.inputs, staging_root, chunk_bytes, chunk_rows=max(1, chunk_bytes // 1024),
                           exclude=() if remote.is_remote(a.out) else (a.out,))
@@ -382,14 +171,14 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     import multiprocessing as mp
     counters = (mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0),
                 mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0))
-    ctx = _Ctx(a, staging_root, dtype, run_key, tok, policy, counters)
-    bar = _progress_bar(a.progress)
+    ctx = Ctx(a, staging_root, dtype, run_key, tok, policy, counters)
+    bar = progress_bar(a.progress)
 
     # Phase 1: tokenise every group without a valid marker.
     done1 = [g for g in groups if (staging.group_marker(g.index) or {}).get('fingerprint') == run_key]
     todo1 = [g for g in groups if g not in done1]
     t1 = time.monotonic()
-    _run_pool(_tokenize_group, todo1, ctx, a.workers, bar, 'tokenise')
+    run_pool(tokenize_group, todo1, ctx, a.workers, bar, 'tokenise')
     t_tok = time.monotonic() - t1
     markers = [staging.group_marker(g.index) for g in groups]
     counts = [m['tokens'] for m in markers]
@@ -411,7 +200,7 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     todo2 = [(g.index, counts) for g in groups if g.index not in done2]
     for p, _ in todo2:
         staging.clear_part(p)
-    _run_pool(_write_part, todo2, ctx, a.workers, bar, 'write')
+    run_pool(write_part, todo2, ctx, a.workers, bar, 'write')
     if bar is not None:
         bar.close()
     parts = [read_json(staging.part_marker(g.index)) for g in groups]

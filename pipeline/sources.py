@@ -390,12 +390,14 @@ def _iter_hf(group: Group, field: str):
         return
     if field not in first:
         raise _field_error(field, f'hf:{group.path}', first)
-    for k, rec in enumerate([first] if first is not None else []):
-        text, err = _check_text(rec[field], field)
-        yield (text, None) if err is None else (None, f'hf:{group.path} record 0: {err}')
-    for k, rec in enumerate(it, start=1):
+    for k, rec in enumerate(_chain_first(first, it)):
         text, err = _check_text(rec.get(field), field)
         yield (text, None) if err is None else (None, f'hf:{group.path} record {k}: {err}')
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
 
 
 def _iter_wds(group: Group, field: str):
