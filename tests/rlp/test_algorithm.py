@@ -194,3 +194,23 @@ def test_missing_tags_refused_at_init(tokenizer):
     with pytest.raises(ValueError, match='add_tags'):
         Trainer(model=HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True), algorithms=[RLP(cfg)],
                 device='cpu', progress_bar=False, log_to_console=False)
+
+
+@pytest.mark.parametrize('teacher, positions', [('ema', {}), ('frozen', {'strategy': 'entropy', 'unit': 'sample',
+                                                                         'k': 2}), ('none', {'unit': 'sample'})])
+def test_teacher_kinds_and_entropy_positions(tokenizer, teacher, positions):
+    """The logged reward is the gain against the chosen baseline (EMA, frozen copy = EMA at the first batch, or the
+    current model), while the gain against the EMA is always logged; the entropy strategy runs in the Trainer."""
+    cfg = _config(tokenizer)
+    cfg = RLPConfig.from_dict({**cfg.to_dict(), 'teacher': {'kind': teacher, 'tau': 0.5},
+                               'positions': {**cfg.to_dict()['positions'], **positions}})
+    trainer, algo, logger, _ = _trainer(tokenizer, _data(tokenizer), cfg)
+    trainer.fit()
+    reward = _series(logger, 'rlp/reward_mean')[0]
+    baseline = 'rlp/gain_vs_current' if teacher == 'none' else 'rlp/gain_vs_ema'
+    assert reward == pytest.approx(_series(logger, baseline)[0], abs=1e-5)
+    # at the first batch every teacher equals the model, so all three baselines agree
+    assert _series(logger, 'rlp/gain_vs_ema')[0] == pytest.approx(_series(logger, 'rlp/gain_vs_current')[0],
+                                                                   abs=1e-4)
+    if positions.get('strategy') == 'entropy':
+        assert _series(logger, 'rlp/positions')[0] == 2 * 6  # k=2 per sample, 6 rows with eligible positions
