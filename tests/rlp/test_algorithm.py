@@ -214,3 +214,48 @@ def test_teacher_kinds_and_entropy_positions(tokenizer, teacher, positions):
                                                                    abs=1e-4)
     if positions.get('strategy') == 'entropy':
         assert _series(logger, 'rlp/positions')[0] == 2 * 6  # k=2 per sample, 6 rows with eligible positions
+
+
+def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
+    import os
+
+    from composer.utils import dist as cdist
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      NODE_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pipeline.bundled_tokenizer import load_bundled_tokenizer
+    tok = load_bundled_tokenizer()
+    cdist.initialize_dist('cpu')
+    ds = _Rows(data)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=cdist.get_sampler(ds, shuffle=False))
+    hf = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 2.0)
+    model = HuggingFaceModel(hf, tokenizer=tok, use_logits=True)
+    logger = InMemoryLogger()
+    trainer = Trainer(model=model, train_dataloader=loader, max_duration='1ba',
+                      optimizers=torch.optim.SGD(model.parameters(), lr=0.5),
+                      algorithms=[RLP(RLPConfig.from_dict(cfg_dict), seed=11)], loggers=[logger], device='cpu',
+                      device_train_microbatch_size=2, progress_bar=False, log_to_console=False, seed=3)
+    trainer.fit()
+    if rank == 0:
+        torch.save({'params': {k: v.detach() for k, v in hf.named_parameters()},
+                    'positions': _series(logger, 'rlp/positions')}, os.path.join(out_dir, 'ddp.pt'))
+
+
+def test_ddp_two_ranks_match_single_process_update(tokenizer, tmp_path):
+    """2 gloo ranks x 4 rows (rank 1 has NO eligible position: it runs a weight-0 dummy rollout to stay in step)
+    end with the same weights as one process on the 8 rows: the normaliser counts the global batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+    data = _data(tokenizer, skip_rows=(1, 3, 5, 7))  # DistributedSampler gives rank 1 the odd rows
+    cfg = _config(tokenizer)
+    single, _, log1, hf = _trainer(tokenizer, data, cfg, microbatch=8)
+    single.fit()
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), data, cfg.to_dict()), nprocs=2)
+    ddp = torch.load(tmp_path / 'ddp.pt')
+    assert ddp['positions'] == _series(log1, 'rlp/positions')
+    for k, v in hf.named_parameters():
+        torch.testing.assert_close(ddp['params'][k], v.detach(), atol=1e-6, rtol=1e-5, msg=f'{k} differs')
