@@ -133,7 +133,7 @@ def prepare(a: PrepareArgs, log=print) -> dict:
     created_staging = not staging_root.exists()
     try:
         return _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root, t_start)
-    except BaseException:
+    except DataError:  # a user error: leave nothing behind that this run created (a crash or Ctrl-C keeps it)
         if created_out:
             shutil.rmtree(a.out, ignore_errors=True)
         elif created_staging:

@@ -222,6 +222,8 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
                     raw_groups.extend(('parquet', f, a, b, ()) for a, b in _parquet_chunks(f, chunk_bytes))
                 else:
                     raw_groups.append((fkind, f, 0, -1, ()))
+        if kind == 'files':
+            kind = '+'.join(sorted({g[0] for g in raw_groups}))
         groups = []
         for gkind, path, a, b, options in raw_groups:
             groups.append(Group(counter, i, gkind, path, a, b, options))

@@ -163,3 +163,9 @@ def test_output_folder_with_foreign_files(tmp_path, capsys, corpus):
 def test_argparse_errors_are_one_line(capsys):
     rc, _, err = run(capsys, 'prepare', '--input', 'x.jsonl', *BASE)
     _assert_refused(rc, err, 2, 'required', '--help')
+
+
+def test_unknown_hf_dataset(tmp_path, capsys):
+    out = tmp_path / 'out'
+    rc, _, err = prepare(capsys, ['hf:no-such-org-xyz/no-such-dataset-xyz'], out)
+    _assert_refused(rc, err, 1, "cannot load HF dataset 'no-such-org-xyz/no-such-dataset-xyz'", 'fix:', out=out)

@@ -66,3 +66,30 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, cap
     else:
         assert f'6 already tokenised, {len(done_before)} parts already written' in stdout
     assert tree_bytes(out) == tree_bytes(ref)
+
+
+def test_crash_while_publishing_then_rerun(tmp_path, capsys, monkeypatch):
+    """A crash after the parts were moved into place but before index.json/manifest.json: nothing looks complete,
+    and the re-run finishes to the same bytes as an uninterrupted run."""
+    import pipeline.publish as publish
+
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    for i in range(3):
+        write_jsonl(corpus / f'part{i}.jsonl', 40, seed=i)
+    ref = tmp_path / 'ref'
+    assert prepare(capsys, [str(corpus)], ref, 40)[0] == 0
+
+    def crash(*args, **kwargs):
+        raise RuntimeError('simulated crash before index.json')
+
+    out = tmp_path / 'out'
+    monkeypatch.setattr(publish, 'write_json_atomic', crash)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        prepare(capsys, [str(corpus)], out, 40)
+    assert (out / 'part_000000').is_dir() and not (out / 'index.json').exists()
+    assert not (out / 'manifest.json').exists()
+    monkeypatch.undo()
+    rc, stdout, err = prepare(capsys, [str(corpus)], out, 40)
+    assert rc == 0 and '3 already tokenised, 3 parts already written' in stdout, err
+    assert tree_bytes(out) == tree_bytes(ref)
