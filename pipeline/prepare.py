@@ -92,8 +92,6 @@ def _staging_root(a: PrepareArgs) -> Path:
     return cache / 'rlp-data' / xxhash.xxh64(a.out.encode()).hexdigest()
 
 
-
-
 def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
     """Per input, ``(relative file name, xxh64)`` of its files; cached by (path, size, mtime) in the staging."""
     cache_path = staging / 'hashes.json'

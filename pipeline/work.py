@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
@@ -26,6 +27,9 @@ from pipeline.sources import Group, iter_records
 from pipeline.store import GroupTokenWriter, Staging, TokenStream, write_json_atomic
 from pipeline.tokenize import encode_batch, load_tokenizer, to_array
 from pipeline.writer import columns_for, write_part as write_mds_part
+
+if TYPE_CHECKING:
+    from pipeline.prepare import PrepareArgs
 
 __all__ = ['Ctx', 'TEST_SLEEP_ENV', 'lock_staging', 'tokenize_group', 'write_part', 'run_pool', 'progress_bar']
 
@@ -46,10 +50,7 @@ class Ctx:
     counters: tuple = field(default=())
 
 
-_CTX: Ctx | None = None
-
-
-# ----------------------------------------------------------------------------------------------- workers
+_CTX: Ctx | None = None  # the worker's context: set in the parent before forking, or by the pool initializer
 
 
 def _die_with_parent() -> None:
