@@ -291,7 +291,7 @@ def _dummy_position(input_ids: torch.Tensor, min_context: int) -> Positions:
 def _summarise(a: dict[str, float], ratio: list[float], len_max: float, totals: dict[str, int],
                ema_updates: int) -> dict[str, float]:
     """Per-batch ``rlp/...`` metrics from accumulated sums (positions-free batches report zeros and counts)."""
-    n, p, tok = max(a['rollouts'], 1.0), max(a['positions'], 1.0), max(a['tokens'], 1.0)
+    n, tok = max(a['rollouts'], 1.0), max(a['tokens'], 1.0)
     mean_r = a['reward'] / n
     has = a['rollouts'] > 0
     return {
@@ -316,5 +316,4 @@ def _summarise(a: dict[str, float], ratio: list[float], len_max: float, totals: 
         'rlp/positions_total': float(totals['positions']),
         'rlp/rows_skipped_total': float(totals['rows_skipped']),
         'rlp/ema_updates': float(ema_updates),
-        'rlp/thought_tokens_per_position': a['tokens'] / p,
     }

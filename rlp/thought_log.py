@@ -58,7 +58,8 @@ class ThoughtLog:
                 context = context[-self.cfg.context_chars:]
             n = int(lengths[i, j])
             self.rows.append({
-                'batch': batch_index, 'sample_id': sample_keys[r], 'target_index': t, 'rollout': j,
+                'batch': batch_index,
+                'sample_id': int(sample_keys[r]) if sample_keys[r].isdigit() else sample_keys[r], 'target_index': t, 'rollout': j,
                 'context': context, 'thought': tokenizer.decode(tokens[i, j, :n].tolist()),
                 'target': tokenizer.decode([int(ids[r, t])]), 'reward': float(rewards[i, j]),
                 's_pred': float(s_pred[i, j]), 's_ema': float(s_ema[i]), 'advantage': float(advantages[i, j]),
