@@ -5,7 +5,9 @@ Measures, on N synthetic documents (the embedded corpus generator) split into F 
   2. ``rlp-data prepare`` end to end (read jsonl, tokenise, write token streams, pack, write zstd MDS shards with
      xxh64, publish index + manifest) with ``--workers 1`` and ``--workers 2``; tokens/s = tokens / wall time.
 Prints tokens/s for each and the ratios prepare-1w / raw (goal >= 0.8) and prepare-2w / prepare-1w (goal >= 1.6).
-The 2-worker ratio is bounded by the free cores: on a shared machine, report the load next to the numbers.
+The 2-worker ratio is bounded by the free cores: on a shared machine, report the load next to the numbers. CPU
+seconds (this process and its pool workers) are printed too: their ratios show the work the pipeline adds and the
+overhead of parallelism independently of other load.
 
 Usage: python bench/prepare.py [--docs 30000] [--files 8] [--seq-len 2048] [--repeats 1]
 """
@@ -29,27 +31,33 @@ from pipeline.prepare import PrepareArgs, prepare  # noqa: E402
 from pipeline.synthetic import generate_documents  # noqa: E402
 
 
-def raw_tokenizer(texts: list[str], batch: int = 512) -> tuple[int, float]:
-    """Total tokens (+1 EOS per document, as prepare writes) and seconds for tokenizer(batch) over ``texts``."""
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def raw_tokenizer(texts: list[str], batch: int = 512) -> tuple[int, float, float]:
+    """Total tokens (+1 EOS per document, as prepare writes), wall and CPU seconds of tokenizer(batch)."""
     tok = load_bundled_tokenizer()
     tok(texts[:batch])  # warm-up, not timed
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     total = 0
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch], add_special_tokens=True)['input_ids']
+        enc = tok(texts[i:i + batch])['input_ids']
         total += sum(len(ids) + 1 for ids in enc)
-    return total, time.perf_counter() - t0
+    return total, time.perf_counter() - t0, _cpu() - c0
 
 
-def run_prepare(folder: Path, out: Path, workers: int, seq_len: int) -> tuple[int, float]:
+def run_prepare(folder: Path, out: Path, workers: int, seq_len: int) -> tuple[int, float, float]:
+    """Tokens written, wall and CPU seconds (this process + its pool workers) of one ``prepare`` run."""
     shutil.rmtree(out, ignore_errors=True)
     args = PrepareArgs(inputs=[str(folder)], tokenizer=str(bundled_tokenizer_dir()), seq_len=seq_len, out=str(out),
                        eos_text=EOS_TEXT, workers=workers, progress=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     prepare(args, log=lambda *_: None)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
     tokens = json.loads((out / 'manifest.json').read_text())['counts']['tokens']
-    return tokens, seconds
+    return tokens, seconds, cpu
 
 
 def main() -> int:
@@ -72,18 +80,23 @@ def main() -> int:
         mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
         print(f'corpus: {len(texts):,} documents, {mb:.1f} MB jsonl in {a.files} files; cpus: {os.cpu_count()}, '
               f'load average: {os.getloadavg()[0]:.2f}')
-        results = {}
+        results, cpus = {}, {}
         for name, fn in [('raw', lambda: raw_tokenizer(texts)),
                          ('prepare-1w', lambda: run_prepare(folder, Path(tmp) / 'out1', 1, a.seq_len)),
                          ('prepare-2w', lambda: run_prepare(folder, Path(tmp) / 'out2', 2, a.seq_len))]:
             runs = [fn() for _ in range(a.repeats)]
-            tokens, seconds = min(runs, key=lambda r: r[1])
+            tokens, seconds, cpu = min(runs, key=lambda r: r[1])
             results[name] = tokens / seconds
-            print(f'{name:>11}: {tokens:,} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tokens/s')
+            cpus[name] = cpu
+            print(f'{name:>11}: {tokens:,} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tokens/s '
+                  f'({cpu:.2f} CPU-s, {tokens / cpu:,.0f} tokens per CPU-s)')
         r1 = results['prepare-1w'] / results['raw']
         r2 = results['prepare-2w'] / results['prepare-1w']
         print(f'ratio prepare-1w / raw        = {r1:.2f}  (goal >= 0.8)')
         print(f'ratio prepare-2w / prepare-1w = {r2:.2f}  (goal >= 1.6)')
+        print(f'CPU-s prepare-1w / raw = {cpus["prepare-1w"] / cpus["raw"]:.2f}, prepare-2w / prepare-1w = '
+              f'{cpus["prepare-2w"] / cpus["prepare-1w"]:.2f} (work added by the pipeline and by parallelism; '
+              'independent of other load on the machine)')
         print(f'load average after: {os.getloadavg()[0]:.2f}')
     return 0
 
