@@ -14,8 +14,9 @@ from pipeline.errors import DataError, UsageError
 __all__ = ['main', 'build_parser']
 
 EXAMPLES = """examples:
-  rlp-data prepare --input corpus/*.jsonl --tokenizer gpt2 --eos-text '<|endoftext|>' --seq-len 2048 --out data/web
-  rlp-data prepare --input hf:allenai/c4?name=en&split=train --tokenizer meta-llama/Llama-3.2-1B \\
+  rlp-data prepare --input 'corpus/*.jsonl' --tokenizer gpt2 --eos-text '<|endoftext|>' --seq-len 2048 \\
+      --out data/web --workers 8
+  rlp-data prepare --input 'hf:allenai/c4?name=en&split=train' --tokenizer meta-llama/Llama-3.2-1B \\
       --seq-len 4096 --out s3://bucket/c4 --workers 16
   rlp-data inspect data/web
   rlp-data verify s3://bucket/c4
