@@ -29,7 +29,7 @@ test: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	TOKENIZERS_PARALLELISM=false $(PY) -m pipeline.demo
+	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.demo
 
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py

@@ -125,3 +125,28 @@ def write_jsonl(path: str | Path, n_docs: int, seed: int = 0, think_fraction: fl
         for i, text in enumerate(generate_documents(n_docs, seed, think_fraction)):
             fh.write(json.dumps({'id': i, 'text': text}) + '\n')
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.synthetic --docs N --seed S --out corpus.jsonl``: write the corpus as JSON lines."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog='python -m pipeline.synthetic',
+                                     description='Write the synthetic reasoning corpus as JSON lines {"id", "text"}.')
+    parser.add_argument('--docs', type=int, default=4000, help='number of documents (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='corpus seed (default: %(default)s)')
+    parser.add_argument('--think-fraction', type=float, default=0.25,
+                        help='share of problems with worked steps inside <think>...</think> (default: %(default)s)')
+    parser.add_argument('--out', required=True, help='output .jsonl path')
+    args = parser.parse_args(argv)
+    if args.docs < 1:
+        parser.error(f'--docs {args.docs}: must be >= 1')
+    if not 0.0 <= args.think_fraction <= 1.0:
+        parser.error(f'--think-fraction {args.think_fraction}: must be in [0, 1]')
+    path = write_jsonl(args.out, args.docs, args.seed, args.think_fraction)
+    print(f'wrote {args.docs} documents to {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
