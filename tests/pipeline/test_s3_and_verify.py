@@ -13,7 +13,8 @@ import json
 import numpy as np
 
 from pipeline.synthetic import write_jsonl
-from tests.pipeline.helpers import prepare, read_samples, run
+from pipeline.bundled_tokenizer import EOS_TEXT
+from tests.pipeline.helpers import TOK, prepare, read_samples, run
 
 
 def test_s3_output_reads_back_with_streaming(s3, tmp_path, capsys):
@@ -80,3 +81,50 @@ def test_verify_checks_token_range(tmp_path, capsys):
     (out / 'manifest.json').write_text(json.dumps(manifest))
     rc, stdout, _ = run(capsys, 'verify', out)
     assert rc == 1 and '>= vocab size 10' in stdout
+
+
+def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, monkeypatch):
+    """An upload that dies after the first part: no index.json/manifest.json on the bucket; the re-run (same
+    command, same staging) uploads the rest and the bucket ends with the same objects as an uninterrupted run."""
+    import pipeline.publish as publish
+    from pipeline import remote
+
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    for i in range(3):
+        write_jsonl(corpus / f'p{i}.jsonl', 40, seed=i)
+    ref_uri, uri = f's3://{s3.bucket}/ref', f's3://{s3.bucket}/ds'
+    assert prepare(capsys, [str(corpus)], ref_uri, 40, '--staging', tmp_path / 'stg-ref')[0] == 0
+
+    calls = []
+    real_upload = remote.upload_files
+
+    def flaky(local_root, target, names):
+        calls.append(names)
+        if len(calls) == 2:
+            raise RuntimeError('network died')
+        return real_upload(local_root, target, names)
+
+    monkeypatch.setattr(publish.remote, 'upload_files', flaky)
+    try:
+        prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg')
+    except RuntimeError:
+        pass
+    monkeypatch.setattr(publish.remote, 'upload_files', real_upload)  # (undo() would also drop the s3 env vars)
+    keys = s3.list('ds/')
+    assert keys and 'ds/index.json' not in keys and 'ds/manifest.json' not in keys
+    rc, _, err = prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg')
+    assert rc == 0, err
+
+    def objects(prefix):
+        return {k[len(prefix):]: s3.client.get_object(Bucket=s3.bucket, Key=k)['Body'].read() for k in s3.list(prefix)}
+
+    assert objects('ds/') == objects('ref/')
+
+
+def test_progress_bar_shows_documents_tokens_and_rate(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / 'c.jsonl', 40)
+    rc = run(capsys, 'prepare', '-i', corpus, '--tokenizer', TOK, '--eos-text', EOS_TEXT, '--seq-len', 48,
+             '--out', tmp_path / 'out', '--progress')
+    assert rc[0] == 0
+    assert 'docs=40' in rc[2] and 'tokens=' in rc[2] and 'tok/s=' in rc[2]
