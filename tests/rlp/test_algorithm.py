@@ -241,6 +241,7 @@ def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
                     'positions': _series(logger, 'rlp/positions')}, os.path.join(out_dir, 'ddp.pt'))
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_single_process_update(tokenizer, tmp_path):
     """2 gloo ranks x 4 rows (rank 1 has NO eligible position: it runs a weight-0 dummy rollout to stay in step)
     end with the same weights as one process on the 8 rows: the normaliser counts the global batch."""

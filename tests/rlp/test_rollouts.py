@@ -195,6 +195,7 @@ def _synced_worker(rank, world, port, out_dir, prompts, rkeys, close_id):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_synced_decoding_keeps_ranks_in_step(tokenizer, tmp_path):
     """Two gloo ranks: rank 0's thoughts close at once, rank 1's never; both run the same number of decode
     steps (all-reduced stop), and rank 0's results are unchanged by the extra steps."""
