@@ -126,10 +126,12 @@ def test_gradient_accumulation_one_by_eight_equals_eight_by_one(tokenizer, loss)
         assert _series(log1, key)[0] == pytest.approx(_series(log8, key)[0], rel=1e-4, abs=1e-6), key
 
 
-def test_batch_without_eligible_position_is_counted_skip(tokenizer):
-    """All rows EOS: no position anywhere; the RLP loss is exactly 0, NTP still trains, nothing is NaN."""
+@pytest.mark.parametrize('ntp_weight', [0.0, 1.0])
+def test_batch_without_eligible_position_is_counted_skip(tokenizer, ntp_weight):
+    """All rows EOS: no position anywhere; the RLP loss is exactly 0, the step still runs (NTP weight 0 or 1),
+    nothing is NaN."""
     data = _data(tokenizer, skip_rows=range(8))
-    trainer, algo, logger, hf = _trainer(tokenizer, data, _config(tokenizer, ntp_weight=1.0), microbatch=4)
+    trainer, algo, logger, hf = _trainer(tokenizer, data, _config(tokenizer, ntp_weight=ntp_weight), microbatch=4)
     trainer.fit()
     assert _series(logger, 'loss/train/rlp') == [0.0]
     assert _series(logger, 'rlp/rows_skipped') == [8.0] and _series(logger, 'rlp/positions') == [0.0]
