@@ -26,6 +26,13 @@ Decisions where the paper is silent (see also ``rlp.template``, ``rlp.rollouts``
   - A microbatch without eligible positions adds 0 to the RLP loss (counted in ``rlp/rows_skipped``). Under
     torch.distributed a rank without positions still runs one dummy rollout (weight 0) so that collective
     forwards stay in step.
+
+Cost and limits: all P*G rollouts of a microbatch go through one training forward (logits are kept only for the
+last T+2 positions where the model supports ``logits_to_keep``), so memory grows with positions per microbatch x G
+x thought length: size ``device_train_microbatch_size`` and ``positions.max_per_sample`` accordingly. The reported
+``loss/train/rlp`` is ~0 by construction (advantages sum to 0 in each group and the ratio is ~1); the gradient is
+not. FSDP is not supported yet (the teachers are full unsharded copies; see ``rlp.teacher``); one device and DDP
+are tested.
 """
 
 from __future__ import annotations
