@@ -208,7 +208,8 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     inputs = []
     for spec, named in zip(specs, hashes):
         ms = [markers[g.index] for g in spec.groups]
-        content = combine_hashes(named) if named else (ms[0]['text_hash'] if ms else None)
+        content = combine_hashes(named) if named else combine_hashes(
+            [(f'shard{k}', m['text_hash']) for k, m in enumerate(ms)])
         inputs.append({'source': spec.source, 'kind': spec.kind, 'files': len(named), 'content_hash': content,
                        'documents': sum(m['documents'] for m in ms), 'tokens': sum(m['tokens'] for m in ms),
                        'empty_documents_skipped': sum(m['empty'] for m in ms),

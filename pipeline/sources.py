@@ -196,7 +196,9 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
                 raise DataError(f'input {source!r}: unknown option(s) {sorted(unknown)}; rule: hf: inputs accept '
                                 'name, split, revision, data_files; fix: remove them')
             kind = 'hf'
-            raw_groups.append(('hf', name, 0, -1, tuple(sorted(opts.items()))))
+            n_shards = max(1, int(getattr(_load_hf(name, opts), 'n_shards', 1) or 1))
+            # one group per dataset shard (data file); their concatenation is the dataset's own order
+            raw_groups.extend(('hf', name, k, n_shards, tuple(sorted(opts.items()))) for k in range(n_shards))
         elif _is_saved_dataset(base):
             kind = 'disk'
             ds = _load_disk(base, opts.get('split'), source)
@@ -375,19 +377,28 @@ def _iter_disk(group: Group, field: str):
             yield (text, None) if err is None else (None, f'{group.path} row {a + k}: {err}')
 
 
-def _iter_hf(group: Group, field: str):
+def _load_hf(name: str, opts: dict):
     import datasets
 
-    opts = dict(group.options)
     try:
-        ds = datasets.load_dataset(group.path, opts.get('name'), split=opts.get('split', 'train'), streaming=True,
-                                   revision=opts.get('revision'), data_files=opts.get('data_files'))
+        return datasets.load_dataset(name, opts.get('name'), split=opts.get('split', 'train'), streaming=True,
+                                     revision=opts.get('revision'), data_files=opts.get('data_files'))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f'cannot load HF dataset {name!r} ({one_line(exc)}); rule: hf:NAME must be loadable '
+                        'with datasets.load_dataset(NAME, streaming=True); fix: check the name/split and network '
+                        'access, or pass a save_to_disk folder') from None
+
+
+def _iter_hf(group: Group, field: str):
+    ds = _load_hf(group.path, dict(group.options))
+    if group.stop > 1:  # shard `start` of `stop` (contiguous: one data file per shard)
+        ds = ds.shard(num_shards=group.stop, index=group.start)
+    try:
         it = iter(ds)
         first = next(it, None)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot load HF dataset {group.path!r} ({one_line(exc)}); rule: hf:NAME must be loadable '
-                        'with datasets.load_dataset(NAME, streaming=True); fix: check the name/split and network '
-                        'access, or pass a save_to_disk folder') from None
+        raise DataError(f'cannot read HF dataset {group.path!r} ({one_line(exc)}); fix: check the dataset files and '
+                        'network access') from None
     if first is None:
         return
     if field not in first:

@@ -77,7 +77,8 @@ def build_save_to_disk(tmp):
 def build_hf_streaming(tmp):
     texts = _texts(30)
     (tmp / 'hub').mkdir()
-    _jsonl(tmp / 'hub' / 'train.jsonl', texts)
+    _jsonl(tmp / 'hub' / 'train-0.jsonl', texts[:12])  # two data files: two shards, two groups
+    _jsonl(tmp / 'hub' / 'train-1.jsonl', texts[12:])
     return [f'hf:{tmp / "hub"}'], texts
 
 
