@@ -1,6 +1,7 @@
 """Inputs of ``rlp-data prepare``: expand what the user typed into ordered groups, then read documents.
 
-A *group* is the unit of parallel work and of resume: one per input file, per dataset, per webdataset tar.
+A *group* is the unit of parallel work and of resume: one per input file, per webdataset tar, per HF dataset shard
+(data file), per ``save_to_disk`` dataset.
 Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks (``chunk_bytes``,
 ``chunk_rows``; line- or row-group-aligned), never by worker count, so the list of groups is a pure function of the
 inputs and the arguments. Documents are read in file order inside a group, groups in the order given on the
@@ -15,9 +16,7 @@ Input syntax (mixable in one call):
     ``?name=CONFIG&split=SPLIT&revision=REV&data_files=GLOB`` (``NAME`` may be a hub id or a local folder);
   * the same file formats on ``s3://`` (objects or prefixes; downloaded once into the staging folder).
 
-``iter_records`` yields ``(text, None)`` for a document or ``(None, reason)`` for a bad record; the caller
-applies the ``--on-bad-record`` policy. A text field missing from a group's first good record is always fatal
-(it is almost certainly the wrong ``--text-field``), later misses count as bad records.
+Reading a group's documents is :func:`pipeline.readers.iter_records` (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pipeline import remote
 from pipeline.errors import DataError, one_line
+from pipeline.readers import iter_records, load_disk, load_hf
 
 __all__ = ['Group', 'InputSpec', 'expand_inputs', 'iter_records', 'FILE_KINDS']
 
@@ -196,12 +195,12 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
                 raise DataError(f'input {source!r}: unknown option(s) {sorted(unknown)}; rule: hf: inputs accept '
                                 'name, split, revision, data_files; fix: remove them')
             kind = 'hf'
-            n_shards = max(1, int(getattr(_load_hf(name, opts), 'n_shards', 1) or 1))
+            n_shards = max(1, int(getattr(load_hf(name, opts), 'n_shards', 1) or 1))
             # one group per dataset shard (data file); their concatenation is the dataset's own order
             raw_groups.extend(('hf', name, k, n_shards, tuple(sorted(opts.items()))) for k in range(n_shards))
         elif _is_saved_dataset(base):
             kind = 'disk'
-            ds = _load_disk(base, opts.get('split'), source)
+            ds = load_disk(base, opts.get('split'), source)
             files = sorted(str(p) for p in Path(base).rglob('*') if p.is_file())
             for a, b in _chunks(len(ds), chunk_rows):
                 raw_groups.append(('disk', base, a, b, tuple(sorted(opts.items()))))
@@ -252,197 +251,4 @@ def _parquet_chunks(path: str, chunk_bytes: int) -> list[tuple[int, int]]:
     return [(g, g + 1) for g in range(meta.num_row_groups)]
 
 
-def _load_disk(path: str, split: str | None, source: str):
-    import datasets
 
-    try:
-        ds = datasets.load_from_disk(path)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'input {source!r}: cannot load the saved dataset ({one_line(exc)}); fix: check the folder') from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = split or 'train'
-        if split not in ds:
-            raise DataError(f'input {source!r}: split {split!r} not found; available: {sorted(ds)}; fix: add '
-                            f'?split=NAME')
-        ds = ds[split]
-    return ds
-
-
-def _field_error(field: str, where: str, available) -> DataError:
-    return DataError(f'text field {field!r} not found in {where}; available fields: {sorted(available)}; fix: pass '
-                     '--text-field with one of them')
-
-
-def _check_text(value, field: str) -> tuple[str | None, str | None]:
-    if isinstance(value, str):
-        return value, None
-    return None, f'field {field!r} is {type(value).__name__}, not a string'
-
-
-def iter_records(group: Group, text_field: str) -> Iterator[tuple[str | None, str | None]]:
-    """Yield ``(text, None)`` per document or ``(None, reason)`` per bad record of one group, in order."""
-    reader = {'jsonl': _iter_jsonl, 'json': _iter_json_array, 'txt': _iter_txt, 'parquet': _iter_parquet,
-              'wds': _iter_wds, 'disk': _iter_disk, 'hf': _iter_hf}[group.kind]
-    yield from reader(group, text_field)
-
-
-def _iter_jsonl(group: Group, field: str):
-    seen_good = False
-    with open(group.path, 'rb') as fh:
-        pos = group.start
-        if pos > 0:  # start at the first line that begins at or after `start`
-            fh.seek(pos - 1)
-            pos += len(fh.readline()) - 1
-        stop = group.stop if group.stop >= 0 else float('inf')
-        while pos < stop:
-            line = fh.readline()
-            if not line:
-                break
-            where = f'{group.path} at byte {pos}'
-            pos += len(line)
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line.decode('utf-8'))
-            except UnicodeDecodeError:
-                yield None, f'{where}: not valid UTF-8'
-                continue
-            except json.JSONDecodeError as exc:
-                yield None, f'{where}: malformed JSON ({exc.msg})'
-                continue
-            if not isinstance(rec, dict):
-                yield None, f'{where}: a JSON {type(rec).__name__}, not an object'
-                continue
-            if field not in rec:
-                if not seen_good:
-                    raise _field_error(field, where, rec)
-                yield None, f'{where}: no field {field!r}'
-                continue
-            seen_good = True
-            text, err = _check_text(rec[field], field)
-            yield (text, None) if err is None else (None, f'{where}: {err}')
-
-
-def _iter_json_array(group: Group, field: str):
-    try:
-        with open(group.path, 'rb') as fh:
-            data = json.loads(fh.read().decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f'input {group.path!r} is not a valid UTF-8 JSON array ({one_line(exc)}); rule: .json files '
-                        'hold one array of objects or JSON lines; fix: repair the file') from None
-    for k, rec in enumerate(data):
-        where = f'{group.path} item {k}'
-        if not isinstance(rec, dict):
-            yield None, f'{where}: not an object'
-            continue
-        if field not in rec:
-            if k == 0:
-                raise _field_error(field, where, rec)
-            yield None, f'{where}: no field {field!r}'
-            continue
-        text, err = _check_text(rec[field], field)
-        yield (text, None) if err is None else (None, f'{where}: {err}')
-
-
-def _iter_txt(group: Group, field: str):
-    with open(group.path, 'rb') as fh:
-        data = fh.read()
-    try:
-        yield data.decode('utf-8'), None
-    except UnicodeDecodeError as exc:
-        yield None, f'{group.path}: not valid UTF-8 (byte {exc.start})'
-
-
-def _iter_parquet(group: Group, field: str):
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(group.path)
-    if field not in pf.schema_arrow.names:
-        raise _field_error(field, group.path, pf.schema_arrow.names)
-    row_groups = range(pf.metadata.num_row_groups) if group.stop < 0 else range(group.start, group.stop)
-    for rg in row_groups:
-        for k, value in enumerate(pf.read_row_group(rg, columns=[field]).column(0).to_pylist()):
-            text, err = _check_text(value, field)
-            yield (text, None) if err is None else (None, f'{group.path} row group {rg} row {k}: {err}')
-
-
-def _iter_disk(group: Group, field: str):
-    ds = _load_disk(group.path, dict(group.options).get('split'), group.path)
-    if field not in ds.column_names:
-        raise _field_error(field, group.path, ds.column_names)
-    stop = len(ds) if group.stop < 0 else group.stop
-    for a in range(group.start, stop, 1000):
-        for k, value in enumerate(ds[a:min(a + 1000, stop)][field]):
-            text, err = _check_text(value, field)
-            yield (text, None) if err is None else (None, f'{group.path} row {a + k}: {err}')
-
-
-def _load_hf(name: str, opts: dict):
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, opts.get('name'), split=opts.get('split', 'train'), streaming=True,
-                                     revision=opts.get('revision'), data_files=opts.get('data_files'))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot load HF dataset {name!r} ({one_line(exc)}); rule: hf:NAME must be loadable '
-                        'with datasets.load_dataset(NAME, streaming=True); fix: check the name/split and network '
-                        'access, or pass a save_to_disk folder') from None
-
-
-def _iter_hf(group: Group, field: str):
-    ds = _load_hf(group.path, dict(group.options))
-    if group.stop > 1:  # shard `start` of `stop` (contiguous: one data file per shard)
-        ds = ds.shard(num_shards=group.stop, index=group.start)
-    try:
-        it = iter(ds)
-        first = next(it, None)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot read HF dataset {group.path!r} ({one_line(exc)}); fix: check the dataset files and '
-                        'network access') from None
-    if first is None:
-        return
-    if field not in first:
-        raise _field_error(field, f'hf:{group.path}', first)
-    for k, rec in enumerate(_chain_first(first, it)):
-        text, err = _check_text(rec.get(field), field)
-        yield (text, None) if err is None else (None, f'hf:{group.path} record {k}: {err}')
-
-
-def _chain_first(first, rest):
-    yield first
-    yield from rest
-
-
-def _iter_wds(group: Group, field: str):
-    import webdataset as wds
-
-    exts = [field, 'txt'] if field == 'text' else [field]
-    try:
-        samples = wds.WebDataset(group.path, shardshuffle=False, nodesplitter=None, empty_check=False)
-        for k, sample in enumerate(samples):
-            where = f'{group.path} sample {sample.get("__key__", k)!r}'
-            raw = next((sample[e] for e in exts if e in sample), None)
-            if raw is None and 'json' in sample:
-                try:
-                    rec = json.loads(sample['json'].decode('utf-8'))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    yield None, f'{where}: malformed JSON ({one_line(exc)})'
-                    continue
-                raw = rec.get(field) if isinstance(rec, dict) else None
-                if isinstance(raw, str):
-                    yield raw, None
-                    continue
-            if raw is None:
-                if k == 0:
-                    members = [e for e in sample if not e.startswith('__')]
-                    raise _field_error(field, where, members)
-                yield None, f'{where}: no member {"/".join(exts)} or json field {field!r}'
-                continue
-            try:
-                yield raw.decode('utf-8'), None
-            except UnicodeDecodeError:
-                yield None, f'{where}: not valid UTF-8'
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot read webdataset shard {group.path!r} ({one_line(exc)}); fix: check the tar file') from None
