@@ -22,7 +22,6 @@ Reading a group's documents is :func:`pipeline.readers.iter_records` (re-exporte
 from __future__ import annotations
 
 import glob as globlib
-import json
 import os
 import urllib.parse
 from dataclasses import dataclass
