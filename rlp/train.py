@@ -4,7 +4,7 @@ Start-up order (each step matters for determinism or for surviving a crash):
 
 1. Validate the recipe (unknown keys, weighting families, batch divisibility for this world size) and log the
    resolved config (also written to ``{output_dir}/resolved_config.yaml``).
-2. Initialise torch.distributed (gloo on CPU, NCCL on GPU), check the save folder's bucket.
+2. Check the save folder's bucket, initialise torch.distributed (gloo on CPU, NCCL on GPU).
 3. ``streaming.base.util.clean_stale_shared_memory()`` once per process, before any StreamingDataset, when
    ``data.clean_stale_shared_memory`` (a crashed run's shared memory otherwise blocks the restart).
 4. Seed everything, build tokenizer, model (seeded random init or pretrained), the stream mixture, optimizer,
@@ -29,9 +29,12 @@ import yaml
 
 from rlp.config import ConfigError, Recipe, load_recipe, recipe_to_dict, validate_for_world
 
-__all__ = ['build_trainer', 'main', 'summarize']
+__all__ = ['TEST_BATCH_SLEEP_ENV', 'build_trainer', 'main', 'summarize']
 
 log = logging.getLogger('rlp.train')
+
+TEST_BATCH_SLEEP_ENV = 'RLP_TEST_SLEEP_PER_BATCH_S'
+"""Test hook: seconds to sleep after every batch, so a crash test can kill a run between two checkpoints."""
 
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -114,9 +117,9 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     device = _device_name(t.device)
     if device == 'cpu' and t.precision != 'fp32':
         raise ConfigError(f'trainer.precision={t.precision} needs a GPU; on CPU use trainer.precision=fp32')
-    dist.initialize_dist(DeviceGPU() if device == 'gpu' else DeviceCPU(), timeout=t.dist_timeout)
     if t.save_folder is not None:
         checkpoint.check_save_folder(t.save_folder, recipe.run_name)
+    dist.initialize_dist(DeviceGPU() if device == 'gpu' else DeviceCPU(), timeout=t.dist_timeout)
     if recipe.data.clean_stale_shared_memory:
         from streaming.base.util import clean_stale_shared_memory
 
@@ -145,6 +148,8 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         callbacks.append(LRMonitor())
     if recipe.callbacks.memory_monitor and device == 'gpu':
         callbacks.append(MemoryMonitor())
+    if os.environ.get(TEST_BATCH_SLEEP_ENV):
+        callbacks.append(_sleep_after_batch(float(os.environ[TEST_BATCH_SLEEP_ENV])))
 
     load_path, load_weights_only = t.load_path, t.load_weights_only
     if t.autoresume and t.save_folder is not None:
@@ -192,6 +197,17 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     )
     checkpoint.set_symlink_upload_poll(trainer)
     return trainer, output_dir
+
+
+def _sleep_after_batch(seconds: float):
+    """The callback behind :data:`TEST_BATCH_SLEEP_ENV`."""
+    from composer.core import Callback
+
+    class SleepAfterBatch(Callback):
+        def batch_end(self, state, logger) -> None:
+            time.sleep(seconds)
+
+    return SleepAfterBatch()
 
 
 def _trend(records: list[dict[str, Any]], key: str) -> Optional[tuple[float, float, int]]:

@@ -1,0 +1,89 @@
+"""Checks the `rlp.train` entry end to end on tiny local data: the next-token-only path (`rlp: null`) with
+`python -m rlp.train` writes one metrics record per batch, checkpoints, the resolved config and a summary; the RLP
+path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a finished run
+resumes from its newest checkpoint; invalid recipes, overrides and a missing save-folder bucket stop before any
+training with exit code 2 and a one-line message."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlp.metrics_logger import read_metrics
+from rlp.train import main, summarize
+from tests.rlp.train_utils import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
+
+TINY_RLP = {'positions': {'unit': 'document', 'k': 1, 'min_context': 4},
+            'rollouts': {'group_size': 2, 'max_thought_tokens': 4},
+            'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0}, 'log': {'every_n_batches': 2}}
+
+
+@pytest.fixture
+def local_run(tmp_path):
+    write_mds(str(tmp_path / 'data' / 'train'), packed_samples(48, 32, seed=3))
+
+    def make(**kw):
+        recipe = tiny_recipe(streams={'web': {'local': str(tmp_path / 'data'), 'split': 'train'}},
+                             save_folder=str(tmp_path / 'ckpt' / '{run_name}'), **kw)
+        return write_recipe(tmp_path / 'recipe.yaml', recipe)
+    return tmp_path, make
+
+
+def test_ntp_only_with_python_m(local_run):
+    """rlp: null, 6 batches: exit 0, records 0..5 with loss/train/total and sample ids of 4, checkpoints ba2..ba6,
+    resolved config and summary; a second launch of the finished run resumes from ba6 and extends it to 8."""
+    tmp_path, make = local_run
+    recipe = make(max_duration='6ba')
+    proc = launch(recipe, nproc=None, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '== rlp.train summary: 6 batches' in proc.stdout
+    records = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
+    assert sorted(records) == list(range(6))
+    assert all(len(r['sample_ids']) == 4 and r['loss/train/total'] > 0 for r in records.values())
+    assert not any(k.startswith('rlp/') for r in records.values() for k in r)
+    assert sorted(p.name for p in (tmp_path / 'ckpt' / 'tiny').glob('ep*.pt')) == [
+        'ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
+    assert 'rlp: null' in (tmp_path / 'runs' / 'tiny' / 'resolved_config.yaml').read_text()
+
+    again = launch(recipe, nproc=None, cwd=tmp_path, overrides=('trainer.max_duration=8ba',))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert 'resuming from' in again.stderr + again.stdout
+    resumed = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
+    assert sorted(resumed) == list(range(8)) and all(resumed[i] == records[i] for i in range(6))
+
+
+def test_rlp_with_composer_n1(local_run):
+    """RLP mixed with NTP under the launcher: rlp/ metrics per batch, the thoughts JSONL, the summary's trends."""
+    tmp_path, make = local_run
+    proc = launch(make(max_duration='4ba', rlp=TINY_RLP), nproc=1, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + rank_logs(tmp_path)
+    records = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
+    assert sorted(records) == [0, 1, 2, 3]
+    for r in records.values():
+        assert {'loss/train/ntp', 'loss/train/rlp', 'rlp/reward_mean', 'rlp/gain_vs_ema'} <= set(r)
+    assert (tmp_path / 'runs' / 'tiny' / 'thoughts.jsonl').stat().st_size > 0
+    text = summarize(str(tmp_path / 'runs' / 'tiny'))
+    assert 'rlp/reward_mean' in text and 'thoughts.jsonl' in text and 'loss/train/ntp' in text
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (['trainer.optimizer.lrr=1'], "unknown key 'trainer.optimizer.lrr'"),
+    (['data.streams={}'], 'data.streams is empty'),
+    (['trainer.global_train_batch_size=6', 'trainer.device_train_microbatch_size=4'], 'not divisible'),
+    (['trainer.device=cpu', 'trainer.precision=amp_bf16'], 'needs a GPU'),
+])
+def test_bad_recipes_stop_before_training(local_run, capsys, monkeypatch, overrides, message):
+    """Validation errors: exit code 2, the message on stderr, no metrics written."""
+    tmp_path, make = local_run
+    monkeypatch.chdir(tmp_path)
+    assert main([str(make()), *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'runs' / 'tiny' / 'metrics.jsonl').exists()
+
+
+def test_missing_bucket_stops_before_training(local_run, s3, capsys, monkeypatch):
+    """An s3:// save folder in a bucket that does not exist: exit code 2 naming the bucket, nothing trained."""
+    tmp_path, make = local_run
+    monkeypatch.chdir(tmp_path)
+    assert main([str(make()), 'trainer.save_folder=s3://no-such-bucket-rlp/ckpt']) == 2
+    assert "bucket 'no-such-bucket-rlp' is not usable" in capsys.readouterr().err
+    assert not (tmp_path / 'runs' / 'tiny' / 'metrics.jsonl').exists()
