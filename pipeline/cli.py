@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--chunk-mb', type=float, default=64.0,
                    help='large jsonl/parquet/save_to_disk inputs are split into chunks of about this size '
                         '(parallelism only; the output does not depend on it)')
+    p.add_argument('--shard-mb', type=float, default=64.0, help='raw (uncompressed) size limit of an MDS shard')
     p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='show a progress bar')
 
     i = sub.add_parser('inspect', help='print the manifest, counts and a few decoded samples')

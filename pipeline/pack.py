@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['concat_layout', 'concat_samples_starting_in', 'doc_starts_in_window', 'split_document']
+__all__ = ['concat_layout', 'concat_samples_starting_in', 'doc_starts_in_window', 'split_document',
+           'samples_per_part', 'part_ranges', 'none_sample_counts']
 
 
 def concat_layout(total_tokens: int, seq_len: int) -> tuple[int, int]:
@@ -52,3 +53,22 @@ def doc_starts_in_window(doc_offsets: np.ndarray, start: int, seq_len: int) -> n
 def split_document(length: int, seq_len: int) -> list[tuple[int, int]]:
     """``none`` mode: [a, b) pieces of a document of ``length`` tokens, each at most L long."""
     return [(a, min(a + seq_len, length)) for a in range(0, length, seq_len)]
+
+
+def none_sample_counts(lengths: np.ndarray, seq_len: int) -> np.ndarray:
+    """``none`` mode: samples per document, ceil(len / L), shape (D,)."""
+    return -(-np.asarray(lengths, dtype=np.int64) // seq_len)
+
+
+def samples_per_part(seq_len: int, itemsize: int, shard_bytes: int) -> int:
+    """How many samples one part (one MDS folder, normally one shard) holds: ~90% of a shard of full samples.
+
+    A full sample takes L * itemsize bytes of tokens plus a small ``doc_starts`` array and the MDS offsets;
+    64 bytes is reserved for those, so a part usually fits in one shard (MDSWriter opens a second one otherwise).
+    """
+    return max(1, int(0.9 * shard_bytes) // (seq_len * itemsize + 64))
+
+
+def part_ranges(n_samples: int, per_part: int) -> list[range]:
+    """Global sample index ranges of the parts: [j*S, min((j+1)*S, n)) for j = 0 .. ceil(n/S)-1."""
+    return [range(a, min(a + per_part, n_samples)) for a in range(0, n_samples, per_part)]

@@ -5,9 +5,11 @@ Phases (every unit writes a done marker last; see :mod:`pipeline.store`):
 1. tokenise: each group (see :mod:`pipeline.sources`) becomes a raw token stream with document lengths.
    Groups run in a process pool of ``--workers``; the result of a group depends only on the group.
 2. pack + write: with every group's token count known, the global stream is cut into samples at multiples of
-   ``seq_len`` (:mod:`pipeline.pack`). Part ``p`` holds the samples that *start* inside group ``p``'s token range
-   (they may read tokens of later groups), so parts are independent and written in parallel, and the result equals
-   packing the whole stream in one pass: only the final partial sample of the whole corpus is dropped.
+   ``seq_len`` (concat) or into per-document pieces (none) (:mod:`pipeline.pack`), and the global sample sequence
+   into fixed ranges of ``samples_per_part`` (about one shard each). A part reads the tokens it needs from whatever
+   groups hold them, so parts are independent and written in parallel, and the result equals packing the whole
+   stream in one pass: only the final partial sample of the whole corpus is dropped, and neither ``--workers`` nor
+   the grouping of the inputs (``--chunk-mb``) changes a byte.
 3. publish: parts are moved (local) or uploaded (object store) beside each other, then the root ``index.json``,
    then ``manifest.json``. ``manifest.json`` is the completion mark: an output without it is incomplete.
 
@@ -17,6 +19,7 @@ from the markers. Throughput numbers stay in the printed summary, never in a pub
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -24,14 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import xxhash
 
 from pipeline import remote
 from pipeline.errors import DataError, UsageError
 from pipeline.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
-from pipeline.pack import concat_layout
+from pipeline.pack import concat_layout, none_sample_counts, part_ranges, samples_per_part
 from pipeline.sources import expand_inputs
-from pipeline.store import Staging, read_json, write_json_atomic
+from pipeline.store import Staging, TokenStream, read_json, write_json_atomic
 from pipeline.tokenize import choose_dtype, load_tokenizer, make_policy, tokenizer_hash
 from pipeline.work import TEST_SLEEP_ENV, Ctx, lock_staging, progress_bar, run_pool, tokenize_group, write_part
 from pipeline.writer import SIZE_LIMIT, columns_for, merged_index
@@ -39,7 +43,7 @@ from pipeline.writer import SIZE_LIMIT, columns_for, merged_index
 __all__ = ['PrepareArgs', 'prepare', 'TEST_SLEEP_ENV']
 
 STAGING_DIRNAME = '.rlp-data'
-_MAX_SEQ_LEN = SIZE_LIMIT // 8  # a sample (tokens + doc_starts) must fit in one shard; int32 doc_starts
+_MAX_SEQ_LEN = SIZE_LIMIT // 8  # a full sample of uint32 tokens must fit in a default shard twice over
 
 
 @dataclass
@@ -60,12 +64,13 @@ class PrepareArgs:
     overwrite: bool = False
     staging: str | None = None
     chunk_mb: float = 64.0
+    shard_mb: float = 64.0
     progress: bool = True
 
     def dataset_arguments(self) -> dict:
         """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""
         keys = ('inputs', 'tokenizer', 'seq_len', 'pack', 'dtype', 'text_field', 'bos_text', 'eos_text',
-                'on_bad_record')
+                'on_bad_record', 'shard_mb')
         return {k: getattr(self, k) for k in keys}
 
 
@@ -75,6 +80,9 @@ def _check_args(a: PrepareArgs) -> None:
                          'hold a token and its successor, and fit in one 64 MB shard); fix: pass e.g. --seq-len 2048')
     if a.workers < 1:
         raise UsageError(f'--workers {a.workers} is invalid; rule: at least 1; fix: pass --workers 1 or more')
+    if not 0 < a.shard_mb < 4096 or a.seq_len * 4 + 64 > a.shard_mb * (1 << 20):
+        raise UsageError(f'--shard-mb {a.shard_mb} is invalid for --seq-len {a.seq_len}; rule: one sample must fit in a '
+                         'shard and shards stay below 4 GiB (uint32 offsets); fix: omit it (default 64)')
     if not a.chunk_mb > 0:
         raise UsageError(f'--chunk-mb {a.chunk_mb} is invalid; rule: > 0; fix: omit it (default 64)')
     if a.pack not in ('concat', 'none'):
@@ -187,23 +195,36 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     if total_docs == 0:
         raise DataError(f'empty corpus: the inputs hold 0 usable documents ({empty} empty, {bad} bad records skipped); '
                         'rule: at least one non-empty document is needed; fix: check the inputs and --text-field')
-    n_samples, dropped = concat_layout(total_tokens, a.seq_len) if a.pack == 'concat' else (None, 0)
+    if a.pack == 'concat':
+        n_samples, dropped = concat_layout(total_tokens, a.seq_len)
+        group_sample_offsets = None
+    else:
+        per_group = [int(none_sample_counts(TokenStream(staging, counts, dtype).doc_lengths(g.index), a.seq_len).sum())
+                     if counts[g.index] else 0 for g in groups]
+        group_sample_offsets = [0] + list(itertools.accumulate(per_group))
+        n_samples, dropped = group_sample_offsets[-1], 0
     if n_samples == 0:
         raise DataError(f'the corpus has {total_tokens} tokens, fewer than one sample of --seq-len {a.seq_len}; rule: '
                         'concat packing drops the final partial sample; fix: lower --seq-len, add data or use '
                         '--pack none')
 
-    # Phase 2: pack and write the parts without a valid marker.
-    done2 = {g.index for g in groups if (read_json(staging.part_marker(g.index)) or {}).get('fingerprint') == run_key}
-    todo2 = [(g.index, counts) for g in groups if g.index not in done2]
-    for p, _ in todo2:
-        staging.clear_part(p)
+    # Phase 2: cut the global sample sequence into fixed ranges (parts) and write those without a valid marker.
+    shard_bytes = int(a.shard_mb * (1 << 20))
+    per_part = samples_per_part(a.seq_len, np.dtype(dtype).itemsize, shard_bytes)
+    n_parts = len(part_ranges(n_samples, per_part))
+    ctx.layout = {'token_counts': counts, 'n_samples': n_samples, 'samples_per_part': per_part,
+                  'shard_bytes': shard_bytes, 'group_sample_offsets': group_sample_offsets}
+    done2 = {j for j in range(n_parts) if (read_json(staging.part_marker(j)) or {}).get('fingerprint') == run_key}
+    todo2 = [j for j in range(n_parts) if j not in done2]
+    for j in todo2:
+        staging.clear_part(j)
     run_pool(write_part, todo2, ctx, a.workers, bar, 'write')
     if bar is not None:
         bar.close()
-    parts = [read_json(staging.part_marker(g.index)) for g in groups]
+    parts = [read_json(staging.part_marker(j)) for j in range(n_parts)]
     with_data = [(m['part'], m['shards']) for m in parts if m['samples']]
     samples = sum(m['samples'] for m in parts)
+    assert samples == n_samples, (samples, n_samples)
 
     inputs = []
     for spec, named in zip(specs, hashes):

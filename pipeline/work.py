@@ -1,8 +1,8 @@
 """The work units of ``prepare`` and the process pool that runs them.
 
 Phase 1 (:func:`tokenize_group`): read one group, tokenise in batches of 512 documents, append to the group's raw
-token stream, write its marker. Phase 2 (:func:`write_part`): pack the samples a part owns (see
-:mod:`pipeline.prepare`) and write them as one MDS folder, then its marker. Both are pure functions of the
+token stream, write its marker. Phase 2 (:func:`write_part`): pack one fixed range of global sample indices (see
+:mod:`pipeline.prepare`) and write it as one MDS folder, then its marker. Both are pure functions of the
 staging folder and the arguments, which is what makes the output independent of ``--workers``.
 
 Workers are forked (or spawned where fork is missing) and die with their parent (``PR_SET_PDEATHSIG``) so that a
@@ -22,7 +22,7 @@ import numpy as np
 import xxhash
 
 from pipeline.errors import DataError
-from pipeline.pack import concat_layout, concat_samples_starting_in, doc_starts_in_window, split_document
+from pipeline.pack import doc_starts_in_window, part_ranges, split_document
 from pipeline.sources import Group, iter_records
 from pipeline.store import GroupTokenWriter, Staging, TokenStream, write_json_atomic
 from pipeline.tokenize import encode_batch, load_tokenizer, to_array
@@ -48,6 +48,7 @@ class Ctx:
     tok: object = None
     policy: object = None
     counters: tuple = field(default=())
+    layout: dict | None = None  # phase 2: token counts per group, sample counts, samples per part, shard bytes
 
 
 _CTX: Ctx | None = None  # the worker's context: set in the parent before forking, or by the pool initializer
@@ -155,39 +156,47 @@ def _concat_samples(stream: TokenStream, ks: range, seq_len: int):
         yield tokens[i * seq_len:(i + 1) * seq_len], doc_starts_in_window(offsets, k * seq_len, seq_len)
 
 
-def _none_samples(stream: TokenStream, g: int, seq_len: int):
-    lo = int(stream.offsets[g])
-    tokens = stream.read(lo, int(stream.offsets[g + 1]))
-    pos = 0
+def _none_samples(stream: TokenStream, group_sample_offsets: np.ndarray, ks: range, seq_len: int):
+    """Samples ks of the ``none`` layout: document pieces of at most L tokens, numbered globally in order."""
     segment_start = np.zeros(1, dtype=np.int32)  # one document (or a piece of one) per sample
-    for length in stream.doc_lengths(g).tolist():
-        for s, e in split_document(length, seq_len):
-            yield tokens[pos + s:pos + e], segment_start
-        pos += length
+    g = int(np.searchsorted(group_sample_offsets, ks.start, side='right')) - 1
+    k = int(group_sample_offsets[g])
+    while k < ks.stop and g < len(stream.counts):
+        if group_sample_offsets[g + 1] == k:  # group without samples
+            g += 1
+            continue
+        tokens = stream.read(int(stream.offsets[g]), int(stream.offsets[g + 1]))
+        pos = 0
+        for length in stream.doc_lengths(g).tolist():
+            pieces = split_document(length, seq_len)
+            if k + len(pieces) > ks.start:
+                for j, (s, e) in enumerate(pieces):
+                    if ks.start <= k + j < ks.stop:
+                        yield tokens[pos + s:pos + e], segment_start
+            k += len(pieces)
+            pos += length
+            if k >= ks.stop:
+                break
+        g += 1
 
 
-def write_part(job: tuple[int, list[int]]) -> dict:
-    """Phase 2 for part p: pack the samples owned by group p and write them as an MDS folder, then its marker."""
-    p, counts = job
+def write_part(j: int) -> dict:
+    """Phase 2 for part j: pack its range of global samples and write them as an MDS folder, then its marker."""
     ctx = _CTX
-    a = ctx.args
+    a, layout = ctx.args, ctx.layout
     staging = Staging(ctx.staging)
-    stream = TokenStream(staging, counts, ctx.dtype)
-    columns = columns_for(a.pack, ctx.dtype, a.seq_len)
+    stream = TokenStream(staging, layout['token_counts'], ctx.dtype)
+    ks = part_ranges(layout['n_samples'], layout['samples_per_part'])[j]
     if a.pack == 'concat':
-        n_samples, _ = concat_layout(stream.total, a.seq_len)
-        ks = concat_samples_starting_in(int(stream.offsets[p]), int(stream.offsets[p + 1]), a.seq_len, n_samples)
-        samples = _concat_samples(stream, ks, a.seq_len) if len(ks) else None
+        samples = _concat_samples(stream, ks, a.seq_len)
     else:
-        samples = _none_samples(stream, p, a.seq_len) if counts[p] else None
-    result = {'samples': 0, 'shards': []}
-    if samples is not None:
-        result = write_mds_part(staging.part_dir(p), columns, samples)
-    marker = {'fingerprint': ctx.fingerprint, 'part': staging.part_name(p), **result}
-    write_json_atomic(staging.part_marker(p), marker)
+        samples = _none_samples(stream, np.asarray(layout['group_sample_offsets']), ks, a.seq_len)
+    result = write_mds_part(staging.part_dir(j), columns_for(a.pack, ctx.dtype, a.seq_len), samples,
+                            layout['shard_bytes'])
+    marker = {'fingerprint': ctx.fingerprint, 'part': staging.part_name(j), **result}
+    write_json_atomic(staging.part_marker(j), marker)
     _sleep_hook()
     return marker
-
 
 
 def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
@@ -206,7 +215,8 @@ def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
             _tick(bar, counters, label)
         return
     method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-    shipped = None if method == 'fork' else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy)
+    shipped = None if method == 'fork' else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy,
+                                                       (), ctx.layout)
     global _CTX
     _CTX = ctx  # inherited by forked workers
     with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,

@@ -94,7 +94,8 @@ def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, mo
     for i in range(3):
         write_jsonl(corpus / f'p{i}.jsonl', 40, seed=i)
     ref_uri, uri = f's3://{s3.bucket}/ref', f's3://{s3.bucket}/ds'
-    assert prepare(capsys, [str(corpus)], ref_uri, 40, '--staging', tmp_path / 'stg-ref')[0] == 0
+    small = ('--shard-mb', '0.005')  # several parts, so the upload can die between two of them
+    assert prepare(capsys, [str(corpus)], ref_uri, 40, '--staging', tmp_path / 'stg-ref', *small)[0] == 0
 
     calls = []
     real_upload = remote.upload_files
@@ -107,13 +108,13 @@ def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, mo
 
     monkeypatch.setattr(publish.remote, 'upload_files', flaky)
     try:
-        prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg')
+        prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg', *small)
     except RuntimeError:
         pass
     monkeypatch.setattr(publish.remote, 'upload_files', real_upload)  # (undo() would also drop the s3 env vars)
     keys = s3.list('ds/')
     assert keys and 'ds/index.json' not in keys and 'ds/manifest.json' not in keys
-    rc, _, err = prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg')
+    rc, _, err = prepare(capsys, [str(corpus)], uri, 40, '--staging', tmp_path / 'stg', *small)
     assert rc == 0, err
 
     def objects(prefix):
