@@ -32,7 +32,7 @@ from typing import Optional
 
 from rlp.config import ConfigError
 
-__all__ = ['SYMLINK_POLL_ENV', 'check_save_folder', 'find_latest_checkpoint', 'format_save_folder',
+__all__ = ['SYMLINK_POLL_ENV', 'check_save_folder', 'checkpoint_batch', 'find_latest_checkpoint', 'format_save_folder',
            'set_symlink_upload_poll']
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,14 @@ def _list_local(folder: str) -> list[str]:
         elif os.path.isdir(full) and os.path.isfile(os.path.join(full, '.metadata')):
             names.append(f'{entry}/.metadata')
     return names
+
+
+def checkpoint_batch(path: str) -> int:
+    """The batch count in a checkpoint name written by Composer (``.../ep0-ba40-rank0.pt`` -> 40)."""
+    m = re.search(r'ep\d+-ba(\d+)(?:-rank0\.pt)?/?$', path)
+    if not m:
+        raise ValueError(f'{path!r} is not a Composer checkpoint name (ep<E>-ba<B>-rank0.pt or ep<E>-ba<B>/)')
+    return int(m.group(1))
 
 
 def find_latest_checkpoint(save_folder: str, run_name: str) -> Optional[str]:

@@ -45,6 +45,10 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class AlreadyFinished(Exception):
+    """The newest checkpoint already reaches ``max_duration``: nothing to train (a rerun of a finished run)."""
+
+
 def _device_name(requested: str) -> str:
     import torch
 
@@ -155,6 +159,10 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     if t.autoresume and t.save_folder is not None:
         newest = checkpoint.find_latest_checkpoint(t.save_folder, recipe.run_name)
         if newest is not None:
+            done = checkpoint.checkpoint_batch(newest)
+            if t.max_duration.endswith('ba') and done >= int(t.max_duration[:-2]):
+                raise AlreadyFinished(f'{newest} already covers trainer.max_duration={t.max_duration}; raise '
+                                      f'max_duration to train further, or change run_name/save_folder to start over')
             load_path, load_weights_only = newest, False
             log.info('resuming from %s', newest)
 
@@ -268,6 +276,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f'rlp.train: {err}', file=sys.stderr)
         return 2
+    except AlreadyFinished as done:
+        if rank == 0:
+            print(f'rlp.train: nothing to do: {done}', flush=True)
+            print(summarize(output_dir), flush=True)
+        return 0
     trainer.fit()
     trainer.close()
     if rank == 0:

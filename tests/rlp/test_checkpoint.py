@@ -105,6 +105,16 @@ def test_composer_autoresume_prefers_stale_local_s3_folder(s3, tmp_path, monkeyp
     assert find_latest_checkpoint(folder, 'ck') == f'{folder}/ep0-ba4-rank0.pt'
 
 
+def test_checkpoint_batch():
+    """The batch count is read from monolithic and sharded names; anything else is refused."""
+    from rlp.checkpoint import checkpoint_batch
+
+    assert checkpoint_batch('s3://b/run/ep0-ba40-rank0.pt') == 40
+    assert checkpoint_batch('/x/ep2-ba7') == 7
+    with pytest.raises(ValueError, match='not a Composer checkpoint name'):
+        checkpoint_batch('/x/latest-rank0.pt')
+
+
 @pytest.mark.parametrize('folder', ['gs://', 's3://'])
 def test_bucketless_folder_refused(folder):
     """A save folder URI without a bucket is a clear error, not a crash inside boto."""

@@ -1,7 +1,7 @@
 """Checks the `rlp.train` entry end to end on tiny local data: the next-token-only path (`rlp: null`) with
 `python -m rlp.train` writes one metrics record per batch, checkpoints, the resolved config and a summary; the RLP
 path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a finished run
-resumes from its newest checkpoint; invalid recipes, overrides and a missing save-folder bucket stop before any
+resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes, overrides and a missing save-folder bucket stop before any
 training with exit code 2 and a one-line message."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def local_run(tmp_path):
 
 def test_ntp_only_with_python_m(local_run):
     """rlp: null, 6 batches: exit 0, records 0..5 with loss/train/total and sample ids of 4, checkpoints ba2..ba6,
-    resolved config and summary; a second launch of the finished run resumes from ba6 and extends it to 8."""
+    resolved config and summary; a launch with max_duration 8ba resumes from ba6 and extends the run to 8 batches;
+    the same launch again finds nothing to do and leaves metrics.jsonl unchanged."""
     tmp_path, make = local_run
     recipe = make(max_duration='6ba')
     proc = launch(recipe, nproc=None, cwd=tmp_path)
@@ -49,6 +50,10 @@ def test_ntp_only_with_python_m(local_run):
     assert 'resuming from' in again.stderr + again.stdout
     resumed = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
     assert sorted(resumed) == list(range(8)) and all(resumed[i] == records[i] for i in range(6))
+
+    finished = launch(recipe, nproc=None, cwd=tmp_path, overrides=('trainer.max_duration=8ba',))
+    assert finished.returncode == 0 and 'nothing to do' in finished.stdout, finished.stderr[-3000:]
+    assert read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl')) == resumed
 
 
 def test_rlp_with_composer_n1(local_run):
