@@ -4,6 +4,7 @@ Measures, on N synthetic documents (the embedded corpus generator) split into F 
   1. raw ``tokenizer(batch)`` throughput (batches of 512 texts, Rust parallelism off, one process);
   2. ``rlp-data prepare`` end to end (read jsonl, tokenise, write token streams, pack, write zstd MDS shards with
      xxh64, publish index + manifest) with ``--workers 1`` and ``--workers 2``; tokens/s = tokens / wall time.
+     ``--chunk-mb 1`` makes the ~8 MB corpus 8 units of work (the default 16 MB would make it one).
 Prints tokens/s for each and the ratios prepare-1w / raw (goal >= 0.8) and prepare-2w / prepare-1w (goal >= 1.6).
 The 2-worker ratio is bounded by the free cores: on a shared machine, report the load next to the numbers. CPU
 seconds (this process and its pool workers) are printed too: their ratios show the work the pipeline adds and the
@@ -31,6 +32,9 @@ from pipeline.prepare import PrepareArgs, prepare  # noqa: E402
 from pipeline.synthetic import generate_documents  # noqa: E402
 
 
+CHUNK_MB = 1.0  # units of work of ~1 MB, so that a few seconds of work spread over both workers (default: 16 MB)
+
+
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -52,7 +56,7 @@ def run_prepare(folder: Path, out: Path, workers: int, seq_len: int) -> tuple[in
     """Tokens written, wall and CPU seconds (this process + its pool workers) of one ``prepare`` run."""
     shutil.rmtree(out, ignore_errors=True)
     args = PrepareArgs(inputs=[str(folder)], tokenizer=str(bundled_tokenizer_dir()), seq_len=seq_len, out=str(out),
-                       eos_text=EOS_TEXT, workers=workers, progress=False)
+                       eos_text=EOS_TEXT, workers=workers, progress=False, chunk_mb=CHUNK_MB)
     t0, c0 = time.perf_counter(), _cpu()
     prepare(args, log=lambda *_: None)
     seconds, cpu = time.perf_counter() - t0, _cpu() - c0

@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--staging', default=None,
                    help='local staging folder for a remote --out (default: ~/.cache/rlp-data/<hash>); '
                         'for a local --out, staging lives in OUT/.rlp-data')
-    p.add_argument('--chunk-mb', type=float, default=64.0,
-                   help='large jsonl/parquet/save_to_disk inputs are split into chunks of about this size '
-                        '(parallelism only; the output does not depend on it)')
+    p.add_argument('--chunk-mb', type=float, default=16.0,
+                   help='unit of parallel work: large jsonl/parquet/save_to_disk inputs are split into chunks of '
+                        'about this size and small files are merged up to it (the output does not depend on it)')
     p.add_argument('--shard-mb', type=float, default=64.0, help='raw (uncompressed) size limit of an MDS shard')
     p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='show a progress bar')
 

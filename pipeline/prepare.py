@@ -63,7 +63,7 @@ class PrepareArgs:
     workers: int = 1
     overwrite: bool = False
     staging: str | None = None
-    chunk_mb: float = 64.0
+    chunk_mb: float = 16.0
     shard_mb: float = 64.0
     progress: bool = True
 
@@ -84,7 +84,7 @@ def _check_args(a: PrepareArgs) -> None:
         raise UsageError(f'--shard-mb {a.shard_mb} is invalid for --seq-len {a.seq_len}; rule: one sample must fit in a '
                          'shard and shards stay below 4 GiB (uint32 offsets); fix: omit it (default 64)')
     if not a.chunk_mb > 0:
-        raise UsageError(f'--chunk-mb {a.chunk_mb} is invalid; rule: > 0; fix: omit it (default 64)')
+        raise UsageError(f'--chunk-mb {a.chunk_mb} is invalid; rule: > 0; fix: omit it (default 16)')
     if a.pack not in ('concat', 'none'):
         raise UsageError(f'--pack {a.pack!r} is invalid; rule: concat or none; fix: pass --pack concat')
     if a.on_bad_record not in ('skip', 'fail'):

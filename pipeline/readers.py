@@ -1,5 +1,5 @@
 """Document readers, one per input kind: each yields ``(text, None)`` per document or ``(None, reason)`` per bad
-record of one :class:`~pipeline.sources.Group`, in order.
+record of one :class:`~pipeline.sources.Group` (its pieces in order).
 
 Rules shared by all readers: the text must be a string (anything else is a bad record); a text field missing from
 a group's first good record is a fatal :class:`DataError` that lists the available fields (it is almost certainly
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 from pipeline.errors import DataError, one_line
 
 if TYPE_CHECKING:
-    from pipeline.sources import Group
+    from pipeline.sources import Group, Piece
 
 __all__ = ['iter_records', 'load_disk', 'load_hf']
 
@@ -48,12 +48,13 @@ def _check_text(value, field: str) -> tuple[str | None, str | None]:
 
 def iter_records(group: Group, text_field: str) -> Iterator[tuple[str | None, str | None]]:
     """Yield ``(text, None)`` per document or ``(None, reason)`` per bad record of one group, in order."""
-    reader = {'jsonl': _iter_jsonl, 'json': _iter_json_array, 'txt': _iter_txt, 'parquet': _iter_parquet,
-              'wds': _iter_wds, 'disk': _iter_disk, 'hf': _iter_hf}[group.kind]
-    yield from reader(group, text_field)
+    for piece in group.pieces:
+        reader = {'jsonl': _iter_jsonl, 'json': _iter_json_array, 'txt': _iter_txt, 'parquet': _iter_parquet,
+                  'wds': _iter_wds, 'disk': _iter_disk, 'hf': _iter_hf}[piece.kind]
+        yield from reader(piece, text_field)
 
 
-def _iter_jsonl(group: Group, field: str):
+def _iter_jsonl(group: Piece, field: str):
     seen_good = False
     with open(group.path, 'rb') as fh:
         pos = group.start
@@ -90,7 +91,7 @@ def _iter_jsonl(group: Group, field: str):
             yield (text, None) if err is None else (None, f'{where}: {err}')
 
 
-def _iter_json_array(group: Group, field: str):
+def _iter_json_array(group: Piece, field: str):
     try:
         with open(group.path, 'rb') as fh:
             data = json.loads(fh.read().decode('utf-8'))
@@ -111,7 +112,7 @@ def _iter_json_array(group: Group, field: str):
         yield (text, None) if err is None else (None, f'{where}: {err}')
 
 
-def _iter_txt(group: Group, field: str):
+def _iter_txt(group: Piece, field: str):
     with open(group.path, 'rb') as fh:
         data = fh.read()
     try:
@@ -120,7 +121,7 @@ def _iter_txt(group: Group, field: str):
         yield None, f'{group.path}: not valid UTF-8 (byte {exc.start})'
 
 
-def _iter_parquet(group: Group, field: str):
+def _iter_parquet(group: Piece, field: str):
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(group.path)
@@ -133,7 +134,7 @@ def _iter_parquet(group: Group, field: str):
             yield (text, None) if err is None else (None, f'{group.path} row group {rg} row {k}: {err}')
 
 
-def _iter_disk(group: Group, field: str):
+def _iter_disk(group: Piece, field: str):
     ds = load_disk(group.path, dict(group.options).get('split'), group.path)
     if field not in ds.column_names:
         raise _field_error(field, group.path, ds.column_names)
@@ -156,7 +157,7 @@ def load_hf(name: str, opts: dict):
                         'access, or pass a save_to_disk folder') from None
 
 
-def _iter_hf(group: Group, field: str):
+def _iter_hf(group: Piece, field: str):
     ds = load_hf(group.path, dict(group.options))
     if group.stop > 1:  # shard `start` of `stop` (contiguous: one data file per shard)
         ds = ds.shard(num_shards=group.stop, index=group.start)
@@ -180,7 +181,7 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _iter_wds(group: Group, field: str):
+def _iter_wds(group: Piece, field: str):
     import webdataset as wds
 
     exts = [field, 'txt'] if field == 'text' else [field]

@@ -1,8 +1,8 @@
 """Inputs of ``rlp-data prepare``: expand what the user typed into ordered groups, then read documents.
 
 A *group* is the unit of parallel work and of resume: one per input file, per webdataset tar, per HF dataset shard
-(data file), per ``save_to_disk`` dataset.
-Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks (``chunk_bytes``,
+(data file), per ``save_to_disk`` dataset; consecutive small whole files of one input are merged into one group
+of about ``chunk_bytes``. Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks (``chunk_bytes``,
 ``chunk_rows``; line- or row-group-aligned), never by worker count, so the list of groups is a pure function of the
 inputs and the arguments. Documents are read in file order inside a group, groups in the order given on the
 command line (folders and globs sorted by name), so the concatenated document stream is deterministic.
@@ -31,7 +31,7 @@ from pipeline import remote
 from pipeline.errors import DataError, one_line
 from pipeline.readers import iter_records, load_disk, load_hf
 
-__all__ = ['Group', 'InputSpec', 'expand_inputs', 'iter_records', 'FILE_KINDS']
+__all__ = ['Group', 'Piece', 'InputSpec', 'expand_inputs', 'iter_records', 'FILE_KINDS']
 
 FILE_KINDS = {'.jsonl': 'jsonl', '.ndjson': 'jsonl', '.json': 'json', '.txt': 'txt', '.parquet': 'parquet',
               '.tar': 'wds', '.tgz': 'wds', '.tar.gz': 'wds'}
@@ -39,20 +39,27 @@ _SUPPORTED = ', '.join(sorted(FILE_KINDS))
 
 
 @dataclass(frozen=True)
-class Group:
-    """One unit of work: ``kind`` in jsonl|json|txt|parquet|wds|disk|hf, a local path (or HF name), a range."""
+class Piece:
+    """A readable unit: ``kind`` in jsonl|json|txt|parquet|wds|disk|hf, a local path (or HF name), a range.
 
-    index: int
-    input_index: int
+    ``[start, stop)`` is a byte range (jsonl), row-group range (parquet), row range (disk) or, for hf, shard index
+    ``start`` of ``stop`` shards; ``stop = -1`` means to the end.
+    """
+
     kind: str
     path: str
     start: int = 0
     stop: int = -1
     options: tuple[tuple[str, str], ...] = ()
 
-    def describe(self) -> str:
-        rng = '' if self.stop < 0 and self.start == 0 else f' [{self.start}:{self.stop}]'
-        return f'{self.path}{rng}'
+
+@dataclass(frozen=True)
+class Group:
+    """One unit of work and of resume: pieces read in order (several only when small whole files are merged)."""
+
+    index: int
+    input_index: int
+    pieces: tuple[Piece, ...]
 
 
 @dataclass
@@ -225,11 +232,37 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
         if kind == 'files':
             kind = '+'.join(sorted({g[0] for g in raw_groups}))
         groups = []
-        for gkind, path, a, b, options in raw_groups:
-            groups.append(Group(counter, i, gkind, path, a, b, options))
+        for pieces in _merge_small(raw_groups, chunk_bytes):
+            groups.append(Group(counter, i, tuple(Piece(*p) for p in pieces)))
             counter += 1
         specs.append(InputSpec(source=source, kind=kind, files=files, groups=groups))
     return specs
+
+
+def _merge_small(raw: list[tuple], chunk_bytes: int) -> list[list[tuple]]:
+    """Consecutive whole small files are read by one group until it holds ``chunk_bytes`` (fewer, larger units of
+    work for folders of many small files); every other piece is its own group. Depends on sizes only."""
+    groups: list[list[tuple]] = []
+    current: list[tuple] = []
+    size = 0
+    for piece in raw:
+        kind, path, start, stop = piece[:4]
+        whole = kind not in ('hf', 'disk') and start == 0 and stop == -1
+        psize = os.path.getsize(path) if whole else chunk_bytes
+        if not whole or psize >= chunk_bytes:
+            if current:
+                groups.append(current)
+                current, size = [], 0
+            groups.append([piece])
+            continue
+        current.append(piece)
+        size += psize
+        if size >= chunk_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _is_json_array(path: str) -> bool:

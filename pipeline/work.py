@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,7 +105,7 @@ def tokenize_group(group: Group) -> dict:
     writer = GroupTokenWriter(Staging(ctx.staging), group.index, ctx.dtype)
     docs = tokens = empty = bad = 0
     bad_examples: list[str] = []
-    text_hash = xxhash.xxh64() if group.kind == 'hf' else None
+    text_hash = xxhash.xxh64() if any(p.kind == 'hf' for p in group.pieces) else None
     batch: list[str] = []
     docs_counter, tokens_counter = ctx.counters if ctx.counters else (None, None)
 
@@ -215,23 +216,21 @@ def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
             _tick(bar, counters, label)
         return
     method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-    shipped = None if method == 'fork' else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy,
-                                                       (), ctx.layout)
+    shipped = None if method == 'fork' else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None,
+                                                ctx.policy, (), ctx.layout)
     global _CTX
     _CTX = ctx  # inherited by forked workers
     with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,
                                      initargs=(shipped, counters, True)) as pool:
-        pending = [pool.apply_async(fn, (job,)) for job in jobs]
+        failures: list[BaseException] = []
+        pending = deque(pool.apply_async(fn, (job,), error_callback=failures.append) for job in jobs)
         while pending:
             time.sleep(0.1)
             _tick(bar, counters, label)
-            still = []
-            for res in pending:
-                if res.ready():
-                    res.get()  # re-raises a worker's exception
-                else:
-                    still.append(res)
-            pending = still
+            if failures:
+                raise failures[0]  # the pool is terminated on leaving the with-block
+            while pending and pending[0].ready():
+                pending.popleft().get()
     _tick(bar, counters, label)
 
 
