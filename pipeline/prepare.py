@@ -175,14 +175,13 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     groups = [g for spec in specs for g in spec.groups]
 
     import multiprocessing as mp
-    counters = (mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0),
-                mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Value('q', 0))
+    counters = (mp.Value('q', 0), mp.Value('q', 0))  # documents, tokens: shared with the workers for the bar
     ctx = Ctx(a, staging_root, dtype, run_key, tok, policy, counters)
     bar = progress_bar(a.progress)
 
     # Phase 1: tokenise every group without a valid marker.
-    done1 = [g for g in groups if (staging.group_marker(g.index) or {}).get('fingerprint') == run_key]
-    todo1 = [g for g in groups if g not in done1]
+    done1 = {g.index for g in groups if (staging.group_marker(g.index) or {}).get('fingerprint') == run_key}
+    todo1 = [g for g in groups if g.index not in done1]
     t1 = time.monotonic()
     run_pool(tokenize_group, todo1, ctx, a.workers, bar, 'tokenise')
     t_tok = time.monotonic() - t1
