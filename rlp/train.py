@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Optional
@@ -29,12 +30,13 @@ import yaml
 
 from rlp.config import ConfigError, Recipe, load_recipe, recipe_to_dict, validate_for_world
 
-__all__ = ['TEST_BATCH_SLEEP_ENV', 'build_trainer', 'main', 'summarize']
+__all__ = ['TEST_HANG_ENV', 'build_trainer', 'main', 'summarize']
 
 log = logging.getLogger('rlp.train')
 
-TEST_BATCH_SLEEP_ENV = 'RLP_TEST_SLEEP_PER_BATCH_S'
-"""Test hook: seconds to sleep after every batch, so a crash test can kill a run between two checkpoints."""
+TEST_HANG_ENV = 'RLP_TEST_HANG_AFTER_BATCH'
+"""Test hook: after this many batches the run stops making progress (sleeps), so a crash test can SIGKILL it at
+a known point between two checkpoints while Composer's uploader finishes in the background."""
 
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -72,10 +74,16 @@ def _optimizer(recipe: Recipe, params):
 
 
 def _scheduler(recipe: Recipe):
-    from composer.optim import (ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler,
-                                LinearWithWarmupScheduler)
+    from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingScheduler,
+                                CosineAnnealingWithWarmupScheduler, LinearScheduler, LinearWithWarmupScheduler)
 
     s = recipe.trainer.scheduler
+    if re.fullmatch(r'0+(\.0*)?[a-z]*', s.t_warmup):  # no warmup (the *WithWarmup classes warn about it)
+        if s.name == 'constant':
+            return ConstantScheduler()
+        if s.name == 'cosine_with_warmup':
+            return CosineAnnealingScheduler(alpha_f=s.alpha_f)
+        return LinearScheduler(alpha_i=1.0, alpha_f=s.alpha_f)
     if s.name == 'constant':
         return ConstantWithWarmupScheduler(t_warmup=s.t_warmup)
     if s.name == 'cosine_with_warmup':
@@ -152,8 +160,8 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         callbacks.append(LRMonitor())
     if recipe.callbacks.memory_monitor and device == 'gpu':
         callbacks.append(MemoryMonitor())
-    if os.environ.get(TEST_BATCH_SLEEP_ENV):
-        callbacks.append(_sleep_after_batch(float(os.environ[TEST_BATCH_SLEEP_ENV])))
+    if os.environ.get(TEST_HANG_ENV):
+        callbacks.append(_hang_after(int(os.environ[TEST_HANG_ENV])))
 
     load_path, load_weights_only = t.load_path, t.load_weights_only
     if t.autoresume and t.save_folder is not None:
@@ -207,15 +215,18 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     return trainer, output_dir
 
 
-def _sleep_after_batch(seconds: float):
-    """The callback behind :data:`TEST_BATCH_SLEEP_ENV`."""
+def _hang_after(batches: int):
+    """The callback behind :data:`TEST_HANG_ENV`."""
     from composer.core import Callback
 
-    class SleepAfterBatch(Callback):
+    class HangAfter(Callback):
         def batch_end(self, state, logger) -> None:
-            time.sleep(seconds)
+            if state.timestamp.batch.value == batches:
+                log.warning('%s=%d: waiting to be killed', TEST_HANG_ENV, batches)
+                while True:
+                    time.sleep(1)
 
-    return SleepAfterBatch()
+    return HangAfter()
 
 
 def _trend(records: list[dict[str, Any]], key: str) -> Optional[tuple[float, float, int]]:
@@ -242,6 +253,11 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
         if trend:
             first, last, n = trend
             lines.append(f'  {key:40s} first quarter {first: .4f} -> last quarter {last: .4f}  ({n} values)')
+    gain = _trend(records, 'rlp/gain_vs_current')
+    if gain:
+        verdict = 'help' if gain[1] > 0 else 'do not help (yet)'
+        lines.append(f'  thoughts {verdict} the current model: rlp/gain_vs_current = {gain[1]:.4f} in the last quarter '
+                     f'(rlp/gain_vs_ema also rises when plain next-token prediction improves faster than the EMA)')
     lines.append(f'  metrics (one JSON object per batch): {os.path.abspath(metrics_path)}')
     thoughts = os.path.join(output_dir, 'thoughts.jsonl')
     if os.path.exists(thoughts):

@@ -1,8 +1,9 @@
 """Exact resumption and elasticity, end to end through the launcher, data and checkpoints on the local S3 server.
 
-For `composer -n 1` and `composer -n 2` (gloo): an uninterrupted 12-batch run is compared with a run SIGKILLed
-(launcher, ranks and uploader together) as soon as its ba4 checkpoint is on S3 - between two checkpoints, before
-its last one - and started again with the same command in the same folder. Per batch, the sample ids, the losses (total, ntp, rlp) and the RLP rewards/scores in
+For `composer -n 1` and `composer -n 2` (gloo): an uninterrupted 12-batch run (no checkpoints at all, so saving has
+no side effect either) is compared with a run that checkpoints every 4 batches, is SIGKILLed (launcher, ranks
+and Composer's uploader together) after batch 6 - between the ba4 and ba8 checkpoints, once ba4 is on S3 - and
+is started again with the same command in the same folder. Per batch, the sample ids, the losses (total, ntp, rlp) and the RLP rewards/scores in
 `metrics.jsonl` must be bitwise equal. Elasticity: the uninterrupted runs on 1 and 2 ranks see the same global
 batches (same sample ids per batch). The recipe is a tiny Llama with RLP mixed with NTP (G 2, 3-token thoughts)
 and a batch split into microbatches of 1, so the algorithm's keyed randomness and accumulation are covered too.
@@ -19,6 +20,7 @@ import boto3
 import pytest
 
 from rlp.metrics_logger import read_metrics
+from rlp.train import TEST_HANG_ENV
 from tests.rlp.train_utils import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -55,12 +57,13 @@ def world(s3_server, tmp_path_factory):
     return {'env': env, 'bucket': bucket, 'root': tmp_path_factory.mktemp('resume'), 'uninterrupted': {}}
 
 
-def _setup(world, name):
+def _setup(world, name, checkpoints=True):
     cwd = world['root'] / name
     cwd.mkdir()
+    save = f's3://{world["bucket"]}/ckpt-{name}/{{run_name}}' if checkpoints else None
     recipe = tiny_recipe(streams={'web': {'remote': f's3://{world["bucket"]}/data', 'split': 'train'}},
                          run_name='resume', max_duration='12ba', save_interval='4ba', microbatch=1,
-                         save_folder=f's3://{world["bucket"]}/ckpt-{name}/{{run_name}}', rlp=TINY_RLP)
+                         save_folder=save, rlp=TINY_RLP)
     return cwd, write_recipe(cwd / 'recipe.yaml', recipe)
 
 
@@ -72,7 +75,7 @@ def _records(cwd):
 
 def _uninterrupted(world, nproc):
     if nproc not in world['uninterrupted']:
-        cwd, recipe = _setup(world, f'u{nproc}-{next(_names)}')
+        cwd, recipe = _setup(world, f'u{nproc}-{next(_names)}', checkpoints=False)
         proc = launch(recipe, nproc=nproc, cwd=cwd, env=world['env'])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + rank_logs(cwd)
         world['uninterrupted'][nproc] = _records(cwd)
@@ -87,8 +90,7 @@ def _s3_keys(world, prefix):
 def _killed_and_restarted(world, nproc):
     name = f'k{nproc}-{next(_names)}'
     cwd, recipe = _setup(world, name)
-    env = {**world['env'], 'RLP_TEST_SLEEP_PER_BATCH_S': '0.4'}
-    proc = launch(recipe, nproc=nproc, cwd=cwd, env=env, popen=True)
+    proc = launch(recipe, nproc=nproc, cwd=cwd, env={**world['env'], TEST_HANG_ENV: '6'}, popen=True)
     ckpt = f'ckpt-{name}/resume/'
     deadline = time.monotonic() + 240
     try:
@@ -100,8 +102,8 @@ def _killed_and_restarted(world, nproc):
         os.killpg(proc.pid, signal.SIGKILL)  # launcher, ranks and Composer's uploader processes at once
         proc.wait()
     keys = _s3_keys(world, ckpt)
-    assert not any(k.endswith('ep0-ba12-rank0.pt') for k in keys), f'killed too late: {keys}'
-    restarted = launch(recipe, nproc=nproc, cwd=cwd, env=env)
+    assert not any(k.endswith('ep0-ba8-rank0.pt') for k in keys), f'killed too late: {keys}'
+    restarted = launch(recipe, nproc=nproc, cwd=cwd, env=world['env'])
     assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:] + rank_logs(cwd)
     assert 'resuming from' in restarted.stdout + restarted.stderr + rank_logs(cwd)
     return _records(cwd), keys
