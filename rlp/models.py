@@ -81,7 +81,7 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code,
                                                          revision=cfg.revision, **common)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # missing files, unreachable hub, malformed name
             raise ConfigError(f'model.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
                               f'folder with config.json and weights, or a reachable hub name') from err
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
