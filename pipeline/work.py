@@ -231,6 +231,10 @@ def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
                 raise failures[0]  # the pool is terminated on leaving the with-block
             while pending and pending[0].ready():
                 pending.popleft().get()
+        # Normal end: let the workers leave on their own. Leaving the with-block alone would terminate() them,
+        # which can hang joining a worker blocked on the task queue's lock (seen once under a loaded machine).
+        pool.close()
+        pool.join()
     _tick(bar, counters, label)
 
 
