@@ -149,6 +149,10 @@ class LossConfig:
         behaviour_logprobs: ``sampler`` uses the log-probs recorded while sampling as log pi_old (the paper's
             theta_old); ``detached`` uses the training forward's own detached log-probs, so the ratio is
             exactly 1 (TRL with one iteration).
+        logprob_chunk_tokens: the policy's thought-token log-probs are computed from the final hidden states this
+            many tokens at a time, each chunk checkpointed, so (N, T, V) logits are never stored
+            (``rlp.logprobs``; transient memory ~3 * chunk * vocab * 4 bytes). None = materialise all logits
+            (the fallback anyway for models whose logits are not a plain Linear head).
     """
 
     ntp_weight: float = 0.0
@@ -157,8 +161,11 @@ class LossConfig:
     eps_high: float = 0.2
     std_normalize: bool = False
     behaviour_logprobs: Literal['sampler', 'detached'] = 'sampler'
+    logprob_chunk_tokens: Optional[int] = 2048
 
     def __post_init__(self) -> None:
+        _positive('rlp.loss.logprob_chunk_tokens', self.logprob_chunk_tokens,
+                  'use e.g. 2048, or null to materialise all logits', allow_none=True)
         if not 0.0 <= self.eps_low < 1.0:
             raise ConfigError(f'rlp.loss.eps_low must be in [0, 1), got {self.eps_low}; the lower clip bound '
                               f'1 - eps_low must stay positive (0.2 is the usual choice)')

@@ -5,7 +5,9 @@
   log-probs of the thought tokens (the policy, carrying the gradient) and S_pred = log p_theta(x_t | prefix, c)
   at temperature 1, detached. Fusing S_pred into the training forward is exact because theta = theta_old when
   it runs (one optimizer step per generation batch) and saves a full forward per rollout. It runs in the model's
-  current mode: with dropout > 0 both terms carry dropout noise (RLP recipes should set dropout to 0).
+  current mode: with dropout > 0 both terms carry dropout noise (RLP recipes should set dropout to 0). With
+  ``chunk_tokens`` the log-probs come from the final hidden states in checkpointed chunks (``rlp.logprobs``): no
+  (N, T+2, V) logits are stored; models whose logits are not a plain Linear head fall back (warned once per class).
 - :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
   prompts (the logit before the opening tag), no grad, eval mode.
 - :func:`nothink_entropy` gives H(p_teacher(. | x_<t)) at every token of a batch, with each document's context
@@ -14,10 +16,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
 
+from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head, unwrap_hf
 from rlp.positions import segment_starts
 from rlp.rollouts import Prompts, Rollouts, call_model, eval_mode, keep_last_logits
 
@@ -32,7 +36,7 @@ def _right_align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[t
 
 
 def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperature: float,
-                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   pad_id: int, chunk_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Training forward over ``prompt thought x_t`` for all P*G rollouts.
 
     Args:
@@ -41,6 +45,9 @@ def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperat
         rollouts: P x G thoughts (tokens, lengths).
         temperature: the sampling temperature; the policy is softmax(logits / temperature).
         pad_id: padding id.
+        chunk_tokens: score the thought tokens from the final hidden states ``chunk_tokens`` at a time without
+            keeping full-vocabulary logits for backward (``rlp.logprobs``); None = materialise the last T+2
+            logits of every rollout (also the fallback for models whose logits are not ``lm_head(h)``).
 
     Returns:
         ``logp_new`` (P, G, T) tempered log-probs of the thought tokens (with grad; 0 beyond each length) and
@@ -61,14 +68,36 @@ def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperat
     ids, attn = _right_align(seq, valid, pad_id)
     pos_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     keep = width + 2  # logits predicting thought token 0 .. x_t sit in the last width + 2 positions
-    out = call_model(model, input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False,
-                     **keep_last_logits(model, keep))
-    logits = out.logits[:, -keep:]  # (N, T + 2, V)
     # kept index of the logit predicting thought token j: width - length + j; x_t's logit is at index width
     src = (width - lengths).unsqueeze(1) + col.unsqueeze(0)  # (N, T)
     src = torch.where(thought_valid, src, torch.full_like(src, width))  # any in-range index for padding slots
-    # cut padding positions out of the graph: a fully masked query row must not leak NaN into the gradient
-    kept_valid = attn[:, -keep:].bool()
+    kept_valid = attn[:, -keep:].bool()  # padding positions are cut out of the graph (no NaN into the gradient)
+    kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False,
+                  **keep_last_logits(model, keep))
+    head = linear_head(model) if chunk_tokens and type(unwrap_hf(model)).__name__ not in _WARNED else None
+    if head is not None:
+        def score(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Runs inside the head's call: (N, >= T + 2, D) hidden states -> (M,) thought logp, (N,) S_pred."""
+            h = hidden[:, -keep:]
+            h = torch.where(kept_valid.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=dev))
+            rows = h.gather(1, src.unsqueeze(-1).expand(-1, -1, h.shape[-1]))[thought_valid]  # (M, D)
+            lp = chunked_token_logprobs(rows, head, thought[thought_valid], temperature=temperature,
+                                        chunk=int(chunk_tokens))  # type: ignore[arg-type]
+            with torch.no_grad():
+                s = chunked_token_logprobs(h[:, width], head, target.view(-1), chunk=int(chunk_tokens))
+            return lp, s
+
+        with HeadCapture(head, score) as cap:
+            out = call_model(model, **kwargs)
+        if cap.result is not None and cap.matches(out.logits[:, -1]):
+            lp, s_pred = cap.result
+            # the loss must reach the wrapper's output: FSDP's pre-backward hooks sit on it (0 * logits, tiny)
+            lp = lp + out.logits.sum().float() * 0.0
+            logp_new = torch.zeros((n, width), dtype=lp.dtype, device=dev).masked_scatter(thought_valid, lp)
+            return logp_new.view(p, g, width), s_pred.view(p, g)
+        _warn_fallback(model)
+    out = call_model(model, **kwargs)
+    logits = out.logits[:, -keep:]  # (N, T + 2, V)
     logits = torch.where(kept_valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype, device=dev))
     pred = logits.gather(1, src.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (N, T, V)
     logp_new = torch.log_softmax(pred.float() / temperature, -1).gather(-1, thought.unsqueeze(-1)).squeeze(-1)
@@ -76,6 +105,17 @@ def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperat
     with torch.no_grad():
         s_pred = torch.log_softmax(logits[:, width].float(), -1).gather(-1, target).squeeze(-1)
     return logp_new.view(p, g, width), s_pred.view(p, g)
+
+
+def _warn_fallback(model: Any) -> None:
+    name = type(unwrap_hf(model)).__name__
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f'RLP: {name} logits are not a plain Linear head of the final hidden states; scoring falls '
+                      f'back to full logits (more memory); set rlp.loss.logprob_chunk_tokens: null to silence this')
+
+
+_WARNED: set[str] = set()
 
 
 @torch.no_grad()

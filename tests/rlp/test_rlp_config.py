@@ -39,6 +39,7 @@ def test_nested_values_and_unknown_keys():
     ('loss', {'eps_high': -0.1}, 'eps_high must be >= 0'),
     ('loss', {'ntp_weight': 0, 'rlp_weight': 0}, 'nothing would be trained'),
     ('loss', {'rlp_weight': -1}, 'rlp_weight must be >= 0'),
+    ('loss', {'logprob_chunk_tokens': 0}, 'logprob_chunk_tokens must be > 0'),
     ('teacher', {'tau': 1.5}, r'tau must be in \[0, 1\]'),
     ('positions', {'max_context': 0}, 'max_context must be > 0'),
     ('positions', {'max_per_sample': 0}, 'max_per_sample must be > 0'),

@@ -1,0 +1,126 @@
+"""Per-token log-probs from the final hidden states in chunks: full-vocabulary logits are never kept for backward.
+
+Why: the policy forward scores N = P*G rollouts of up to T thought tokens; materialising their logits costs
+N*(T+2)*V floats (paper scale: 16 * 2050 * 150k * 4 bytes ~ 20 GB per position, before log_softmax and its
+gradient). Here the M trained tokens are gathered from the hidden states h (M, D) and scored ``chunk`` rows at a
+time, each chunk under ``torch.utils.checkpoint`` (non-reentrant), so only h, the head weight and the (M,) result
+are saved; the (chunk, V) logits exist transiently, in the forward and again in the backward recomputation.
+
+    logp_i = log_softmax((W h_i + b) / T)[y_i],   i in one chunk of rows at a time
+
+Peak extra memory ~ 3 * chunk * V * 4 bytes (fp32 logits, log_softmax, its gradient) instead of ~3 * N*(T+2)*V*4.
+Values: the same ops as the unchunked path on the same rows, so equal up to GEMM blocking (fp32: |diff| <~ 1e-6,
+tested at atol 1e-5; gradients likewise).
+
+How, without changing the model or its wrappers (DDP, FSDP1): :class:`HeadCapture` registers, for one forward,
+a pre-hook on ``get_output_embeddings()`` that runs the chunked scoring on the head's input (the kept positions,
+after the final norm) inside the head's call, then lets the head run on the LAST position only, so the model's own
+output is (N, 1, V). Inside the call matters under FSDP1 ``use_orig_params``: there ``head.weight`` is the full
+tensor; after the forward it is the rank's flat shard again. The head must sit in the ROOT FSDP unit (Composer's
+default for HF models; its flat parameter stays unsharded until backward, so the checkpoint recomputation sees the
+full weight); a head in its own unit is refused (:func:`linear_head`). The last-position logit doubles as a
+per-call compatibility check: it must equal ``W h + b``; models whose logits are not ``head(h)`` (logit scaling,
+soft-capping, a non-Linear head) fail the check or are refused up front, and the caller falls back to the
+unchunked path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ['HeadCapture', 'chunked_token_logprobs', 'linear_head', 'unwrap_hf']
+
+# config attributes of HF models whose logits are NOT lm_head(h) (scaled or soft-capped); None/1 means unused
+_LOGIT_TRANSFORMS = {'final_logit_softcapping': None, 'logit_scale': 1.0, 'logits_scaling': 1.0,
+                     'output_multiplier_scale': 1.0}
+
+
+def unwrap_hf(model: Any) -> Any:
+    """The HF causal LM inside DDP / Composer's HuggingFaceModel / FSDP (FSDP forwards attribute access)."""
+    inner = getattr(model, 'module', model)  # DDP
+    return getattr(inner, 'model', inner) if hasattr(inner, 'model_forward_args') else inner
+
+
+def linear_head(model: Any) -> Optional[torch.nn.Linear]:
+    """The model's ``nn.Linear`` output head if its logits are plainly ``head(h)``, else None (caller falls back)."""
+    hf = unwrap_hf(model)
+    get = getattr(hf, 'get_output_embeddings', None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    units = [m for m in hf.modules() if type(m).__name__ == 'FullyShardedDataParallel']
+    if any(any(x is head for x in unit.modules()) for unit in units[1:]):
+        return None  # the head in a non-root FSDP unit is resharded after its forward: its weight is gone later
+    cfg = getattr(hf, 'config', None)
+    for name, neutral in _LOGIT_TRANSFORMS.items():
+        value = getattr(cfg, name, neutral)
+        if value is not None and value != neutral:
+            return None
+    return head
+
+
+class HeadCapture:
+    """Context: in forwards inside it, ``fn(h)`` runs on the head's input h (N, L_kept, D) INSIDE the head's call
+    (where FSDP has the full weight), its value is kept in ``self.result``, and the head itself then runs on the
+    last position only (the model returns (N, 1, V) logits)."""
+
+    def __init__(self, head: torch.nn.Linear, fn: Callable[[torch.Tensor], Any]) -> None:
+        self.head = head
+        self.fn = fn
+        self.result: Any = None
+        self._last: Optional[torch.Tensor] = None
+        self._handle: Any = None
+
+    def _hook(self, module: torch.nn.Module, args: tuple) -> tuple:
+        h = args[0]
+        self.result = self.fn(h)
+        with torch.no_grad():
+            self._last = F.linear(h[:, -1], module.weight, module.bias)
+        return (h[:, -1:],) + tuple(args[1:])
+
+    def __enter__(self) -> 'HeadCapture':
+        self._handle = self.head.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+
+    def matches(self, model_logits: torch.Tensor) -> bool:
+        """True if the model's last-position logits (N, V) equal ``head(h_last)`` (a plain Linear head):
+        max |diff| <= tol * (max |logit| + 1), tol = 1e-3 in fp32, 2e-2 for 16-bit logits (GEMM rounding)."""
+        if self._last is None or self._last.shape != model_logits.shape:
+            return False
+        tol = 2e-2 if model_logits.element_size() < 4 or self._last.element_size() < 4 else 1e-3
+        mine, theirs = self._last.float(), model_logits.float()
+        return bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
+
+
+def _chunk_logp(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / T)[target], fp32."""
+    logits = F.linear(h, weight, bias)
+    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, target: torch.Tensor, *,
+                           temperature: float = 1.0, chunk: int = 2048) -> torch.Tensor:
+    """(M, D) hidden states, (M,) target ids -> (M,) fp32 log-probs under softmax(head(h) / temperature).
+
+    Rows are processed ``chunk`` at a time; with grad enabled each chunk is a non-reentrant checkpoint (its logits
+    are recomputed in backward, never saved). ``chunk`` must be > 0.
+    """
+    if chunk <= 0:
+        raise ValueError(f'logprob chunk must be > 0 rows, got {chunk}; set rlp.loss.logprob_chunk_tokens > 0')
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    out = []
+    for s in range(0, hidden.shape[0], chunk):
+        args = (hidden[s:s + chunk], head.weight, head.bias, target[s:s + chunk], temperature)
+        out.append(checkpoint(_chunk_logp, *args, use_reentrant=False, preserve_rng_state=False) if grad
+                   else _chunk_logp(*args))
+    return torch.cat(out)
