@@ -1,9 +1,11 @@
 """RLP as a Composer ``Algorithm``: thoughts at chosen positions, information-gain reward, clipped surrogate.
 
 Events used:
-  - ``INIT``: resolve the thought template against the tokenizer (refuses missing / inconsistent tags).
+  - ``INIT``: resolve the thought template against the tokenizer (refuses missing / inconsistent tags); allocate
+    the teacher copies from the unwrapped HF module (INIT runs before Composer's FSDP wrap; see ``rlp.teacher``).
   - ``BEFORE_TRAIN_BATCH`` (full device batch, before microbatching; reruns with auto-microbatching): record the
-    global batch index, create the teachers lazily (phi <- theta at the first batch), count the positions of the
+    global batch index, at the first batch move the teachers to the device and set phi <- theta (unless restored
+    from a checkpoint; under FSDP theta is gathered with ``summon_full_params``), count the positions of the
     whole batch on all ranks (the RLP normaliser), reset the per-batch accumulators.
   - ``AFTER_LOSS`` (each microbatch): choose positions, sample G thoughts, score, and replace ``state.loss`` by
     ``{'total': ntp_weight*NTP + rlp_weight*RLP, 'ntp': NTP, 'rlp': RLP}``.
@@ -27,12 +29,16 @@ Decisions where the paper is silent (see also ``rlp.template``, ``rlp.rollouts``
     torch.distributed a rank without positions still runs one dummy rollout (weight 0) so that collective
     forwards stay in step.
 
-Cost and limits: all P*G rollouts of a microbatch go through one training forward (logits are kept only for the
-last T+2 positions where the model supports ``logits_to_keep``), so memory grows with positions per microbatch x G
-x thought length: size ``device_train_microbatch_size`` and ``positions.max_per_sample`` accordingly. The reported
+Cost and limits: all P*G rollouts of a microbatch go through one training forward; the thought tokens' log-probs
+are computed from the final hidden states in checkpointed chunks of ``loss.logprob_chunk_tokens`` (``rlp.logprobs``),
+so full-vocabulary logits are never stored, but activations still grow with positions per microbatch x G x thought
+length: size ``device_train_microbatch_size`` and ``positions.max_per_sample`` accordingly. The reported
 ``loss/train/rlp`` is ~0 by construction (advantages sum to 0 in each group and the ratio is ~1); the gradient is
-not. FSDP is not supported yet (the teachers are full unsharded copies; see ``rlp.teacher``); one device and DDP
-are tested.
+not. One device and DDP are tested on CPU; FSDP1 (``use_orig_params=True``) keeps one full teacher copy per rank
+(see ``rlp.teacher``); tested with Composer on one GPU (``@pytest.mark.gpu``) and, as raw FSDP FULL_SHARD without
+Composer (whose FSDP needs CUDA), on 2 gloo CPU ranks. Algorithm state under
+``state_dict_type: sharded`` is saved by rank 0 as one pickled item of Composer's ``algorithms`` list (replicated,
+like a monolithic checkpoint's).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from rlp.positions import Positions, select_positions
 from rlp.rlp_config import RLPConfig
 from rlp.rollouts import build_prompts, rollout_uniforms, sample_thoughts
 from rlp.scoring import nothink_entropy, nothink_logprob, policy_forward
-from rlp.teacher import Teachers
+from rlp.teacher import Teachers, is_fsdp
 from rlp.template import ThoughtTemplate, resolve_template
 from rlp.thought_log import ThoughtLog
 
@@ -126,6 +132,8 @@ class RLP(Algorithm):
         if self.tokenizer is None:
             self.tokenizer = getattr(state.model, 'tokenizer', None)
         self.template = resolve_template(self.tokenizer, self.config.template)
+        if not is_fsdp(self._hf(state)):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
+            self.teachers.create(self._hf(state))
         rows = self._hf(state).get_input_embeddings().weight.shape[0]
         if max(self.template.open_id, self.template.close_id) >= rows:
             raise ValueError(f'thought tags have ids {self.template.open_id}/{self.template.close_id} but the model '
@@ -135,8 +143,8 @@ class RLP(Algorithm):
         if self.template is None:
             self._init(state)
         self.batch_index = int(state.timestamp.batch.value)
-        self.teachers.ensure(self._hf(state))
         batch = state.batch
+        self.teachers.ensure(self._hf(state), batch['input_ids'].device)
         pos = self._positions(batch, count_only=True)
         world, _ = _dist_world()
         counts = torch.tensor([float(len(pos)), float(batch['input_ids'].shape[0])])
@@ -235,7 +243,7 @@ class RLP(Algorithm):
             else:
                 s_base = nothink_logprob(base_module, prompts)
             logp_new, s_pred = policy_forward(state.model, prompts, ro, temperature=cfg.rollouts.temperature,
-                                              pad_id=pad)
+                                              pad_id=pad, chunk_tokens=cfg.loss.logprob_chunk_tokens)
         rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
         adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
         logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()

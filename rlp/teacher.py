@@ -15,83 +15,169 @@ on the gradient. It changes the logged reward (its value and sign) and anything 
 rather than its within-group differences (e.g. reward clipping or filtering, none of which is implemented here;
 ``std_normalize`` also only sees within-group differences).
 
-Both copies are initialised lazily from the model at the first batch (``ensure``), unless a checkpoint supplied
-their weights. They are ``copy.deepcopy`` of the unwrapped HF module, in eval mode with ``requires_grad=False``,
-on the model's device. Limitation: under FSDP a teacher would have to be a full (unsharded) copy per rank, gathered
-with ``summon_full_params`` at every update; this is not implemented, and a sharded model is refused with a clear
-error (single device and DDP work).
+Life cycle (one code path for one device, DDP and FSDP1):
+  1. ``create`` (``Event.INIT``, before Composer wraps the model with FSDP): ``copy.deepcopy`` of the unwrapped HF
+     module, eval mode, ``requires_grad=False``. If the module is on the meta device (``init_device: meta``) the
+     copy is a meta skeleton, materialised at step 2.
+  2. ``ensure`` (first batch): the copy is moved to the batch's device (meta skeletons: ``to_empty``) and, unless a
+     checkpoint supplied its weights, set to phi <- theta from the model as it is at the first batch, read under
+     :func:`full_params`. Syncing at the first batch (not trusting the INIT copy) keeps phi = theta when θ changes
+     between INIT and the first batch (FSDP ``sync_module_states``, a weights-only ``load_path``, meta init).
+  3. ``update`` (``Event.BATCH_END``): phi <- tau*phi + (1-tau)*theta with θ read under :func:`full_params`.
+
+FSDP (FSDP1, ``use_orig_params=True``, Composer's default): :func:`full_params` gathers the full θ on every rank
+with ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)``; a collective, so every
+rank must call ``ensure``/``update`` at the same event (they do: BEFORE_TRAIN_BATCH / BATCH_END run on all ranks).
+Memory cost: each rank holds ONE FULL (unsharded) copy of the model per teacher (two for ``kind: frozen``) in the
+model's parameter dtype, plus a transient full gather of θ during each update. Future work: a sharded teacher (an
+FSDP-wrapped shadow with the model's sharding, updated shard by shard with ``torch._foreach_lerp_``) would cut this
+to 1/world_size per rank, at the price of collective teacher forwards. FSDP2 (``fully_shard``) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
-__all__ = ['FrozenCopy', 'Teachers', 'ema_update']
+__all__ = ['FrozenCopy', 'Teachers', 'ema_update', 'full_params', 'is_fsdp']
+
+_WRAPPER_PREFIXES = ('_fsdp_wrapped_module.', '_checkpoint_wrapped_module.', '_orig_mod.')
 
 
-def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, tau: float) -> None:
+def is_fsdp(module: torch.nn.Module) -> bool:
+    """True if ``module`` is or contains an FSDP1 ``FullyShardedDataParallel`` instance."""
+    return any(type(m).__name__ == 'FullyShardedDataParallel' for m in module.modules())
+
+
+def _is_fsdp2(module: torch.nn.Module) -> bool:
+    return any(type(m).__name__.startswith('FSDP') and type(m).__name__ != 'FullyShardedDataParallel'
+               and hasattr(m, 'unshard') for m in module.modules())
+
+
+@contextlib.contextmanager
+def full_params(model: torch.nn.Module) -> Iterator[None]:
+    """Context in which ``model``'s parameters are full, unsharded tensors (read-only: ``writeback=False``).
+
+    FSDP1: ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)`` (collective, all ranks
+    get the full tensors). Anything else: no-op.
+    """
+    if _is_fsdp2(model):
+        raise NotImplementedError('RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
+                                  '(Composer fsdp_config, use_orig_params=true)')
+    if not is_fsdp(model):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):
+        yield
+
+
+def _clean(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, '')
+    return name
+
+
+def _named(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(parameters, buffers) of ``model`` by wrapper-free name, tied aliases included."""
+    params = {_clean(k): v for k, v in model.named_parameters(remove_duplicate=False)}
+    bufs = {_clean(k): v for k, v in model.named_buffers(remove_duplicate=False)}
+    return params, bufs
+
+
+def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, tau: Optional[float]) -> None:
     """In place: phi <- tau * phi + (1 - tau) * theta for float parameters and buffers; other buffers are copied.
+
+    ``model`` may carry FSDP/checkpoint wrapper prefixes in its names (stripped); under FSDP call it inside
+    :func:`full_params`. ``tau=None`` copies θ (phi <- theta, also over uninitialised memory).
 
     .. math:: \\phi \\leftarrow \\tau\\,\\phi + (1 - \\tau)\\,\\theta
     """
     with torch.no_grad():
-        src = dict(model.named_parameters())
+        src, src_buf = _named(model)
         for name, phi in teacher.named_parameters():
-            phi.lerp_(src[name].detach().to(phi.dtype), 1.0 - tau)
-        src_buf = dict(model.named_buffers())
+            if name not in src:
+                raise KeyError(f'RLP teacher: parameter {name!r} not found in the model; the teacher must be a copy '
+                               f'of the same architecture')
+            theta = src[name].detach().to(phi.device, phi.dtype)
+            phi.copy_(theta) if tau is None else phi.lerp_(theta, 1.0 - tau)
         for name, buf in teacher.named_buffers():
             if name not in src_buf:
                 continue
-            if buf.is_floating_point():
-                buf.lerp_(src_buf[name].to(buf.dtype), 1.0 - tau)
+            if buf.is_floating_point() and tau is not None:
+                buf.lerp_(src_buf[name].to(buf.device, buf.dtype), 1.0 - tau)
             else:
                 buf.copy_(src_buf[name])
 
 
-def _is_sharded(module: torch.nn.Module) -> bool:
-    return any(type(m).__name__ in ('FullyShardedDataParallel', 'FSDPModule') or hasattr(m, '_fsdp_wrapped_module')
-               for m in module.modules())
+def _has_meta(module: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
 
 
 class FrozenCopy:
-    """A lazily created, frozen copy of a model; its weights round-trip through ``state_dict`` as plain tensors."""
+    """A frozen copy of a model (see the module docstring's life cycle); weights round-trip as plain tensors."""
 
     def __init__(self) -> None:
         self.module: Optional[torch.nn.Module] = None
+        self.synced = False  # phi holds real weights: synced from θ at the first batch, or loaded
         self._pending: Optional[dict[str, torch.Tensor]] = None
 
-    def ensure(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Create the copy from ``model`` if needed (then load any weights restored from a checkpoint)."""
+    def create(self, model: torch.nn.Module) -> None:
+        """Allocate the copy from the UNWRAPPED module (INIT); a meta module gives a meta skeleton."""
+        if self.module is not None:
+            return
+        if is_fsdp(model) or _is_fsdp2(model):
+            raise NotImplementedError('RLP teacher: the copy must be created from the unwrapped model at '
+                                      'Event.INIT; add the RLP algorithm to the Trainer instead of wrapping first')
+        self.module = copy.deepcopy(model)
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        if self._pending is not None and not _has_meta(self.module):
+            self._load(self._pending)
+
+    def ensure(self, model: torch.nn.Module, device: Optional[torch.device] = None) -> torch.nn.Module:
+        """First-batch step: create if needed, move to ``device``, phi <- theta unless restored (collective under
+        FSDP: all ranks must call it). A no-op once synced, apart from the device move."""
         if self.module is None:
-            if _is_sharded(model):
-                raise NotImplementedError('RLP teacher: the model is FSDP-sharded; the teacher needs a full copy per '
-                                          'rank, which is not implemented yet; train on one device or with DDP')
-            self.module = copy.deepcopy(model)
-            self.module.eval()
-            for p in self.module.parameters():
-                p.requires_grad_(False)
-            if self._pending is not None:
-                self.module.load_state_dict(self._pending)
-                self._pending = None
+            self.create(model)
+        assert self.module is not None
+        if _has_meta(self.module):
+            dev = device if device is not None else torch.device('cpu')
+            self.module.to_empty(device=dev)
+        elif device is not None:
+            self.module.to(device)
+        if self._pending is not None:
+            self._load(self._pending)
+        if not self.synced:
+            with full_params(model):
+                ema_update(self.module, model, None)
+            self.synced = True
         return self.module
 
+    def _load(self, weights: dict[str, torch.Tensor]) -> None:
+        assert self.module is not None
+        self.module.load_state_dict(weights)
+        self._pending = None
+        self.synced = True
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The copy's weights as CPU tensors (empty before the first batch, or the pending restored weights)."""
-        if self.module is None:
+        """The copy's weights as CPU tensors (the pending restored weights, or empty, before it holds weights)."""
+        if self.module is None or not self.synced:
             return dict(self._pending or {})
         return {k: v.detach().to('cpu', copy=True) for k, v in self.module.state_dict().items()}
 
     def load_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
-        """Restore weights now (copy exists) or at creation (``ensure``); an empty dict means "not created yet"."""
+        """Restore weights now (a materialised copy exists) or at ``ensure``; an empty dict means "not synced yet"."""
         if not weights:
             return
-        if self.module is None:
+        if self.module is None or _has_meta(self.module):
             self._pending = dict(weights)
         else:
-            self.module.load_state_dict(weights)
+            self._load(weights)
 
 
 class Teachers:
@@ -111,15 +197,24 @@ class Teachers:
         self.frozen = FrozenCopy() if kind == 'frozen' else None
         self.updates = 0
 
-    def ensure(self, model: torch.nn.Module) -> None:
-        """Lazy initialisation phi <- theta at the first batch (no-op once created or restored)."""
-        self.ema.ensure(model)
-        if self.frozen is not None:
-            self.frozen.ensure(model)
+    def _copies(self) -> list[FrozenCopy]:
+        return [self.ema] + ([self.frozen] if self.frozen is not None else [])
+
+    def create(self, model: torch.nn.Module) -> None:
+        """INIT: allocate the copies from the unwrapped module (values are synced at the first batch)."""
+        for c in self._copies():
+            c.create(model)
+
+    def ensure(self, model: torch.nn.Module, device: Optional[torch.device] = None) -> None:
+        """First batch: phi <- theta (no-op once synced or restored); moves the copies to ``device``."""
+        for c in self._copies():
+            c.ensure(model, device)
 
     def update(self, model: torch.nn.Module) -> None:
-        """One EMA step after an optimizer step (the frozen copy never changes)."""
-        ema_update(self.ema.ensure(model), model, self.tau)
+        """One EMA step after an optimizer step (the frozen copy never changes); collective under FSDP."""
+        teacher = self.ema.ensure(model)
+        with full_params(model):
+            ema_update(teacher, model, self.tau)
         self.updates += 1
 
     def baseline_module(self) -> Optional[torch.nn.Module]:
