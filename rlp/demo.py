@@ -4,7 +4,7 @@ Steps, each printed as the command a user would type:
 
 1. write the bundled synthetic corpus to ``demo/corpus.jsonl`` (``python -m pipeline.synthetic``);
 2. tokenise and pack it into MDS shards in ``demo/data`` (``rlp-data prepare``; a second run finds the dataset
-   complete and skips the work);
+   complete and skips the work; one left by an older version is rebuilt);
 3. train ``recipes/smoke-cpu.yaml`` with the RLP algorithm mixed with next-token loss
    (``python -m rlp.train``), which ends with a summary: losses, reward and information-gain trend, and where the
    metrics and sampled thoughts are.
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     _run([py, '-m', 'pipeline.synthetic', '--docs', str(args.docs), '--seed', '0', '--out', str(corpus.relative_to(ROOT))])
     _run([py, '-m', 'pipeline.cli', 'prepare', '--input', str(corpus.relative_to(ROOT)),
           '--tokenizer', 'pipeline/assets/tokenizer', '--eos-text', '<|endoftext|>', '--seq-len', '128',
-          '--out', str(data.relative_to(ROOT)), '--workers', '2'])
+          '--out', str(data.relative_to(ROOT)), '--workers', '2', '--overwrite'])
     if run.exists():
         shutil.rmtree(run)
     _run([py, '-m', 'rlp.train', args.recipe, f'variables.data_dir={data.relative_to(ROOT)}',
