@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir
 from pipeline.cli import main
 from pipeline.reader import decode_shard, decompress
+from pipeline.synthetic import write_jsonl
 
 TOK = str(bundled_tokenizer_dir())
 BASE = ['--tokenizer', TOK, '--eos-text', EOS_TEXT, '--no-progress']
@@ -26,6 +27,15 @@ def prepare(capsys, inputs, out, seq_len=64, *extra) -> tuple[int, str, str]:
     """``rlp-data prepare`` with the bundled tokenizer and ``--eos-text <|endoftext|>``."""
     inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
     return run(capsys, 'prepare', '--input', *inputs, *BASE, '--seq-len', seq_len, '--out', out, *extra)
+
+
+def write_corpus(folder: Path, files: int, docs_per_file: int = 40, stem: str = 'part') -> Path:
+    """A folder of ``files`` synthetic jsonl files (``{stem}{i}.jsonl``, seed i), as several input groups."""
+    folder = Path(folder)
+    folder.mkdir()
+    for i in range(files):
+        write_jsonl(folder / f'{stem}{i}.jsonl', docs_per_file, seed=i)
+    return folder
 
 
 def read_samples(out: Path) -> list[dict]:

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.prepare import TEST_SLEEP_ENV
-from pipeline.synthetic import write_jsonl
-from tests.pipeline.helpers import BASE, prepare, tree_bytes
+from tests.pipeline.helpers import BASE, prepare, tree_bytes, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +40,7 @@ def _wait_for(pattern_dir: Path, glob: str, count: int, proc, timeout=90.0) -> N
 @pytest.mark.parametrize('phase,sub,glob', [('tokenise', 'tokens', 'g*.done.json'),
                                             ('write', 'parts', 'part_*.done.json')])
 def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, capsys):
-    corpus = tmp_path / 'corpus'
-    corpus.mkdir()
-    for i in range(6):
-        write_jsonl(corpus / f'part{i}.jsonl', 40, seed=i)
+    corpus = write_corpus(tmp_path / 'corpus', 6)
     ref = tmp_path / 'ref'
     assert prepare(capsys, [str(corpus)], ref, 40, '--shard-mb', '0.005', '--chunk-mb', '0.006')[0] == 0
 
@@ -77,10 +73,7 @@ def test_crash_while_publishing_then_rerun(tmp_path, capsys, monkeypatch):
     and the re-run finishes to the same bytes as an uninterrupted run."""
     import pipeline.publish as publish
 
-    corpus = tmp_path / 'corpus'
-    corpus.mkdir()
-    for i in range(3):
-        write_jsonl(corpus / f'part{i}.jsonl', 40, seed=i)
+    corpus = write_corpus(tmp_path / 'corpus', 3)
     ref = tmp_path / 'ref'
     assert prepare(capsys, [str(corpus)], ref, 40, '--shard-mb', '0.005', '--chunk-mb', '0.001')[0] == 0
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.synthetic import write_jsonl
 from pipeline.bundled_tokenizer import EOS_TEXT
-from tests.pipeline.helpers import TOK, prepare, read_samples, run
+from tests.pipeline.helpers import TOK, prepare, read_samples, run, write_corpus
 
 
 def test_s3_output_reads_back_with_streaming(s3, tmp_path, capsys):
@@ -89,10 +89,7 @@ def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, mo
     import pipeline.publish as publish
     from pipeline import remote
 
-    corpus = tmp_path / 'corpus'
-    corpus.mkdir()
-    for i in range(3):
-        write_jsonl(corpus / f'p{i}.jsonl', 40, seed=i)
+    corpus = write_corpus(tmp_path / 'corpus', 3, stem='p')
     ref_uri, uri = f's3://{s3.bucket}/ref', f's3://{s3.bucket}/ds'
     small = ('--shard-mb', '0.005')  # several parts, so the upload can die between two of them
     assert prepare(capsys, [str(corpus)], ref_uri, 40, '--staging', tmp_path / 'stg-ref', *small)[0] == 0
