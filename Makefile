@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-keep-torch test demo bench clean
+.PHONY: install install-keep-torch lint format test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,15 @@ install-keep-torch:
 	$(PY) -c "import composer, streaming, torch; print('composer', composer.__version__, 'on torch', torch.__version__)"
 	touch $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) lint
 	TOKENIZERS_PARALLELISM=false $(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)

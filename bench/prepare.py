@@ -27,10 +27,9 @@ from pathlib import Path
 os.environ['TOKENIZERS_PARALLELISM'] = 'false'
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir, load_bundled_tokenizer  # noqa: E402
-from pipeline.prepare import PrepareArgs, prepare  # noqa: E402
-from pipeline.synthetic import generate_documents  # noqa: E402
-
+from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir, load_bundled_tokenizer
+from pipeline.prepare import PrepareArgs, prepare
+from pipeline.synthetic import generate_documents
 
 CHUNK_MB = 1.0  # units of work of ~1 MB, so that a few seconds of work spread over both workers (default: 16 MB)
 
@@ -47,7 +46,7 @@ def raw_tokenizer(texts: list[str], batch: int = 512) -> tuple[int, float, float
     t0, c0 = time.perf_counter(), _cpu()
     total = 0
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch])['input_ids']
+        enc = tok(texts[i : i + batch])['input_ids']
         total += sum(len(ids) + 1 for ids in enc)
     return total, time.perf_counter() - t0, _cpu() - c0
 
@@ -55,8 +54,16 @@ def raw_tokenizer(texts: list[str], batch: int = 512) -> tuple[int, float, float
 def run_prepare(folder: Path, out: Path, workers: int, seq_len: int) -> tuple[int, float, float]:
     """Tokens written, wall and CPU seconds (this process + its pool workers) of one ``prepare`` run."""
     shutil.rmtree(out, ignore_errors=True)
-    args = PrepareArgs(inputs=[str(folder)], tokenizer=str(bundled_tokenizer_dir()), seq_len=seq_len, out=str(out),
-                       eos_text=EOS_TEXT, workers=workers, progress=False, chunk_mb=CHUNK_MB)
+    args = PrepareArgs(
+        inputs=[str(folder)],
+        tokenizer=str(bundled_tokenizer_dir()),
+        seq_len=seq_len,
+        out=str(out),
+        eos_text=EOS_TEXT,
+        workers=workers,
+        progress=False,
+        chunk_mb=CHUNK_MB,
+    )
     t0, c0 = time.perf_counter(), _cpu()
     prepare(args, log=lambda *_: None)
     seconds, cpu = time.perf_counter() - t0, _cpu() - c0
@@ -79,28 +86,36 @@ def main() -> int:
         per = -(-len(texts) // a.files)
         for f in range(a.files):
             with open(folder / f'part{f:03d}.jsonl', 'w') as fh:
-                for t in texts[f * per:(f + 1) * per]:
+                for t in texts[f * per : (f + 1) * per]:
                     fh.write(json.dumps({'text': t}) + '\n')
         mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-        print(f'corpus: {len(texts):,} documents, {mb:.1f} MB jsonl in {a.files} files; cpus: {os.cpu_count()}, '
-              f'load average: {os.getloadavg()[0]:.2f}')
+        print(
+            f'corpus: {len(texts):,} documents, {mb:.1f} MB jsonl in {a.files} files; cpus: {os.cpu_count()}, '
+            f'load average: {os.getloadavg()[0]:.2f}'
+        )
         results, cpus = {}, {}
-        for name, fn in [('raw', lambda: raw_tokenizer(texts)),
-                         ('prepare-1w', lambda: run_prepare(folder, Path(tmp) / 'out1', 1, a.seq_len)),
-                         ('prepare-2w', lambda: run_prepare(folder, Path(tmp) / 'out2', 2, a.seq_len))]:
+        for name, fn in [
+            ('raw', lambda: raw_tokenizer(texts)),
+            ('prepare-1w', lambda: run_prepare(folder, Path(tmp) / 'out1', 1, a.seq_len)),
+            ('prepare-2w', lambda: run_prepare(folder, Path(tmp) / 'out2', 2, a.seq_len)),
+        ]:
             runs = [fn() for _ in range(a.repeats)]
             tokens, seconds, cpu = min(runs, key=lambda r: r[1])
             results[name] = tokens / seconds
             cpus[name] = cpu
-            print(f'{name:>11}: {tokens:,} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tokens/s '
-                  f'({cpu:.2f} CPU-s, {tokens / cpu:,.0f} tokens per CPU-s)')
+            print(
+                f'{name:>11}: {tokens:,} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tokens/s '
+                f'({cpu:.2f} CPU-s, {tokens / cpu:,.0f} tokens per CPU-s)'
+            )
         r1 = results['prepare-1w'] / results['raw']
         r2 = results['prepare-2w'] / results['prepare-1w']
         print(f'ratio prepare-1w / raw        = {r1:.2f}  (goal >= 0.8)')
         print(f'ratio prepare-2w / prepare-1w = {r2:.2f}  (goal >= 1.6)')
-        print(f'CPU-s prepare-1w / raw = {cpus["prepare-1w"] / cpus["raw"]:.2f}, prepare-2w / prepare-1w = '
-              f'{cpus["prepare-2w"] / cpus["prepare-1w"]:.2f} (work added by the pipeline and by parallelism; '
-              'independent of other load on the machine)')
+        print(
+            f'CPU-s prepare-1w / raw = {cpus["prepare-1w"] / cpus["raw"]:.2f}, prepare-2w / prepare-1w = '
+            f'{cpus["prepare-2w"] / cpus["prepare-1w"]:.2f} (work added by the pipeline and by parallelism; '
+            'independent of other load on the machine)'
+        )
         print(f'load average after: {os.getloadavg()[0]:.2f}')
     return 0
 

@@ -15,8 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ['EOS_TEXT', 'SPECIAL_TOKENS', 'VOCAB_SIZE', 'build_tokenizer', 'bundled_tokenizer_dir',
-           'load_bundled_tokenizer']
+__all__ = [
+    'EOS_TEXT',
+    'SPECIAL_TOKENS',
+    'VOCAB_SIZE',
+    'build_tokenizer',
+    'bundled_tokenizer_dir',
+    'load_bundled_tokenizer',
+]
 
 EOS_TEXT = '<|endoftext|>'
 SPECIAL_TOKENS = [EOS_TEXT, '<think>', '</think>']
@@ -43,16 +49,27 @@ def build_tokenizer(save_dir: str | Path | None = None, vocab_size: int = VOCAB_
     from pipeline.synthetic import generate_documents
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(generate_documents(_TRAINING_DOCS, seed=seed, think_fraction=0.0), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TEXT, pad_token=EOS_TEXT,
-                                   additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=1 << 20)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TEXT,
+        pad_token=EOS_TEXT,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=1 << 20,
+    )
     if save_dir is not None:
         fast.save_pretrained(str(save_dir))
     return fast

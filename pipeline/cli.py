@@ -26,45 +26,82 @@ EXAMPLES = """examples:
 class _Parser(argparse.ArgumentParser):
     """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
 
-    def error(self, message: str):  # noqa: D102
+    def error(self, message: str):
         raise UsageError(f'{message}; fix: see `{self.prog} --help`')
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = _Parser(prog='rlp-data', description='Prepare tokenised, packed MDS datasets for RLP pretraining.',
-                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog='rlp-data',
+        description='Prepare tokenised, packed MDS datasets for RLP pretraining.',
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
 
-    p = sub.add_parser('prepare', help='raw corpora -> tokenised, packed MDS shards + manifest.json',
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--input', '-i', dest='inputs', nargs='+', action='extend', required=True, metavar='SRC',
-                   help='jsonl/json/txt/parquet files, folders, globs, webdataset tars (brace lists ok), '
-                        's3:// objects or prefixes, save_to_disk folders (PATH[?split=S]), or '
-                        'hf:NAME[?name=CONFIG&split=S&revision=R&data_files=GLOB]; repeatable, order kept')
+    p = sub.add_parser(
+        'prepare',
+        help='raw corpora -> tokenised, packed MDS shards + manifest.json',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        '--input',
+        '-i',
+        dest='inputs',
+        nargs='+',
+        action='extend',
+        required=True,
+        metavar='SRC',
+        help='jsonl/json/txt/parquet files, folders, globs, webdataset tars (brace lists ok), '
+        's3:// objects or prefixes, save_to_disk folders (PATH[?split=S]), or '
+        'hf:NAME[?name=CONFIG&split=S&revision=R&data_files=GLOB]; repeatable, order kept',
+    )
     p.add_argument('--tokenizer', required=True, help='HF tokenizer hub name or local folder')
     p.add_argument('--seq-len', type=int, required=True, help='tokens per sample')
     p.add_argument('--out', required=True, help='output folder or object-store URI (s3://, gs://, ...)')
-    p.add_argument('--pack', choices=['concat', 'none'], default='concat',
-                   help='concat: documents wrap across fixed-size samples, final partial sample dropped; '
-                        'none: one document per sample, long documents split at seq-len')
-    p.add_argument('--dtype', choices=['auto', 'uint16', 'uint32'], default='auto',
-                   help='token dtype; auto = uint16 when the vocabulary fits')
+    p.add_argument(
+        '--pack',
+        choices=['concat', 'none'],
+        default='concat',
+        help='concat: documents wrap across fixed-size samples, final partial sample dropped; '
+        'none: one document per sample, long documents split at seq-len',
+    )
+    p.add_argument(
+        '--dtype',
+        choices=['auto', 'uint16', 'uint32'],
+        default='auto',
+        help='token dtype; auto = uint16 when the vocabulary fits',
+    )
     p.add_argument('--text-field', default='text', help='record field (or webdataset extension) holding the text')
     p.add_argument('--bos-text', default=None, help='text added before every document (tokenised without specials)')
-    p.add_argument('--eos-text', default=None,
-                   help="text added after every document, e.g. '<|endoftext|>'; required when the tokenizer adds "
-                        'neither BOS nor EOS itself')
-    p.add_argument('--on-bad-record', choices=['skip', 'fail'], default='fail',
-                   help='non-UTF-8 / malformed records: fail, or skip and count them')
+    p.add_argument(
+        '--eos-text',
+        default=None,
+        help="text added after every document, e.g. '<|endoftext|>'; required when the tokenizer adds "
+        'neither BOS nor EOS itself',
+    )
+    p.add_argument(
+        '--on-bad-record',
+        choices=['skip', 'fail'],
+        default='fail',
+        help='non-UTF-8 / malformed records: fail, or skip and count them',
+    )
     p.add_argument('--workers', type=int, default=1, help='worker processes (the output does not depend on it)')
     p.add_argument('--overwrite', action='store_true', help='replace a different dataset already at --out')
-    p.add_argument('--staging', default=None,
-                   help='local staging folder for a remote --out (default: ~/.cache/rlp-data/<hash>); '
-                        'for a local --out, staging lives in OUT/.rlp-data')
-    p.add_argument('--chunk-mb', type=float, default=16.0,
-                   help='unit of parallel work: large jsonl/parquet/save_to_disk inputs are split into chunks of '
-                        'about this size and small files are merged up to it (the output does not depend on it)')
+    p.add_argument(
+        '--staging',
+        default=None,
+        help='local staging folder for a remote --out (default: ~/.cache/rlp-data/<hash>); '
+        'for a local --out, staging lives in OUT/.rlp-data',
+    )
+    p.add_argument(
+        '--chunk-mb',
+        type=float,
+        default=16.0,
+        help='unit of parallel work: large jsonl/parquet/save_to_disk inputs are split into chunks of '
+        'about this size and small files are merged up to it (the output does not depend on it)',
+    )
     p.add_argument('--shard-mb', type=float, default=64.0, help='raw (uncompressed) size limit of an MDS shard')
     p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='show a progress bar')
 

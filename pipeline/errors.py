@@ -27,5 +27,5 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """A short single-line rendering of a library exception, for embedding in a :class:`DataError` message."""
     text = ' '.join(str(exc).split()) or type(exc).__name__
     if len(text) > limit:
-        text = text[:limit - 3] + '...'
+        text = text[: limit - 3] + '...'
     return f'{type(exc).__name__}: {text}'

@@ -12,8 +12,9 @@ __all__ = ['inspect_dataset']
 def _load_tokenizer(name: str):
     try:
         from pipeline.tokenize import load_tokenizer
+
         return load_tokenizer(name)
-    except Exception:  # noqa: BLE001 - decoding is optional in inspect
+    except Exception:
         return None
 
 
@@ -24,19 +25,27 @@ def inspect_dataset(path: str, n_samples: int = 3, log=print) -> dict:
         index = files.json('index.json')
         c = manifest['counts']
         log(f'dataset {path}')
-        log(f'  tokenizer {manifest["tokenizer"]["name"]} (vocab {manifest["tokenizer"]["vocab_size"]}, '
+        log(
+            f'  tokenizer {manifest["tokenizer"]["name"]} (vocab {manifest["tokenizer"]["vocab_size"]}, '
             f'{manifest["tokenizer"]["hash"]}), dtype {manifest["dtype"]}, seq_len {manifest["seq_len"]}, '
-            f'pack {manifest["pack"]}')
+            f'pack {manifest["pack"]}'
+        )
         pol = manifest['policy']
-        log(f'  bos/eos: --bos-text {pol["bos_text"]!r} -> {pol["bos_ids"]}, --eos-text {pol["eos_text"]!r} -> '
-            f'{pol["eos_ids"]}, tokenizer adds bos {pol["tokenizer_adds_bos"]} eos {pol["tokenizer_adds_eos"]}')
-        log(f'  documents {c["documents"]:,} | tokens {c["tokens"]:,} | samples {c["samples"]:,} | shards '
+        log(
+            f'  bos/eos: --bos-text {pol["bos_text"]!r} -> {pol["bos_ids"]}, --eos-text {pol["eos_text"]!r} -> '
+            f'{pol["eos_ids"]}, tokenizer adds bos {pol["tokenizer_adds_bos"]} eos {pol["tokenizer_adds_eos"]}'
+        )
+        log(
+            f'  documents {c["documents"]:,} | tokens {c["tokens"]:,} | samples {c["samples"]:,} | shards '
             f'{len(index["shards"])} | dropped tail tokens {c["dropped_tail_tokens"]:,} | empty skipped '
-            f'{c["empty_documents_skipped"]:,} | bad records skipped {c["bad_records_skipped"]:,}')
+            f'{c["empty_documents_skipped"]:,} | bad records skipped {c["bad_records_skipped"]:,}'
+        )
         for inp in manifest['inputs']:
             log(f'  input {inp["source"]} ({inp["kind"]}, {inp["documents"]:,} docs, {inp["content_hash"]})')
-        log(f'  tool {manifest["tool"]["name"]} {manifest["tool"]["version"]}; arguments '
-            f'{json.dumps(manifest["arguments"])}')
+        log(
+            f'  tool {manifest["tool"]["name"]} {manifest["tool"]["version"]}; arguments '
+            f'{json.dumps(manifest["arguments"])}'
+        )
         tok = _load_tokenizer(manifest['tokenizer']['name']) if n_samples else None
         shown = 0
         for entry in index['shards']:

@@ -61,8 +61,18 @@ def relative_name(path: str, base: str) -> str:
     return rel if not rel.startswith('..') else os.path.basename(path)
 
 
-def build_manifest(*, tokenizer: dict, policy: dict, seq_len: int, dtype: str, pack: str, columns: dict,
-                   counts: dict, inputs: list[dict], arguments: dict) -> dict:
+def build_manifest(
+    *,
+    tokenizer: dict,
+    policy: dict,
+    seq_len: int,
+    dtype: str,
+    pack: str,
+    columns: dict,
+    counts: dict,
+    inputs: list[dict],
+    arguments: dict,
+) -> dict:
     """Assemble the manifest dict (key order fixed, so the JSON is byte-stable)."""
     return {
         'format': FORMAT,
@@ -74,7 +84,7 @@ def build_manifest(*, tokenizer: dict, policy: dict, seq_len: int, dtype: str, p
         'pack': pack,
         'columns': columns,
         'doc_starts': 'segment starts: 0, then every position where a new document begins inside the sample; '
-                      'segment_ids[t] = count(doc_starts <= t) - 1',
+        'segment_ids[t] = count(doc_starts <= t) - 1',
         'counts': counts,
         'inputs': inputs,
         'arguments': arguments,

@@ -20,8 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['concat_layout', 'concat_samples_starting_in', 'doc_starts_in_window', 'split_document',
-           'samples_per_part', 'part_ranges', 'none_sample_counts']
+__all__ = [
+    'concat_layout',
+    'concat_samples_starting_in',
+    'doc_starts_in_window',
+    'split_document',
+    'samples_per_part',
+    'part_ranges',
+    'none_sample_counts',
+]
 
 
 def concat_layout(total_tokens: int, seq_len: int) -> tuple[int, int]:

@@ -69,20 +69,34 @@ class PrepareArgs:
 
     def dataset_arguments(self) -> dict:
         """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""
-        keys = ('inputs', 'tokenizer', 'seq_len', 'pack', 'dtype', 'text_field', 'bos_text', 'eos_text',
-                'on_bad_record', 'shard_mb')
+        keys = (
+            'inputs',
+            'tokenizer',
+            'seq_len',
+            'pack',
+            'dtype',
+            'text_field',
+            'bos_text',
+            'eos_text',
+            'on_bad_record',
+            'shard_mb',
+        )
         return {k: getattr(self, k) for k in keys}
 
 
 def _check_args(a: PrepareArgs) -> None:
     if a.seq_len < 2 or a.seq_len > _MAX_SEQ_LEN:
-        raise UsageError(f'--seq-len {a.seq_len} is out of range; rule: 2 <= seq_len <= {_MAX_SEQ_LEN} (a sample must '
-                         'hold a token and its successor, and fit in one 64 MB shard); fix: pass e.g. --seq-len 2048')
+        raise UsageError(
+            f'--seq-len {a.seq_len} is out of range; rule: 2 <= seq_len <= {_MAX_SEQ_LEN} (a sample must '
+            'hold a token and its successor, and fit in one 64 MB shard); fix: pass e.g. --seq-len 2048'
+        )
     if a.workers < 1:
         raise UsageError(f'--workers {a.workers} is invalid; rule: at least 1; fix: pass --workers 1 or more')
     if not 0 < a.shard_mb < 4096 or a.seq_len * 4 + 64 > a.shard_mb * (1 << 20):
-        raise UsageError(f'--shard-mb {a.shard_mb} is invalid for --seq-len {a.seq_len}; rule: one sample must fit in a '
-                         'shard and shards stay below 4 GiB (uint32 offsets); fix: omit it (default 64)')
+        raise UsageError(
+            f'--shard-mb {a.shard_mb} is invalid for --seq-len {a.seq_len}; rule: one sample must fit in a '
+            'shard and shards stay below 4 GiB (uint32 offsets); fix: omit it (default 64)'
+        )
     if not a.chunk_mb > 0:
         raise UsageError(f'--chunk-mb {a.chunk_mb} is invalid; rule: > 0; fix: omit it (default 16)')
     if a.pack not in ('concat', 'none'):
@@ -128,8 +142,10 @@ def prepare(a: PrepareArgs, log=print) -> dict:
     if remote.is_remote(a.out):
         remote.check_output_location(a.out)
     elif Path(a.out).is_file():
-        raise DataError(f'--out {a.out!r} is a file; rule: the output is a folder or an object-store prefix; fix: '
-                        'choose another path')
+        raise DataError(
+            f'--out {a.out!r} is a file; rule: the output is a folder or an object-store prefix; fix: '
+            'choose another path'
+        )
     tok = load_tokenizer(a.tokenizer)
     policy = make_policy(tok, a.bos_text, a.eos_text)
     vocab_size = len(tok)
@@ -151,13 +167,21 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     staging_root.mkdir(parents=True, exist_ok=True)
     lock = lock_staging(staging_root)  # noqa: F841 - held until this function returns
     chunk_bytes = max(1, int(a.chunk_mb * (1 << 20)))
-    specs = expand_inputs(a.inputs, staging_root, chunk_bytes, chunk_rows=max(1, chunk_bytes // 1024),
-                          exclude=() if remote.is_remote(a.out) else (a.out,))
+    specs = expand_inputs(
+        a.inputs,
+        staging_root,
+        chunk_bytes,
+        chunk_rows=max(1, chunk_bytes // 1024),
+        exclude=() if remote.is_remote(a.out) else (a.out,),
+    )
     hashes = _input_hashes(specs, staging_root)
-    tok_info = {'name': a.tokenizer, 'class': type(tok).__name__, 'vocab_size': vocab_size,
-                'hash': tokenizer_hash(tok)}
-    identity = {'arguments': a.dataset_arguments(), 'tool': tool_version(), 'tokenizer': tok_info['hash'],
-                'inputs': hashes}
+    tok_info = {'name': a.tokenizer, 'class': type(tok).__name__, 'vocab_size': vocab_size, 'hash': tokenizer_hash(tok)}
+    identity = {
+        'arguments': a.dataset_arguments(),
+        'tool': tool_version(),
+        'tokenizer': tok_info['hash'],
+        'inputs': hashes,
+    }
     fingerprint = 'xxh64:' + xxhash.xxh64(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     run_key = 'xxh64:' + xxhash.xxh64(f'{fingerprint}|{a.chunk_mb}'.encode()).hexdigest()
     state = pub.existing_output(a.out, staging_root, fingerprint, a.overwrite)
@@ -168,13 +192,16 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     staging_root.mkdir(parents=True, exist_ok=True)
     old_state = read_json(staging_root / 'state.json')
     if old_state is not None and old_state.get('run_key') != run_key:
-        raise DataError(f'the staging folder {str(staging_root)!r} belongs to a run with other settings (e.g. '
-                        '--chunk-mb); fix: repeat the original command or pass --overwrite')
+        raise DataError(
+            f'the staging folder {str(staging_root)!r} belongs to a run with other settings (e.g. '
+            '--chunk-mb); fix: repeat the original command or pass --overwrite'
+        )
     write_json_atomic(staging_root / 'state.json', {'fingerprint': fingerprint, 'run_key': run_key})
     staging = Staging(staging_root)
     groups = [g for spec in specs for g in spec.groups]
 
     import multiprocessing as mp
+
     counters = (mp.Value('q', 0), mp.Value('q', 0))  # documents, tokens: shared with the workers for the bar
     ctx = Ctx(a, staging_root, dtype, run_key, tok, policy, counters)
     bar = progress_bar(a.progress)
@@ -192,27 +219,40 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     empty = sum(m['empty'] for m in markers)
     bad = sum(m['bad'] for m in markers)
     if total_docs == 0:
-        raise DataError(f'empty corpus: the inputs hold 0 usable documents ({empty} empty, {bad} bad records skipped); '
-                        'rule: at least one non-empty document is needed; fix: check the inputs and --text-field')
+        raise DataError(
+            f'empty corpus: the inputs hold 0 usable documents ({empty} empty, {bad} bad records skipped); '
+            'rule: at least one non-empty document is needed; fix: check the inputs and --text-field'
+        )
     if a.pack == 'concat':
         n_samples, dropped = concat_layout(total_tokens, a.seq_len)
         group_sample_offsets = None
     else:
-        per_group = [int(none_sample_counts(TokenStream(staging, counts, dtype).doc_lengths(g.index), a.seq_len).sum())
-                     if counts[g.index] else 0 for g in groups]
+        per_group = [
+            int(none_sample_counts(TokenStream(staging, counts, dtype).doc_lengths(g.index), a.seq_len).sum())
+            if counts[g.index]
+            else 0
+            for g in groups
+        ]
         group_sample_offsets = [0] + list(itertools.accumulate(per_group))
         n_samples, dropped = group_sample_offsets[-1], 0
     if n_samples == 0:
-        raise DataError(f'the corpus has {total_tokens} tokens, fewer than one sample of --seq-len {a.seq_len}; rule: '
-                        'concat packing drops the final partial sample; fix: lower --seq-len, add data or use '
-                        '--pack none')
+        raise DataError(
+            f'the corpus has {total_tokens} tokens, fewer than one sample of --seq-len {a.seq_len}; rule: '
+            'concat packing drops the final partial sample; fix: lower --seq-len, add data or use '
+            '--pack none'
+        )
 
     # Phase 2: cut the global sample sequence into fixed ranges (parts) and write those without a valid marker.
     shard_bytes = int(a.shard_mb * (1 << 20))
     per_part = samples_per_part(a.seq_len, np.dtype(dtype).itemsize, shard_bytes)
     n_parts = len(part_ranges(n_samples, per_part))
-    ctx.layout = {'token_counts': counts, 'n_samples': n_samples, 'samples_per_part': per_part,
-                  'shard_bytes': shard_bytes, 'group_sample_offsets': group_sample_offsets}
+    ctx.layout = {
+        'token_counts': counts,
+        'n_samples': n_samples,
+        'samples_per_part': per_part,
+        'shard_bytes': shard_bytes,
+        'group_sample_offsets': group_sample_offsets,
+    }
     done2 = {j for j in range(n_parts) if (read_json(staging.part_marker(j)) or {}).get('fingerprint') == run_key}
     todo2 = [j for j in range(n_parts) if j not in done2]
     for j in todo2:
@@ -228,39 +268,76 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     inputs = []
     for spec, named in zip(specs, hashes):
         ms = [markers[g.index] for g in spec.groups]
-        content = combine_hashes(named) if named else combine_hashes(
-            [(f'shard{k}', m['text_hash']) for k, m in enumerate(ms)])
-        inputs.append({'source': spec.source, 'kind': spec.kind, 'files': len(named), 'content_hash': content,
-                       'documents': sum(m['documents'] for m in ms), 'tokens': sum(m['tokens'] for m in ms),
-                       'empty_documents_skipped': sum(m['empty'] for m in ms),
-                       'bad_records_skipped': sum(m['bad'] for m in ms)})
-    counts_out = {'documents': total_docs, 'tokens': total_tokens, 'samples': samples, 'dropped_tail_tokens': dropped,
-                  'empty_documents_skipped': empty, 'bad_records_skipped': bad,
-                  'shards': sum(len(s) for _, s in with_data)}
-    manifest = build_manifest(tokenizer=tok_info, policy=policy.to_json(), seq_len=a.seq_len, dtype=dtype,
-                              pack=a.pack, columns=columns_for(a.pack, dtype, a.seq_len), counts=counts_out,
-                              inputs=inputs, arguments=a.dataset_arguments())
+        content = (
+            combine_hashes(named)
+            if named
+            else combine_hashes([(f'shard{k}', m['text_hash']) for k, m in enumerate(ms)])
+        )
+        inputs.append(
+            {
+                'source': spec.source,
+                'kind': spec.kind,
+                'files': len(named),
+                'content_hash': content,
+                'documents': sum(m['documents'] for m in ms),
+                'tokens': sum(m['tokens'] for m in ms),
+                'empty_documents_skipped': sum(m['empty'] for m in ms),
+                'bad_records_skipped': sum(m['bad'] for m in ms),
+            }
+        )
+    counts_out = {
+        'documents': total_docs,
+        'tokens': total_tokens,
+        'samples': samples,
+        'dropped_tail_tokens': dropped,
+        'empty_documents_skipped': empty,
+        'bad_records_skipped': bad,
+        'shards': sum(len(s) for _, s in with_data),
+    }
+    manifest = build_manifest(
+        tokenizer=tok_info,
+        policy=policy.to_json(),
+        seq_len=a.seq_len,
+        dtype=dtype,
+        pack=a.pack,
+        columns=columns_for(a.pack, dtype, a.seq_len),
+        counts=counts_out,
+        inputs=inputs,
+        arguments=a.dataset_arguments(),
+    )
     manifest['fingerprint'] = fingerprint
     pub.publish(a.out, staging.parts, [n for n, _ in with_data], merged_index(with_data), manifest)
     shutil.rmtree(staging_root, ignore_errors=True)
 
     elapsed = time.monotonic() - t_start
-    summary = {'status': 'written', **counts_out, 'groups': len(groups), 'groups_resumed': len(done1),
-               'parts_resumed': len(done2), 'seconds': elapsed,
-               'tokens_per_second': (sum(markers[g.index]['tokens'] for g in todo1) / t_tok) if todo1 and t_tok else 0.0,
-               'bad_examples': [e for m in markers for e in m['bad_examples']][:3]}
+    summary = {
+        'status': 'written',
+        **counts_out,
+        'groups': len(groups),
+        'groups_resumed': len(done1),
+        'parts_resumed': len(done2),
+        'seconds': elapsed,
+        'tokens_per_second': (sum(markers[g.index]['tokens'] for g in todo1) / t_tok) if todo1 and t_tok else 0.0,
+        'bad_examples': [e for m in markers for e in m['bad_examples']][:3],
+    }
     _print_summary(a, summary, log)
     return summary
 
 
 def _print_summary(a: PrepareArgs, s: dict, log) -> None:
     log(f'rlp-data: wrote {a.out}')
-    log(f'  documents {s["documents"]:,} | tokens {s["tokens"]:,} | samples {s["samples"]:,} '
-        f'(seq_len {a.seq_len}, pack {a.pack}) | shards {s["shards"]}')
-    log(f'  dropped tail tokens {s["dropped_tail_tokens"]:,} | empty documents skipped '
-        f'{s["empty_documents_skipped"]:,} | bad records skipped {s["bad_records_skipped"]:,}')
+    log(
+        f'  documents {s["documents"]:,} | tokens {s["tokens"]:,} | samples {s["samples"]:,} '
+        f'(seq_len {a.seq_len}, pack {a.pack}) | shards {s["shards"]}'
+    )
+    log(
+        f'  dropped tail tokens {s["dropped_tail_tokens"]:,} | empty documents skipped '
+        f'{s["empty_documents_skipped"]:,} | bad records skipped {s["bad_records_skipped"]:,}'
+    )
     for example in s['bad_examples']:
         log(f'    e.g. {example}')
-    log(f'  groups {s["groups"]} ({s["groups_resumed"]} already tokenised, {s["parts_resumed"]} parts already '
+    log(
+        f'  groups {s["groups"]} ({s["groups_resumed"]} already tokenised, {s["parts_resumed"]} parts already '
         f'written) | throughput {s["tokens_per_second"]:,.0f} tokens/s tokenising with {a.workers} worker(s) | '
-        f'{s["seconds"]:.1f} s total')
+        f'{s["seconds"]:.1f} s total'
+    )

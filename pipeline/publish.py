@@ -40,8 +40,10 @@ def _listing(out: str) -> dict[str, int]:
     if not root.exists():
         return {}
     if not root.is_dir():
-        raise DataError(f'--out {out!r} is a file; rule: the output is a folder or an object-store prefix; fix: '
-                        'choose another path')
+        raise DataError(
+            f'--out {out!r} is a file; rule: the output is a folder or an object-store prefix; fix: '
+            'choose another path'
+        )
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1) for p in root.iterdir()}
 
 
@@ -60,29 +62,39 @@ def existing_output(out: str, staging: Path, fingerprint: str, overwrite: bool) 
         if (old or {}).get('fingerprint') == fingerprint:
             return 'complete'
         if not overwrite:
-            raise DataError(f'--out {out!r} already holds a different dataset (its manifest.json has other '
-                            'arguments, inputs or tokenizer); rule: an output is never silently replaced; fix: pass '
-                            '--overwrite or choose another --out')
+            raise DataError(
+                f'--out {out!r} already holds a different dataset (its manifest.json has other '
+                'arguments, inputs or tokenizer); rule: an output is never silently replaced; fix: pass '
+                '--overwrite or choose another --out'
+            )
         clear_output(out, staging, listing)
         return 'fresh'
     state = read_json(staging / 'state.json')
     foreign = [n for n in listing if not _ours(n, staging_name)]
     ours = [n for n in listing if _ours(n, staging_name) and n != staging_name]
     if state is not None and state.get('fingerprint') != fingerprint and not overwrite:
-        raise DataError(f'--out {out!r} holds an unfinished run with different arguments or inputs; rule: a run '
-                        'resumes only with the same command; fix: repeat the original command, or pass --overwrite')
+        raise DataError(
+            f'--out {out!r} holds an unfinished run with different arguments or inputs; rule: a run '
+            'resumes only with the same command; fix: repeat the original command, or pass --overwrite'
+        )
     if foreign and not overwrite:
-        raise DataError(f'--out {out!r} is not empty and is not an rlp-data output (found {foreign[:3]}); rule: '
-                        'prepare writes into an empty folder or prefix; fix: choose another --out or pass --overwrite')
+        raise DataError(
+            f'--out {out!r} is not empty and is not an rlp-data output (found {foreign[:3]}); rule: '
+            'prepare writes into an empty folder or prefix; fix: choose another --out or pass --overwrite'
+        )
     if foreign:
-        raise DataError(f'--out {out!r} holds files rlp-data did not write ({foreign[:3]}); --overwrite deletes only '
-                        'its own files; fix: remove them by hand or choose another --out')
+        raise DataError(
+            f'--out {out!r} holds files rlp-data did not write ({foreign[:3]}); --overwrite deletes only '
+            'its own files; fix: remove them by hand or choose another --out'
+        )
     if state is not None and state.get('fingerprint') == fingerprint:
         return 'resume'
     if ours or state is not None:
         if not overwrite:
-            raise DataError(f'--out {out!r} holds a partial rlp-data output from another run (no staging state '
-                            'here); fix: pass --overwrite or choose another --out')
+            raise DataError(
+                f'--out {out!r} holds a partial rlp-data output from another run (no staging state '
+                'here); fix: pass --overwrite or choose another --out'
+            )
         clear_output(out, staging, listing)
     return 'fresh'
 
@@ -113,8 +125,9 @@ def publish(out: str, parts_root: Path, part_names: list[str], index: dict, mani
             if not folder.exists():
                 continue
             files = sorted(p.name for p in folder.iterdir() if p.name != 'index.json') + ['index.json']
-            todo = [f'{name}/{f}' for f in files
-                    if present.get(f'{name}/{f}') != (parts_root / name / f).stat().st_size]
+            todo = [
+                f'{name}/{f}' for f in files if present.get(f'{name}/{f}') != (parts_root / name / f).stat().st_size
+            ]
             remote.upload_files(parts_root, out, todo)
         tmp = parts_root / '_publish'
         write_json_atomic(tmp / 'index.json', index)

@@ -28,8 +28,10 @@ class DatasetFiles:
         self._tmp = tempfile.TemporaryDirectory(prefix='rlp-data-') if self.is_remote else None
         self.root = Path(self._tmp.name) if self._tmp else Path(path)
         if not self.is_remote and not self.root.is_dir():
-            raise DataError(f'{path!r} is not a folder; rule: inspect/verify take a prepared dataset folder or an '
-                            'object-store URI; fix: pass the --out of rlp-data prepare')
+            raise DataError(
+                f'{path!r} is not a folder; rule: inspect/verify take a prepared dataset folder or an '
+                'object-store URI; fix: pass the --out of rlp-data prepare'
+            )
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -57,19 +59,23 @@ class DatasetFiles:
 
     def json(self, name: str) -> dict:
         if not self.exists(name):
-            raise DataError(f'{self.path!r} has no {name}; rule: a complete rlp-data output has index.json and '
-                            'manifest.json; fix: (re)run rlp-data prepare to completion, or check the path')
+            raise DataError(
+                f'{self.path!r} has no {name}; rule: a complete rlp-data output has index.json and '
+                'manifest.json; fix: (re)run rlp-data prepare to completion, or check the path'
+            )
         try:
             return json.loads(self.local(name).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f'{self.path}/{name} is not valid JSON ({exc}); the dataset is corrupt; fix: prepare it '
-                            'again') from None
+            raise DataError(
+                f'{self.path}/{name} is not valid JSON ({exc}); the dataset is corrupt; fix: prepare it ' 'again'
+            ) from None
 
 
 def decompress(entry: dict, data: bytes) -> bytes:
     """Raw MDS bytes of a shard from its stored bytes (zstd or uncompressed)."""
     if entry.get('compression'):
         from streaming.base.compression import decompress as sdecompress
+
         return sdecompress(entry['compression'], data)
     return data
 
@@ -79,19 +85,19 @@ def decode_shard(entry: dict, raw: bytes) -> Iterator[dict]:
     from streaming.base.format.mds.encodings import mds_decode
 
     n = int(np.frombuffer(raw[:4], np.uint32)[0])
-    offsets = np.frombuffer(raw[4:4 + 4 * (n + 1)], np.uint32)
+    offsets = np.frombuffer(raw[4 : 4 + 4 * (n + 1)], np.uint32)
     names, encodings, sizes = entry['column_names'], entry['column_encodings'], entry['column_sizes']
     for i in range(n):
-        data = raw[int(offsets[i]):int(offsets[i + 1])]
+        data = raw[int(offsets[i]) : int(offsets[i + 1])]
         idx, col_sizes = 0, []
         for size in sizes:
             if size:
                 col_sizes.append(size)
             else:
-                col_sizes.append(int(np.frombuffer(data[idx:idx + 4], np.uint32)[0]))
+                col_sizes.append(int(np.frombuffer(data[idx : idx + 4], np.uint32)[0]))
                 idx += 4
         sample = {}
         for name, enc, size in zip(names, encodings, col_sizes):
-            sample[name] = mds_decode(enc, data[idx:idx + size])
+            sample[name] = mds_decode(enc, data[idx : idx + size])
             idx += size
         yield sample

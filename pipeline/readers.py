@@ -24,20 +24,25 @@ def load_disk(path: str, split: str | None, source: str):
 
     try:
         ds = datasets.load_from_disk(path)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'input {source!r}: cannot load the saved dataset ({one_line(exc)}); fix: check the folder') from None
+    except Exception as exc:
+        raise DataError(
+            f'input {source!r}: cannot load the saved dataset ({one_line(exc)}); fix: check the folder'
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         split = split or 'train'
         if split not in ds:
-            raise DataError(f'input {source!r}: split {split!r} not found; available: {sorted(ds)}; fix: add '
-                            f'?split=NAME')
+            raise DataError(
+                f'input {source!r}: split {split!r} not found; available: {sorted(ds)}; fix: add ' f'?split=NAME'
+            )
         ds = ds[split]
     return ds
 
 
 def _field_error(field: str, where: str, available) -> DataError:
-    return DataError(f'text field {field!r} not found in {where}; available fields: {sorted(available)}; fix: pass '
-                     '--text-field with one of them')
+    return DataError(
+        f'text field {field!r} not found in {where}; available fields: {sorted(available)}; fix: pass '
+        '--text-field with one of them'
+    )
 
 
 def _check_text(value, field: str) -> tuple[str | None, str | None]:
@@ -49,8 +54,15 @@ def _check_text(value, field: str) -> tuple[str | None, str | None]:
 def iter_records(group: Group, text_field: str) -> Iterator[tuple[str | None, str | None]]:
     """Yield ``(text, None)`` per document or ``(None, reason)`` per bad record of one group, in order."""
     for piece in group.pieces:
-        reader = {'jsonl': _iter_jsonl, 'json': _iter_json_array, 'txt': _iter_txt, 'parquet': _iter_parquet,
-                  'wds': _iter_wds, 'disk': _iter_disk, 'hf': _iter_hf}[piece.kind]
+        reader = {
+            'jsonl': _iter_jsonl,
+            'json': _iter_json_array,
+            'txt': _iter_txt,
+            'parquet': _iter_parquet,
+            'wds': _iter_wds,
+            'disk': _iter_disk,
+            'hf': _iter_hf,
+        }[piece.kind]
         yield from reader(piece, text_field)
 
 
@@ -96,8 +108,10 @@ def _iter_json_array(group: Piece, field: str):
         with open(group.path, 'rb') as fh:
             data = json.loads(fh.read().decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f'input {group.path!r} is not a valid UTF-8 JSON array ({one_line(exc)}); rule: .json files '
-                        'hold one array of objects or JSON lines; fix: repair the file') from None
+        raise DataError(
+            f'input {group.path!r} is not a valid UTF-8 JSON array ({one_line(exc)}); rule: .json files '
+            'hold one array of objects or JSON lines; fix: repair the file'
+        ) from None
     for k, rec in enumerate(data):
         where = f'{group.path} item {k}'
         if not isinstance(rec, dict):
@@ -140,7 +154,7 @@ def _iter_disk(group: Piece, field: str):
         raise _field_error(field, group.path, ds.column_names)
     stop = len(ds) if group.stop < 0 else group.stop
     for a in range(group.start, stop, 1000):
-        for k, value in enumerate(ds[a:min(a + 1000, stop)][field]):
+        for k, value in enumerate(ds[a : min(a + 1000, stop)][field]):
             text, err = _check_text(value, field)
             yield (text, None) if err is None else (None, f'{group.path} row {a + k}: {err}')
 
@@ -149,12 +163,20 @@ def load_hf(name: str, opts: dict):
     import datasets
 
     try:
-        return datasets.load_dataset(name, opts.get('name'), split=opts.get('split', 'train'), streaming=True,
-                                     revision=opts.get('revision'), data_files=opts.get('data_files'))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot load HF dataset {name!r} ({one_line(exc)}); rule: hf:NAME must be loadable '
-                        'with datasets.load_dataset(NAME, streaming=True); fix: check the name/split and network '
-                        'access, or pass a save_to_disk folder') from None
+        return datasets.load_dataset(
+            name,
+            opts.get('name'),
+            split=opts.get('split', 'train'),
+            streaming=True,
+            revision=opts.get('revision'),
+            data_files=opts.get('data_files'),
+        )
+    except Exception as exc:
+        raise DataError(
+            f'cannot load HF dataset {name!r} ({one_line(exc)}); rule: hf:NAME must be loadable '
+            'with datasets.load_dataset(NAME, streaming=True); fix: check the name/split and network '
+            'access, or pass a save_to_disk folder'
+        ) from None
 
 
 def _iter_hf(group: Piece, field: str):
@@ -164,9 +186,11 @@ def _iter_hf(group: Piece, field: str):
     try:
         it = iter(ds)
         first = next(it, None)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot read HF dataset {group.path!r} ({one_line(exc)}); fix: check the dataset files and '
-                        'network access') from None
+    except Exception as exc:
+        raise DataError(
+            f'cannot read HF dataset {group.path!r} ({one_line(exc)}); fix: check the dataset files and '
+            'network access'
+        ) from None
     if first is None:
         return
     if field not in first:
@@ -212,5 +236,7 @@ def _iter_wds(group: Piece, field: str):
                 yield None, f'{where}: not valid UTF-8'
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot read webdataset shard {group.path!r} ({one_line(exc)}); fix: check the tar file') from None
+    except Exception as exc:
+        raise DataError(
+            f'cannot read webdataset shard {group.path!r} ({one_line(exc)}); fix: check the tar file'
+        ) from None

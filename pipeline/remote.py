@@ -13,8 +13,17 @@ from pathlib import Path
 
 from pipeline.errors import DataError, one_line
 
-__all__ = ['is_remote', 'split_uri', 's3_client', 'check_output_location', 'list_objects', 'download',
-           'upload_files', 'delete_objects', 'join']
+__all__ = [
+    'is_remote',
+    'split_uri',
+    's3_client',
+    'check_output_location',
+    'list_objects',
+    'download',
+    'upload_files',
+    'delete_objects',
+    'join',
+]
 
 _REMOTE_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'azure-dl', 'dbfs', 'hf', 'alipan')
 
@@ -48,22 +57,29 @@ def _s3_error(exc: Exception, uri: str, action: str) -> DataError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
-        return DataError(f'cannot {action} {uri}: no S3 credentials found; rule: S3 access needs credentials from '
-                         'the standard AWS chain; fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)')
+        return DataError(
+            f'cannot {action} {uri}: no S3 credentials found; rule: S3 access needs credentials from '
+            'the standard AWS chain; fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)'
+        )
     if isinstance(exc, EndpointConnectionError):
-        return DataError(f'cannot {action} {uri}: endpoint unreachable ({one_line(exc)}); fix: check '
-                         'S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network')
+        return DataError(
+            f'cannot {action} {uri}: endpoint unreachable ({one_line(exc)}); fix: check '
+            'S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network'
+        )
     if isinstance(exc, ClientError):
         code = str(exc.response.get('Error', {}).get('Code', ''))
         bucket = split_uri(uri)[1]
         if code in ('NoSuchBucket', '404') and 'Key' not in str(exc.response.get('Error', {})):
-            return DataError(f'cannot {action} {uri}: bucket {bucket!r} does not exist (or is not visible with '
-                             'these credentials); fix: create the bucket or correct the URI')
+            return DataError(
+                f'cannot {action} {uri}: bucket {bucket!r} does not exist (or is not visible with '
+                'these credentials); fix: create the bucket or correct the URI'
+            )
         if code in ('NoSuchKey',):
             return DataError(f'cannot {action} {uri}: no such object; fix: check the path')
         if code in ('403', 'AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'):
-            return DataError(f'cannot {action} {uri}: access denied ({code}); fix: check the credentials and the '
-                             'bucket policy')
+            return DataError(
+                f'cannot {action} {uri}: access denied ({code}); fix: check the credentials and the ' 'bucket policy'
+            )
     return DataError(f'cannot {action} {uri}: {one_line(exc)}')
 
 
@@ -73,16 +89,17 @@ def check_output_location(uri: str) -> None:
     if scheme == 's3':
         try:
             s3_client().head_bucket(Bucket=bucket)
-        except Exception as exc:  # noqa: BLE001 - translated into a user error
+        except Exception as exc:
             raise _s3_error(exc, uri, 'write to') from None
         return
     from streaming.base.storage.upload import CloudUploader
 
     try:
         import tempfile
+
         with tempfile.TemporaryDirectory() as tmp:
             CloudUploader.get((tmp, uri), exist_ok=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f'cannot write to {uri}: {one_line(exc)}; fix: check the URI, bucket and credentials') from None
 
 
@@ -96,19 +113,20 @@ def list_objects(uri: str) -> dict[str, int]:
             pages = s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get('Contents', []):
-                    out[obj['Key'][len(prefix):]] = int(obj['Size'])
-        except Exception as exc:  # noqa: BLE001
+                    out[obj['Key'][len(prefix) :]] = int(obj['Size'])
+        except Exception as exc:
             raise _s3_error(exc, uri, 'list') from None
         return out
-    from streaming.base.storage.upload import CloudUploader
     import tempfile
+
+    from streaming.base.storage.upload import CloudUploader
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             keys = CloudUploader.get((tmp, uri), exist_ok=True).list_objects() or []
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f'cannot list {uri}: {one_line(exc)}; fix: check the URI, bucket and credentials') from None
-    return {k[len(prefix):]: -1 for k in keys if k.startswith(prefix)}
+    return {k[len(prefix) :]: -1 for k in keys if k.startswith(prefix)}
 
 
 def download(uri: str, local: str | Path) -> Path:
@@ -122,12 +140,13 @@ def download(uri: str, local: str | Path) -> Path:
             s3_client().download_file(bucket, key, str(tmp))
         else:
             from streaming.base.storage.download import CloudDownloader
+
             if tmp.exists():
                 tmp.unlink()
             CloudDownloader.direct_download(uri, str(tmp))
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if scheme == 's3':
             raise _s3_error(exc, uri, 'read') from None
         raise DataError(f'cannot read {uri}: {one_line(exc)}; fix: check the URI and credentials') from None
@@ -146,7 +165,7 @@ def upload_files(local_root: str | Path, uri: str, names: list[str]) -> None:
             key = (prefix.rstrip('/') + '/' + name) if prefix else name
             try:
                 client.upload_file(str(Path(local_root) / name), bucket, key, ExtraArgs=extra)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise _s3_error(exc, join(uri, name), 'upload') from None
         return
     from streaming.base.storage.upload import CloudUploader
@@ -155,7 +174,7 @@ def upload_files(local_root: str | Path, uri: str, names: list[str]) -> None:
         uploader = CloudUploader.get((str(local_root), uri), keep_local=True, exist_ok=True)
         for name in names:
             uploader.upload_file(name)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f'cannot upload to {uri}: {one_line(exc)}; fix: check the URI and credentials') from None
 
 
@@ -165,9 +184,10 @@ def delete_objects(uri: str, names: list[str]) -> None:
     if not names:
         return
     if scheme != 's3':
-        raise DataError(f'--overwrite on {scheme}:// outputs is not supported; fix: delete {uri} by hand or use '
-                        'a new output URI')
+        raise DataError(
+            f'--overwrite on {scheme}:// outputs is not supported; fix: delete {uri} by hand or use ' 'a new output URI'
+        )
     client = s3_client()
     keys = [(prefix.rstrip('/') + '/' + n) if prefix else n for n in names]
     for i in range(0, len(keys), 1000):
-        client.delete_objects(Bucket=bucket, Delete={'Objects': [{'Key': k} for k in keys[i:i + 1000]]})
+        client.delete_objects(Bucket=bucket, Delete={'Objects': [{'Key': k} for k in keys[i : i + 1000]]})

@@ -1,11 +1,11 @@
 """Inputs of ``rlp-data prepare``: expand what the user typed into ordered groups, then read documents.
 
 A *group* is the unit of parallel work and of resume: one per input file, per webdataset tar, per HF dataset shard
-(data file), per ``save_to_disk`` dataset; consecutive small whole files of one input are merged into one group
-of about ``chunk_bytes``. Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks (``chunk_bytes``,
-``chunk_rows``; line- or row-group-aligned), never by worker count, so the list of groups is a pure function of the
-inputs and the arguments. Documents are read in file order inside a group, groups in the order given on the
-command line (folders and globs sorted by name), so the concatenated document stream is deterministic.
+(data file), per ``save_to_disk`` dataset; consecutive small whole files of one input are merged into one group of
+about ``chunk_bytes``. Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks
+(``chunk_bytes``, ``chunk_rows``; line- or row-group-aligned), never by worker count, so the list of groups is a
+pure function of the inputs and the arguments. Documents are read in file order inside a group, groups in the order
+given on the command line (folders and globs sorted by name), so the concatenated document stream is deterministic.
 
 Input syntax (mixable in one call):
   * local ``.jsonl``/``.ndjson``, ``.json`` (a JSON array, or JSON lines), ``.txt`` (one document per file),
@@ -33,8 +33,16 @@ from pipeline.readers import iter_records, load_disk, load_hf
 
 __all__ = ['Group', 'Piece', 'InputSpec', 'expand_inputs', 'iter_records', 'FILE_KINDS']
 
-FILE_KINDS = {'.jsonl': 'jsonl', '.ndjson': 'jsonl', '.json': 'json', '.txt': 'txt', '.parquet': 'parquet',
-              '.tar': 'wds', '.tgz': 'wds', '.tar.gz': 'wds'}
+FILE_KINDS = {
+    '.jsonl': 'jsonl',
+    '.ndjson': 'jsonl',
+    '.json': 'json',
+    '.txt': 'txt',
+    '.parquet': 'parquet',
+    '.tar': 'wds',
+    '.tgz': 'wds',
+    '.tar.gz': 'wds',
+}
 _SUPPORTED = ', '.join(sorted(FILE_KINDS))
 
 
@@ -90,6 +98,7 @@ def _brace_expand(src: str) -> list[str]:
     if '{' not in src:
         return [src]
     import braceexpand
+
     return list(braceexpand.braceexpand(src))
 
 
@@ -101,34 +110,43 @@ def _local_files(pattern: str, source: str) -> list[str]:
     if any(ch in pattern for ch in '*?['):
         matches = sorted(globlib.glob(pattern, recursive=True))
         if not matches:
-            raise DataError(f'input {source!r}: the glob {pattern!r} matches nothing; rule: every input must name '
-                            'existing data; fix: check the pattern')
+            raise DataError(
+                f'input {source!r}: the glob {pattern!r} matches nothing; rule: every input must name '
+                'existing data; fix: check the pattern'
+            )
         out: list[str] = []
         for m in matches:
             out.extend(_local_files(m, source) if os.path.isdir(m) else [m])
         return [m for m in out if _kind_of(m)] or _no_supported(source)
     path = Path(pattern)
     if not path.exists():
-        raise DataError(f'input {source!r} does not exist; rule: every input must be an existing file, folder, glob, '
-                        's3:// URI or hf:NAME; fix: check the path (use hf:NAME for a Hugging Face dataset)')
+        raise DataError(
+            f'input {source!r} does not exist; rule: every input must be an existing file, folder, glob, '
+            's3:// URI or hf:NAME; fix: check the path (use hf:NAME for a Hugging Face dataset)'
+        )
     if path.is_dir():
         files = []
         for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith('.')
-                             and os.path.abspath(os.path.join(root, d)) not in _EXCLUDE)
+            dirs[:] = sorted(
+                d for d in dirs if not d.startswith('.') and os.path.abspath(os.path.join(root, d)) not in _EXCLUDE
+            )
             files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith('.') and _kind_of(n))
         return files or _no_supported(source)
     if not os.access(path, os.R_OK):
         raise DataError(f'input {source!r} is not readable (permission denied); fix: check its permissions')
     if _kind_of(str(path)) is None:
-        raise DataError(f'input {source!r} has an unsupported extension; rule: files must end in one of {_SUPPORTED}; '
-                        'fix: rename it or convert it')
+        raise DataError(
+            f'input {source!r} has an unsupported extension; rule: files must end in one of {_SUPPORTED}; '
+            'fix: rename it or convert it'
+        )
     return [str(path)]
 
 
 def _no_supported(source: str) -> list[str]:
-    raise DataError(f'input {source!r} contains no supported files; rule: folders are searched for {_SUPPORTED}; '
-                    'fix: point at the data files')
+    raise DataError(
+        f'input {source!r} contains no supported files; rule: folders are searched for {_SUPPORTED}; '
+        'fix: point at the data files'
+    )
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -143,8 +161,10 @@ def _remote_files(src: str, staging: Path) -> list[str]:
 
     scheme, bucket, key = remote.split_uri(src)
     if scheme != 's3':
-        raise DataError(f'input {src!r}: remote inputs are supported on s3:// only; fix: copy the data locally '
-                        'or to an S3-compatible store')
+        raise DataError(
+            f'input {src!r}: remote inputs are supported on s3:// only; fix: copy the data locally '
+            'or to an S3-compatible store'
+        )
     globbed = any(ch in key for ch in '*?[')
     prefix = key.split('*')[0].split('?')[0].split('[')[0] if globbed else key
     parent = prefix.rsplit('/', 1)[0] if '/' in prefix else ''
@@ -158,14 +178,15 @@ def _remote_files(src: str, staging: Path) -> list[str]:
         chosen = [n for n in names if n.startswith(key.rstrip('/') + '/')]
     chosen = [n for n in chosen if _kind_of(n)]
     if not chosen:
-        raise DataError(f'input {src!r} does not exist or holds no supported files ({_SUPPORTED}); fix: check the '
-                        'bucket and key')
+        raise DataError(
+            f'input {src!r} does not exist or holds no supported files ({_SUPPORTED}); fix: check the ' 'bucket and key'
+        )
     out = []
     for name in chosen:
         uri = f's3://{bucket}/{name}'
         digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
         local = staging / 'inputs' / digest / os.path.basename(name)
-        size = listing.get(name[len(parent) + 1:] if parent else name, -1)
+        size = listing.get(name[len(parent) + 1 :] if parent else name, -1)
         if not (local.exists() and local.stat().st_size == size):
             remote.download(uri, local)
         out.append(str(local))
@@ -178,8 +199,9 @@ def _chunks(total: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, total)) for a in range(0, total, size)]
 
 
-def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_rows: int,
-                  exclude: tuple[str, ...] = ()) -> list[InputSpec]:
+def expand_inputs(
+    sources: list[str], staging: Path, chunk_bytes: int, chunk_rows: int, exclude: tuple[str, ...] = ()
+) -> list[InputSpec]:
     """Expand ``--input`` values into :class:`InputSpec` s whose groups are numbered in global order.
 
     Folders in ``exclude`` (the output folder) are skipped when walking input folders.
@@ -198,8 +220,10 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
                 raise DataError(f'input {source!r}: empty dataset name; fix: write hf:NAME, e.g. hf:allenai/c4?name=en')
             unknown = set(opts) - {'name', 'split', 'revision', 'data_files'}
             if unknown:
-                raise DataError(f'input {source!r}: unknown option(s) {sorted(unknown)}; rule: hf: inputs accept '
-                                'name, split, revision, data_files; fix: remove them')
+                raise DataError(
+                    f'input {source!r}: unknown option(s) {sorted(unknown)}; rule: hf: inputs accept '
+                    'name, split, revision, data_files; fix: remove them'
+                )
             kind = 'hf'
             n_shards = max(1, int(getattr(load_hf(name, opts), 'n_shards', 1) or 1))
             # one group per dataset shard (data file); their concatenation is the dataset's own order
@@ -212,8 +236,9 @@ def expand_inputs(sources: list[str], staging: Path, chunk_bytes: int, chunk_row
                 raw_groups.append(('disk', base, a, b, tuple(sorted(opts.items()))))
         else:
             if opts:
-                raise DataError(f'input {source!r}: options after "?" are only for hf: and save_to_disk inputs; '
-                                'fix: remove them')
+                raise DataError(
+                    f'input {source!r}: options after "?" are only for hf: and save_to_disk inputs; ' 'fix: remove them'
+                )
             for part in _brace_expand(base):
                 if remote.is_remote(part):
                     files.extend(_remote_files(part, staging))
@@ -276,11 +301,10 @@ def _parquet_chunks(path: str, chunk_bytes: int) -> list[tuple[int, int]]:
 
     try:
         meta = pq.ParquetFile(path).metadata
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'input {path!r} is not a readable parquet file ({one_line(exc)}); fix: check the file') from None
+    except Exception as exc:
+        raise DataError(
+            f'input {path!r} is not a readable parquet file ({one_line(exc)}); fix: check the file'
+        ) from None
     if os.path.getsize(path) <= chunk_bytes or meta.num_row_groups <= 1:
         return [(0, -1)]
     return [(g, g + 1) for g in range(meta.num_row_groups)]
-
-
-

@@ -33,11 +33,22 @@ _ITEMS = ['apples', 'books', 'coins', 'keys', 'pens', 'stamps', 'shells', 'cards
 _GAIN = ['buys {n} more', 'finds {n}', 'gets {n} as a gift', 'picks up {n}']
 _LOSS = ['gives away {n}', 'sells {n}', 'loses {n}', 'uses {n}']
 _UNITS = [  # (big unit, small unit, factor)
-    ('meters', 'centimeters', 100), ('kilograms', 'grams', 1000), ('hours', 'minutes', 60),
-    ('minutes', 'seconds', 60), ('feet', 'inches', 12), ('days', 'hours', 24), ('liters', 'milliliters', 1000),
+    ('meters', 'centimeters', 100),
+    ('kilograms', 'grams', 1000),
+    ('hours', 'minutes', 60),
+    ('minutes', 'seconds', 60),
+    ('feet', 'inches', 12),
+    ('days', 'hours', 24),
+    ('liters', 'milliliters', 1000),
 ]
-_CONTAINERS = [('boxes', 'eggs'), ('bags', 'apples'), ('shelves', 'books'), ('crates', 'bottles'),
-               ('rows', 'chairs'), ('packs', 'cards')]
+_CONTAINERS = [
+    ('boxes', 'eggs'),
+    ('bags', 'apples'),
+    ('shelves', 'books'),
+    ('crates', 'bottles'),
+    ('rows', 'chairs'),
+    ('packs', 'cards'),
+]
 _RELATIONS = [('taller', 'shorter'), ('older', 'younger'), ('faster', 'slower'), ('heavier', 'lighter')]
 
 
@@ -69,15 +80,17 @@ def _conversion(rng: random.Random, think: bool) -> str:
     whole, extra = rng.randint(2, 9), rng.randint(1, factor - 1)
     total = whole * factor + extra
     steps = [f'{whole}*{factor}={whole * factor}', f'{whole * factor}+{extra}={total}']
-    return (f'{whole} {big} and {extra} {small} make ' + (_think(steps) if think else '')
-            + f'{total} {small}.')
+    return f'{whole} {big} and {extra} {small} make ' + (_think(steps) if think else '') + f'{total} {small}.'
 
 
 def _product(rng: random.Random, think: bool) -> str:
     (container, item), n, per = rng.choice(_CONTAINERS), rng.randint(3, 9), rng.randint(3, 12)
     steps = [f'{n}*{per}={n * per}']
-    return (f'there are {n} {container} with {per} {item} each, so there are '
-            + (_think(steps) if think else '') + f'{n * per} {item} in all.')
+    return (
+        f'there are {n} {container} with {per} {item} each, so there are '
+        + (_think(steps) if think else '')
+        + f'{n * per} {item} in all.'
+    )
 
 
 def _chain(rng: random.Random, think: bool) -> str:
@@ -131,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.synthetic --docs N --seed S --out corpus.jsonl``: write the corpus as JSON lines."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog='python -m pipeline.synthetic',
-                                     description='Write the synthetic reasoning corpus as JSON lines {"id", "text"}.')
+    parser = argparse.ArgumentParser(
+        prog='python -m pipeline.synthetic',
+        description='Write the synthetic reasoning corpus as JSON lines {"id", "text"}.',
+    )
     parser.add_argument('--docs', type=int, default=4000, help='number of documents (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='corpus seed (default: %(default)s)')
-    parser.add_argument('--think-fraction', type=float, default=0.25,
-                        help='share of problems with worked steps inside <think>...</think> (default: %(default)s)')
+    parser.add_argument(
+        '--think-fraction',
+        type=float,
+        default=0.25,
+        help='share of problems with worked steps inside <think>...</think> (default: %(default)s)',
+    )
     parser.add_argument('--out', required=True, help='output .jsonl path')
     args = parser.parse_args(argv)
     if args.docs < 1:

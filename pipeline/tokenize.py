@@ -50,14 +50,18 @@ def load_tokenizer(name: str):
 
     looks_local = name.startswith(('.', '/', '~')) or name.count('/') > 1
     if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise DataError(f'tokenizer {name!r} not found: no such folder; rule: --tokenizer is a hub name or a folder '
-                        'with tokenizer files; fix: check the path')
+        raise DataError(
+            f'tokenizer {name!r} not found: no such folder; rule: --tokenizer is a hub name or a folder '
+            'with tokenizer files; fix: check the path'
+        )
     try:
         return AutoTokenizer.from_pretrained(os.path.expanduser(name))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f'cannot load tokenizer {name!r} ({one_line(exc, 200)}); rule: --tokenizer is a hub name or a '
-                        'folder loadable with AutoTokenizer.from_pretrained; fix: check the name, network access or '
-                        'pass a local folder') from None
+    except Exception as exc:
+        raise DataError(
+            f'cannot load tokenizer {name!r} ({one_line(exc, 200)}); rule: --tokenizer is a hub name or a '
+            'folder loadable with AutoTokenizer.from_pretrained; fix: check the name, network access or '
+            'pass a local folder'
+        ) from None
 
 
 def tokenizer_hash(tok) -> str:
@@ -75,8 +79,10 @@ def _text_ids(tok, text: str | None, flag: str) -> list[int]:
     if text is None:
         return []
     if text == '':
-        raise UsageError(f'{flag} is empty; rule: it must be a non-empty string; fix: omit it or pass e.g. '
-                         f"{flag} '{tok.eos_token or '</s>'}'")
+        raise UsageError(
+            f'{flag} is empty; rule: it must be a non-empty string; fix: omit it or pass e.g. '
+            f"{flag} '{tok.eos_token or '</s>'}'"
+        )
     return list(tok(text, add_special_tokens=False)['input_ids'])
 
 
@@ -84,21 +90,26 @@ def make_policy(tok, bos_text: str | None, eos_text: str | None) -> TokenPolicy:
     """Work out what the tokenizer adds itself and what the flags add; refuse a stream without separators."""
     with_special = list(tok(_PROBE, add_special_tokens=True)['input_ids'])
     plain = list(tok(_PROBE, add_special_tokens=False)['input_ids'])
-    k = next((i for i in range(len(with_special) - len(plain) + 1)
-              if with_special[i:i + len(plain)] == plain), 0)
-    adds_bos, adds_eos = with_special[:k], with_special[k + len(plain):]
+    k = next((i for i in range(len(with_special) - len(plain) + 1) if with_special[i : i + len(plain)] == plain), 0)
+    adds_bos, adds_eos = with_special[:k], with_special[k + len(plain) :]
     bos_ids, eos_ids = _text_ids(tok, bos_text, '--bos-text'), _text_ids(tok, eos_text, '--eos-text')
     if not (adds_bos or adds_eos or bos_ids or eos_ids):
         hint = tok.eos_token or '<|endoftext|>'
-        raise UsageError(f'tokenizer {getattr(tok, "name_or_path", "?")!r} adds neither a BOS nor an EOS token and no '
-                         f"--eos-text was given; rule: documents must be separated in the packed stream; fix: pass "
-                         f"--eos-text '{hint}'")
+        raise UsageError(
+            f'tokenizer {getattr(tok, "name_or_path", "?")!r} adds neither a BOS nor an EOS token and no '
+            f"--eos-text was given; rule: documents must be separated in the packed stream; fix: pass "
+            f"--eos-text '{hint}'"
+        )
     if eos_ids and adds_eos and eos_ids == adds_eos:
-        raise UsageError(f'--eos-text {eos_text!r} duplicates the EOS the tokenizer already appends; rule: one '
-                         'separator per document; fix: drop --eos-text')
+        raise UsageError(
+            f'--eos-text {eos_text!r} duplicates the EOS the tokenizer already appends; rule: one '
+            'separator per document; fix: drop --eos-text'
+        )
     if bos_ids and adds_bos and bos_ids == adds_bos:
-        raise UsageError(f'--bos-text {bos_text!r} duplicates the BOS the tokenizer already prepends; rule: one BOS '
-                         'per document; fix: drop --bos-text')
+        raise UsageError(
+            f'--bos-text {bos_text!r} duplicates the BOS the tokenizer already prepends; rule: one BOS '
+            'per document; fix: drop --bos-text'
+        )
     return TokenPolicy(bos_text, eos_text, bos_ids, eos_ids, adds_bos, adds_eos)
 
 
@@ -107,8 +118,10 @@ def choose_dtype(requested: str, vocab_size: int) -> str:
     if requested == 'auto':
         return 'uint16' if vocab_size <= 1 << 16 else 'uint32'
     if requested == 'uint16' and vocab_size > 1 << 16:
-        raise UsageError(f'--dtype uint16 cannot hold this vocabulary of {vocab_size} tokens; rule: uint16 holds ids '
-                         '< 65536; fix: use --dtype uint32 or auto')
+        raise UsageError(
+            f'--dtype uint16 cannot hold this vocabulary of {vocab_size} tokens; rule: uint16 holds ids '
+            '< 65536; fix: use --dtype uint32 or auto'
+        )
     return requested
 
 

@@ -3,8 +3,8 @@
 Checks, per shard: the file exists, its size and xxh64 match ``index.json`` (compressed and raw bytes), the
 columns and encodings match the manifest's schema, and the sample count matches. Per sample: ``tokens`` has the
 manifest dtype, length exactly ``seq_len`` (concat) or 1..seq_len (none), every id < the tokenizer's vocab size;
-``doc_starts`` is int32, starts with 0, strictly increasing, inside [0, len(tokens)). Totals: samples and shards match the
-manifest's counts.
+``doc_starts`` is int32, starts with 0, strictly increasing, inside [0, len(tokens)). Totals: samples and
+shards match the manifest's counts.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def _check_sample(s: dict, m: dict, where: str, problems: list[str]) -> None:
     if starts.dtype != np.int32:
         problems.append(f'{where}: doc_starts dtype {starts.dtype}, expected int32')
     if not len(starts) or starts[0] != 0 or starts.max() >= n or np.any(np.diff(starts) <= 0):
-        problems.append(f'{where}: doc_starts {starts.tolist()[:8]} must start at 0 and increase strictly inside '
-                        f'[0, {n})')
+        problems.append(
+            f'{where}: doc_starts {starts.tolist()[:8]} must start at 0 and increase strictly inside ' f'[0, {n})'
+        )
 
 
 def verify_dataset(path: str, log=print) -> int:
@@ -43,7 +44,7 @@ def verify_dataset(path: str, log=print) -> int:
         index = files.json('index.json')
         expected_cols = sorted(m['columns'].items())
         samples = 0
-        for i, entry in enumerate(index.get('shards', [])):
+        for _i, entry in enumerate(index.get('shards', [])):
             info = entry.get('zip_data') or entry['raw_data']
             name = info['basename']
             cols = sorted(zip(entry.get('column_names', []), entry.get('column_encodings', [])))
@@ -62,7 +63,7 @@ def verify_dataset(path: str, log=print) -> int:
                 continue
             try:
                 raw = decompress(entry, data)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 problems.append(f'{name}: cannot decompress ({exc})')
                 continue
             raw_info = entry['raw_data']
@@ -84,8 +85,12 @@ def verify_dataset(path: str, log=print) -> int:
     for p in problems[:50]:
         log(f'  problem: {p}')
     if problems:
-        raise DataError(f'verify found {len(problems)} problem(s) in {path} (listed above); the dataset is corrupt or '
-                        'incomplete; fix: prepare it again (rlp-data prepare ... --overwrite)')
-    log(f'rlp-data: {path} verified: {len(index["shards"])} shards, {samples:,} samples, hashes, schema and token '
-        'range OK')
+        raise DataError(
+            f'verify found {len(problems)} problem(s) in {path} (listed above); the dataset is corrupt or '
+            'incomplete; fix: prepare it again (rlp-data prepare ... --overwrite)'
+        )
+    log(
+        f'rlp-data: {path} verified: {len(index["shards"])} shards, {samples:,} samples, hashes, schema and token '
+        'range OK'
+    )
     return 0

@@ -27,7 +27,8 @@ from pipeline.pack import doc_starts_in_window, part_ranges, split_document
 from pipeline.sources import Group, iter_records
 from pipeline.store import GroupTokenWriter, Staging, TokenStream, write_json_atomic
 from pipeline.tokenize import encode_batch, load_tokenizer, to_array
-from pipeline.writer import columns_for, write_part as write_mds_part
+from pipeline.writer import columns_for
+from pipeline.writer import write_part as write_mds_part
 
 if TYPE_CHECKING:
     from pipeline.prepare import PrepareArgs
@@ -75,8 +76,10 @@ def lock_staging(root: Path):
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise DataError(f'another rlp-data run is using the staging folder {str(root)!r}; rule: one run per output '
-                        'at a time; fix: wait for it to finish or stop it') from None
+        raise DataError(
+            f'another rlp-data run is using the staging folder {str(root)!r}; rule: one run per output '
+            'at a time; fix: wait for it to finish or stop it'
+        ) from None
     return fh
 
 
@@ -124,8 +127,10 @@ def tokenize_group(group: Group) -> dict:
     for text, reason in iter_records(group, a.text_field):
         if reason is not None:
             if a.on_bad_record == 'fail':
-                raise DataError(f'bad record: {reason}; rule: --on-bad-record fail stops at the first bad record; '
-                                'fix: repair the input or pass --on-bad-record skip (skipped records are counted)')
+                raise DataError(
+                    f'bad record: {reason}; rule: --on-bad-record fail stops at the first bad record; '
+                    'fix: repair the input or pass --on-bad-record skip (skipped records are counted)'
+                )
             bad += 1
             if len(bad_examples) < 3:
                 bad_examples.append(reason)
@@ -141,9 +146,16 @@ def tokenize_group(group: Group) -> dict:
             flush()
     if batch:
         flush()
-    marker = {'fingerprint': ctx.fingerprint, 'group': asdict(group), 'documents': docs, 'tokens': tokens,
-              'empty': empty, 'bad': bad, 'bad_examples': bad_examples,
-              'text_hash': 'xxh64:' + text_hash.hexdigest() if text_hash is not None else None}
+    marker = {
+        'fingerprint': ctx.fingerprint,
+        'group': asdict(group),
+        'documents': docs,
+        'tokens': tokens,
+        'empty': empty,
+        'bad': bad,
+        'bad_examples': bad_examples,
+        'text_hash': 'xxh64:' + text_hash.hexdigest() if text_hash is not None else None,
+    }
     writer.finish(marker)
     _sleep_hook()
     return marker
@@ -154,7 +166,7 @@ def _concat_samples(stream: TokenStream, ks: range, seq_len: int):
     tokens = stream.read(a, b)
     offsets = stream.doc_offsets(a, b)
     for i, k in enumerate(ks):
-        yield tokens[i * seq_len:(i + 1) * seq_len], doc_starts_in_window(offsets, k * seq_len, seq_len)
+        yield tokens[i * seq_len : (i + 1) * seq_len], doc_starts_in_window(offsets, k * seq_len, seq_len)
 
 
 def _none_samples(stream: TokenStream, group_sample_offsets: np.ndarray, ks: range, seq_len: int):
@@ -173,7 +185,7 @@ def _none_samples(stream: TokenStream, group_sample_offsets: np.ndarray, ks: ran
             if k + len(pieces) > ks.start:
                 for j, (s, e) in enumerate(pieces):
                     if ks.start <= k + j < ks.stop:
-                        yield tokens[pos + s:pos + e], segment_start
+                        yield tokens[pos + s : pos + e], segment_start
             k += len(pieces)
             pos += length
             if k >= ks.stop:
@@ -192,8 +204,9 @@ def write_part(j: int) -> dict:
         samples = _concat_samples(stream, ks, a.seq_len)
     else:
         samples = _none_samples(stream, np.asarray(layout['group_sample_offsets']), ks, a.seq_len)
-    result = write_mds_part(staging.part_dir(j), columns_for(a.pack, ctx.dtype, a.seq_len), samples,
-                            layout['shard_bytes'])
+    result = write_mds_part(
+        staging.part_dir(j), columns_for(a.pack, ctx.dtype, a.seq_len), samples, layout['shard_bytes']
+    )
     marker = {'fingerprint': ctx.fingerprint, 'part': staging.part_name(j), **result}
     write_json_atomic(staging.part_marker(j), marker)
     _sleep_hook()
@@ -216,12 +229,16 @@ def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
             _tick(bar, counters, label)
         return
     method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-    shipped = None if method == 'fork' else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None,
-                                                ctx.policy, (), ctx.layout)
+    shipped = (
+        None
+        if method == 'fork'
+        else Ctx(ctx.args, ctx.staging, ctx.dtype, ctx.fingerprint, None, ctx.policy, (), ctx.layout)
+    )
     global _CTX
     _CTX = ctx  # inherited by forked workers
-    with mp.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker,
-                                     initargs=(shipped, counters, True)) as pool:
+    with mp.get_context(method).Pool(
+        min(workers, len(jobs)), initializer=_init_worker, initargs=(shipped, counters, True)
+    ) as pool:
         failures: list[BaseException] = []
         pending = deque(pool.apply_async(fn, (job,), error_callback=failures.append) for job in jobs)
         while pending:
@@ -246,6 +263,8 @@ def _tick(bar, counters, label: str) -> None:
     bar.n = toks
     bar.set_postfix_str(f'{label} docs={docs:,} tokens={toks:,} tok/s={toks / elapsed:,.0f}', refresh=False)
     bar.refresh()
+
+
 def progress_bar(enabled: bool, total_hint: int | None = None):
     if not enabled:
         return None
@@ -254,5 +273,3 @@ def progress_bar(enabled: bool, total_hint: int | None = None):
     bar = tqdm(total=total_hint, unit='tok', unit_scale=True, dynamic_ncols=True, desc='rlp-data', leave=False)
     bar.t0 = time.monotonic()
     return bar
-
-

@@ -1,11 +1,11 @@
 """MDS writing: the column schema (one constant), one MDS folder per part, and the merged root ``index.json``.
 
 Schema (DESIGN.md): ``tokens`` as ``ndarray:<uint16|uint32>:<L>`` (static shape) in concat mode, or
-``ndarray:<dtype>`` (variable length, at most L) in ``none`` mode; ``doc_starts`` as ``ndarray:int32``.
-Shards are zstd-compressed, at most ``--shard-mb`` (64 MiB) raw, with xxh64 hashes of both the raw and the compressed bytes
-recorded in the index. The root ``index.json`` lists the parts' shards in part order with their basenames
-prefixed by the part folder, exactly as ``streaming.base.util.merge_index`` lays them out, but written here
-in one deterministic step so that it can be published last.
+``ndarray:<dtype>`` (variable length, at most L) in ``none`` mode; ``doc_starts`` as ``ndarray:int32``. Shards are
+zstd-compressed, at most ``--shard-mb`` (64 MiB) raw, with xxh64 hashes of both the raw and the compressed bytes
+recorded in the index. The root ``index.json`` lists the parts' shards in part order with their basenames prefixed
+by the part folder, exactly as ``streaming.base.util.merge_index`` lays them out, but written here in one
+deterministic step so that it can be published last.
 """
 
 from __future__ import annotations
@@ -30,16 +30,21 @@ def columns_for(pack: str, dtype: str, seq_len: int) -> dict[str, str]:
     return {'tokens': f'ndarray:{dtype}{shape}', 'doc_starts': 'ndarray:int32'}
 
 
-def write_part(out_dir: Path, columns: dict[str, str], samples: Iterable[tuple[np.ndarray, np.ndarray]],
-               size_limit: int = SIZE_LIMIT) -> dict:
+def write_part(
+    out_dir: Path,
+    columns: dict[str, str],
+    samples: Iterable[tuple[np.ndarray, np.ndarray]],
+    size_limit: int = SIZE_LIMIT,
+) -> dict:
     """Write ``(tokens, doc_starts)`` samples as an MDS folder; return ``{'samples', 'shards': [index entries]}``."""
     from streaming import MDSWriter
 
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     count = 0
-    with MDSWriter(out=str(out_dir), columns=columns, compression=COMPRESSION, hashes=HASHES,
-                   size_limit=size_limit) as writer:
+    with MDSWriter(
+        out=str(out_dir), columns=columns, compression=COMPRESSION, hashes=HASHES, size_limit=size_limit
+    ) as writer:
         for tokens, doc_starts in samples:
             writer.write({'tokens': tokens, 'doc_starts': doc_starts})
             count += 1

@@ -62,8 +62,25 @@ from rlp.thought_log import ThoughtLog
 
 __all__ = ['RLP']
 
-_SUMS = ('positions', 'rows', 'rows_skipped', 'rollouts', 'reward', 'reward_sq', 's_pred', 's_ema', 'gain_ema',
-         's_nothink', 'gain_current', 'adv_sq', 'clip_tokens', 'tokens', 'kl_tokens', 'length', 'truncated')
+_SUMS = (
+    'positions',
+    'rows',
+    'rows_skipped',
+    'rollouts',
+    'reward',
+    'reward_sq',
+    's_pred',
+    's_ema',
+    'gain_ema',
+    's_nothink',
+    'gain_current',
+    'adv_sq',
+    'clip_tokens',
+    'tokens',
+    'kl_tokens',
+    'length',
+    'truncated',
+)
 
 
 def _comm_device() -> torch.device:
@@ -136,8 +153,10 @@ class RLP(Algorithm):
             self.teachers.create(self._hf(state))
         rows = self._hf(state).get_input_embeddings().weight.shape[0]
         if max(self.template.open_id, self.template.close_id) >= rows:
-            raise ValueError(f'thought tags have ids {self.template.open_id}/{self.template.close_id} but the model '
-                             f'has only {rows} embedding rows; resize the embeddings (rlp.template.add_tags=true)')
+            raise ValueError(
+                f'thought tags have ids {self.template.open_id}/{self.template.close_id} but the model '
+                f'has only {rows} embedding rows; resize the embeddings (rlp.template.add_tags=true)'
+            )
 
     def _start_batch(self, state: State) -> None:
         if self.template is None:
@@ -208,10 +227,17 @@ class RLP(Algorithm):
         entropy = None
         if cfg.strategy == 'entropy' and not count_only:
             entropy = nothink_entropy(model, batch['input_ids'], batch.get('segment_ids'), self._pad_id())
-        return select_positions(batch['input_ids'], batch.get('segment_ids'),
-                                row_key(batch.get('sample_id'), batch['input_ids']), cfg,
-                                self.template.excluded_targets, seed=self.seed, batch_index=self.batch_index,
-                                attention_mask=batch.get('attention_mask'), entropy=entropy)
+        return select_positions(
+            batch['input_ids'],
+            batch.get('segment_ids'),
+            row_key(batch.get('sample_id'), batch['input_ids']),
+            cfg,
+            self.template.excluded_targets,
+            seed=self.seed,
+            batch_index=self.batch_index,
+            attention_mask=batch.get('attention_mask'),
+            entropy=entropy,
+        )
 
     def _pad_id(self) -> int:
         assert self.template is not None
@@ -232,8 +258,17 @@ class RLP(Algorithm):
         rkeys = [(self.seed, self.batch_index, keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
         u = rollout_uniforms(rkeys, cfg.rollouts.group_size, cfg.rollouts.max_thought_tokens)
         with get_precision_context(state.precision, state.precision_config):
-            ro = sample_thoughts(state.model, state.model, prompts, u, temperature=cfg.rollouts.temperature,
-                                 top_p=cfg.rollouts.top_p, close_id=tpl.close_id, pad_id=pad, synced=world > 1)
+            ro = sample_thoughts(
+                state.model,
+                state.model,
+                prompts,
+                u,
+                temperature=cfg.rollouts.temperature,
+                top_p=cfg.rollouts.top_p,
+                close_id=tpl.close_id,
+                pad_id=pad,
+                synced=world > 1,
+            )
             s_ema = nothink_logprob(self.teachers.ema.module, prompts)
             base_module = self.teachers.baseline_module()
             if cfg.teacher.kind == 'ema':
@@ -242,38 +277,70 @@ class RLP(Algorithm):
                 s_base = ro.nothink_logp
             else:
                 s_base = nothink_logprob(base_module, prompts)
-            logp_new, s_pred = policy_forward(state.model, prompts, ro, temperature=cfg.rollouts.temperature,
-                                              pad_id=pad, chunk_tokens=cfg.loss.logprob_chunk_tokens)
+            logp_new, s_pred = policy_forward(
+                state.model,
+                prompts,
+                ro,
+                temperature=cfg.rollouts.temperature,
+                pad_id=pad,
+                chunk_tokens=cfg.loss.logprob_chunk_tokens,
+            )
         rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
         adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
         logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
-        loss, m = clipped_surrogate(logp_new, logp_old, adv, ro.mask, cfg.loss.eps_low, cfg.loss.eps_high,
-                                    normalizer=self._normalizer(int(batch['input_ids'].shape[0])))
+        loss, m = clipped_surrogate(
+            logp_new,
+            logp_old,
+            adv,
+            ro.mask,
+            cfg.loss.eps_low,
+            cfg.loss.eps_high,
+            normalizer=self._normalizer(int(batch['input_ids'].shape[0])),
+        )
         if weight == 0.0:
             return loss * 0.0
         self._accumulate(pos, ro, rewards, s_pred, s_ema, adv, m)
         if self.thought_log.due(self.batch_index, rank):
-            self.thought_log.collect(self.tokenizer, batch_index=self.batch_index, input_ids=batch['input_ids'],
-                                     row=pos.row, start=pos.start, target=pos.target, sample_keys=keys,
-                                     tokens=ro.tokens.cpu(), lengths=ro.lengths.cpu(), truncated=ro.truncated.cpu(),
-                                     rewards=rewards.cpu(), s_pred=s_pred.cpu(), s_ema=s_ema.cpu(),
-                                     advantages=adv.cpu())
+            self.thought_log.collect(
+                self.tokenizer,
+                batch_index=self.batch_index,
+                input_ids=batch['input_ids'],
+                row=pos.row,
+                start=pos.start,
+                target=pos.target,
+                sample_keys=keys,
+                tokens=ro.tokens.cpu(),
+                lengths=ro.lengths.cpu(),
+                truncated=ro.truncated.cpu(),
+                rewards=rewards.cpu(),
+                s_pred=s_pred.cpu(),
+                s_ema=s_ema.cpu(),
+                advantages=adv.cpu(),
+            )
         return loss
 
-    def _accumulate(self, pos: Positions, ro: Any, rewards: torch.Tensor, s_pred: torch.Tensor,
-                    s_ema: torch.Tensor, adv: torch.Tensor, m: dict[str, torch.Tensor]) -> None:
+    def _accumulate(
+        self,
+        pos: Positions,
+        ro: Any,
+        rewards: torch.Tensor,
+        s_pred: torch.Tensor,
+        s_ema: torch.Tensor,
+        adv: torch.Tensor,
+        m: dict[str, torch.Tensor],
+    ) -> None:
         a, g = self._acc, rewards.shape[1]
         s_pred, s_ema, nothink = s_pred.float(), s_ema.float().unsqueeze(1), ro.nothink_logp.float().unsqueeze(1)
         a['positions'] += len(pos)
         a['rollouts'] += rewards.numel()
         a['reward'] += float(rewards.sum())
-        a['reward_sq'] += float((rewards ** 2).sum())
+        a['reward_sq'] += float((rewards**2).sum())
         a['s_pred'] += float(s_pred.sum())
         a['s_ema'] += float(s_ema.sum()) * g
         a['gain_ema'] += float((s_pred - s_ema).sum())
         a['s_nothink'] += float(nothink.sum()) * g
         a['gain_current'] += float((s_pred - nothink).sum())
-        a['adv_sq'] += float((adv ** 2).sum())
+        a['adv_sq'] += float((adv**2).sum())
         a['tokens'] += float(m['num_tokens'])
         a['clip_tokens'] += float(m['clip_fraction'] * m['num_tokens'])
         a['kl_tokens'] += float(m['approx_kl'] * m['num_tokens'])
@@ -285,8 +352,12 @@ class RLP(Algorithm):
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
         """Teacher weights (CPU tensors) and counters; no generators or custom classes (safe loader)."""
-        return {'teacher': self.teachers.state_dict(), 'totals': dict(self.totals),
-                'thoughts_written': self.thought_log.written, 'seed': self.seed}
+        return {
+            'teacher': self.teachers.state_dict(),
+            'totals': dict(self.totals),
+            'thoughts_written': self.thought_log.written,
+            'seed': self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created)."""
@@ -299,19 +370,21 @@ def _dummy_position(input_ids: torch.Tensor, min_context: int) -> Positions:
     """One throw-away position (row 0, last token) so a rank without positions joins the collective forwards."""
     length = input_ids.shape[1]
     t = torch.tensor([length - 1])
-    return Positions(row=torch.tensor([0]), target=t, start=(t - min_context).clamp(min=0), num_rows=0,
-                     rows_without_position=0)
+    return Positions(
+        row=torch.tensor([0]), target=t, start=(t - min_context).clamp(min=0), num_rows=0, rows_without_position=0
+    )
 
 
-def _summarise(a: dict[str, float], ratio: list[float], len_max: float, totals: dict[str, int],
-               ema_updates: int) -> dict[str, float]:
+def _summarise(
+    a: dict[str, float], ratio: list[float], len_max: float, totals: dict[str, int], ema_updates: int
+) -> dict[str, float]:
     """Per-batch ``rlp/...`` metrics from accumulated sums (positions-free batches report zeros and counts)."""
     n, tok = max(a['rollouts'], 1.0), max(a['tokens'], 1.0)
     mean_r = a['reward'] / n
     has = a['rollouts'] > 0
     return {
         'rlp/reward_mean': mean_r,
-        'rlp/reward_std': math.sqrt(max(a['reward_sq'] / n - mean_r ** 2, 0.0)),
+        'rlp/reward_std': math.sqrt(max(a['reward_sq'] / n - mean_r**2, 0.0)),
         'rlp/s_pred': a['s_pred'] / n,
         'rlp/s_ema': a['s_ema'] / n,
         'rlp/gain_vs_ema': a['gain_ema'] / n,

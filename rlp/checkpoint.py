@@ -32,8 +32,14 @@ from typing import Optional
 
 from rlp.config import ConfigError
 
-__all__ = ['SYMLINK_POLL_ENV', 'check_save_folder', 'checkpoint_batch', 'find_latest_checkpoint', 'format_save_folder',
-           'set_symlink_upload_poll']
+__all__ = [
+    'SYMLINK_POLL_ENV',
+    'check_save_folder',
+    'checkpoint_batch',
+    'find_latest_checkpoint',
+    'format_save_folder',
+    'set_symlink_upload_poll',
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +77,12 @@ def _list_remote(backend: str, bucket: str, path: str) -> list[str]:
 
     store = maybe_create_object_store_from_uri(f'{backend}://{bucket}/{path}')
     if store is None or not hasattr(store, 'list_objects'):
-        raise ConfigError(f'cannot list {backend}://{bucket}/{path}: Composer has no listing object store for '
-                          f'{backend}://; use s3:// or gs:// (or a local folder) as trainer.save_folder')
+        raise ConfigError(
+            f'cannot list {backend}://{bucket}/{path}: Composer has no listing object store for '
+            f'{backend}://; use s3:// or gs:// (or a local folder) as trainer.save_folder'
+        )
     prefix = f'{path}/' if path else ''
-    return [key[len(prefix):] for key in store.list_objects(prefix) if key.startswith(prefix)]
+    return [key[len(prefix) :] for key in store.list_objects(prefix) if key.startswith(prefix)]
 
 
 def _list_local(folder: str) -> list[str]:
@@ -116,7 +124,7 @@ def find_latest_checkpoint(save_folder: str, run_name: str) -> Optional[str]:
         if candidates:
             _, name = max(candidates)
             if name.endswith('/.metadata'):
-                name = name[:-len('/.metadata')]
+                name = name[: -len('/.metadata')]
             answer[0] = f'{folder.rstrip("/")}/{name}'
         log.info('newest complete checkpoint in %s: %s', folder, answer[0])
     if dist.get_world_size() > 1:
@@ -146,11 +154,15 @@ def check_save_folder(save_folder: str, run_name: str) -> None:
         client.head_bucket(Bucket=bucket)
     except botocore.exceptions.ClientError as err:
         code = err.response.get('Error', {}).get('Code', '?')
-        raise ConfigError(f'trainer.save_folder={save_folder!r}: bucket {bucket!r} is not usable (S3 error {code}); '
-                          f'create it or fix the name/credentials (S3_ENDPOINT_URL, AWS_* variables)') from err
+        raise ConfigError(
+            f'trainer.save_folder={save_folder!r}: bucket {bucket!r} is not usable (S3 error {code}); '
+            f'create it or fix the name/credentials (S3_ENDPOINT_URL, AWS_* variables)'
+        ) from err
     except botocore.exceptions.BotoCoreError as err:
-        raise ConfigError(f'trainer.save_folder={save_folder!r}: cannot reach bucket {bucket!r} ({err}); check '
-                          f'S3_ENDPOINT_URL and the AWS credentials') from err
+        raise ConfigError(
+            f'trainer.save_folder={save_folder!r}: cannot reach bucket {bucket!r} ({err}); check '
+            f'S3_ENDPOINT_URL and the AWS credentials'
+        ) from err
 
 
 def set_symlink_upload_poll(trainer, seconds: Optional[float] = None) -> None:

@@ -27,9 +27,25 @@ import yaml
 from rlp.rlp_config import RLPConfig
 from rlp.strictcfg import ConfigError, build, to_dict
 
-__all__ = ['CallbacksConfig', 'ConfigError', 'DataConfig', 'LoggersConfig', 'ModelConfig', 'OptimizerConfig',
-           'Recipe', 'SchedulerConfig', 'StreamConfig', 'TokenizerConfig', 'TrainerConfig', 'apply_overrides',
-           'load_recipe', 'parse_recipe', 'recipe_to_dict', 'resolve_variables', 'validate_for_world']
+__all__ = [
+    'CallbacksConfig',
+    'ConfigError',
+    'DataConfig',
+    'LoggersConfig',
+    'ModelConfig',
+    'OptimizerConfig',
+    'Recipe',
+    'SchedulerConfig',
+    'StreamConfig',
+    'TokenizerConfig',
+    'TrainerConfig',
+    'apply_overrides',
+    'load_recipe',
+    'parse_recipe',
+    'recipe_to_dict',
+    'resolve_variables',
+    'validate_for_world',
+]
 
 TOKEN_DTYPES = ('uint8', 'uint16', 'uint32', 'int16', 'int32', 'int64')
 
@@ -104,22 +120,36 @@ class DataConfig:
         if self.seq_len < 2:
             raise ConfigError(f'data.seq_len={self.seq_len} must be >= 2 (a next-token target needs a prefix)')
         if not self.streams:
-            raise ConfigError('data.streams is empty: name at least one stream, e.g. '
-                              'data.streams.web: {remote: s3://bucket/web, split: train}')
-        families = {name: ('proportion' if s.proportion is not None else
-                           'repeat/choose' if (s.repeat is not None or s.choose is not None) else 'none')
-                    for name, s in self.streams.items()}
+            raise ConfigError(
+                'data.streams is empty: name at least one stream, e.g. '
+                'data.streams.web: {remote: s3://bucket/web, split: train}'
+            )
+        families = {
+            name: (
+                'proportion'
+                if s.proportion is not None
+                else 'repeat/choose'
+                if (s.repeat is not None or s.choose is not None)
+                else 'none'
+            )
+            for name, s in self.streams.items()
+        }
         for name, s in self.streams.items():
             if s.proportion is not None and (s.repeat is not None or s.choose is not None):
-                raise ConfigError(f'data.streams.{name} sets proportion together with repeat/choose; '
-                                  f'use one weighting family')
+                raise ConfigError(
+                    f'data.streams.{name} sets proportion together with repeat/choose; ' f'use one weighting family'
+                )
             if s.remote is None and s.local is None:
-                raise ConfigError(f'data.streams.{name} has neither remote nor local; set remote (s3://... or a '
-                                  f'folder) or local (a folder holding index.json)')
+                raise ConfigError(
+                    f'data.streams.{name} has neither remote nor local; set remote (s3://... or a '
+                    f'folder) or local (a folder holding index.json)'
+                )
         if 'proportion' in families.values() and set(families.values()) != {'proportion'}:
-            raise ConfigError(f'data.streams mix weighting families {families}: streaming refuses relative '
-                              f'(proportion) and absolute (repeat/choose/none) weights in one mixture; give every '
-                              f'stream a proportion, or none of them')
+            raise ConfigError(
+                f'data.streams mix weighting families {families}: streaming refuses relative '
+                f'(proportion) and absolute (repeat/choose/none) weights in one mixture; give every '
+                f'stream a proportion, or none of them'
+            )
         if self.num_workers < 0:
             raise ConfigError(f'data.num_workers={self.num_workers} must be >= 0')
 
@@ -142,8 +172,10 @@ class ModelConfig:
 
     def __post_init__(self):
         if (self.name_or_path is None) == (self.config is None):
-            raise ConfigError('model needs exactly one of name_or_path (pretrained HF model) or config '
-                              '(a mapping with model_type, for random init)')
+            raise ConfigError(
+                'model needs exactly one of name_or_path (pretrained HF model) or config '
+                '(a mapping with model_type, for random init)'
+            )
         if self.config is not None and 'model_type' not in self.config:
             raise ConfigError('model.config needs a model_type (e.g. llama, qwen3, gpt2)')
 
@@ -212,14 +244,19 @@ class TrainerConfig:
 
     def __post_init__(self):
         if self.global_train_batch_size < 1 or self.device_train_microbatch_size < 1:
-            raise ConfigError(f'trainer.global_train_batch_size={self.global_train_batch_size} and '
-                              f'device_train_microbatch_size={self.device_train_microbatch_size} must be >= 1')
+            raise ConfigError(
+                f'trainer.global_train_batch_size={self.global_train_batch_size} and '
+                f'device_train_microbatch_size={self.device_train_microbatch_size} must be >= 1'
+            )
         if not re.fullmatch(r'\d+(ba|ep|sp|tok|dur)', self.max_duration):
-            raise ConfigError(f'trainer.max_duration={self.max_duration!r} is not a Composer time; '
-                              f'write e.g. 100ba, 1ep or 2000000tok')
+            raise ConfigError(
+                f'trainer.max_duration={self.max_duration!r} is not a Composer time; '
+                f'write e.g. 100ba, 1ep or 2000000tok'
+            )
         if not re.fullmatch(r'\d+(ba|ep|sp|tok)', self.save_interval):
-            raise ConfigError(f'trainer.save_interval={self.save_interval!r} is not a Composer time; '
-                              f'write e.g. 500ba or 1ep')
+            raise ConfigError(
+                f'trainer.save_interval={self.save_interval!r} is not a Composer time; ' f'write e.g. 500ba or 1ep'
+            )
 
 
 @dataclass
@@ -258,8 +295,10 @@ class Recipe:
 
     def __post_init__(self):
         if not re.fullmatch(r'[A-Za-z0-9._-]+', self.run_name):
-            raise ConfigError(f'run_name={self.run_name!r} may only hold letters, digits, ".", "_" and "-" '
-                              f'(it names folders and object keys)')
+            raise ConfigError(
+                f'run_name={self.run_name!r} may only hold letters, digits, ".", "_" and "-" '
+                f'(it names folders and object keys)'
+            )
 
 
 _REF = re.compile(r'\$\{variables\.([A-Za-z0-9_.]+)\}')
@@ -269,8 +308,10 @@ def _lookup(variables: dict[str, Any], dotted: str) -> Any:
     node: Any = variables
     for part in dotted.split('.'):
         if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f'${{variables.{dotted}}} is not defined; defined variables: '
-                              f'{", ".join(sorted(variables)) or "(none)"}')
+            raise ConfigError(
+                f'${{variables.{dotted}}} is not defined; defined variables: '
+                f'{", ".join(sorted(variables)) or "(none)"}'
+            )
         node = node[part]
     return node
 
@@ -357,5 +398,6 @@ def validate_for_world(recipe: Recipe, world_size: int) -> int:
         raise ConfigError(
             f'trainer.global_train_batch_size={t.global_train_batch_size} is not divisible by world size '
             f'{world_size} x device_train_microbatch_size {t.device_train_microbatch_size} = {unit}; pick a global '
-            f'batch that is a multiple of {unit} (the same global batch on every world size keeps the data order)')
+            f'batch that is a multiple of {unit} (the same global batch on every world size keeps the data order)'
+        )
     return t.global_train_batch_size // world_size

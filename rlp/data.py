@@ -32,8 +32,14 @@ from torch.utils.data import DataLoader
 
 from rlp.config import ConfigError, DataConfig
 
-__all__ = ['TokenSampleDataset', 'build_dataloader', 'build_streams', 'collate_samples', 'doc_starts_from_eos',
-           'segment_ids_from_starts']
+__all__ = [
+    'TokenSampleDataset',
+    'build_dataloader',
+    'build_streams',
+    'collate_samples',
+    'doc_starts_from_eos',
+    'segment_ids_from_starts',
+]
 
 
 def segment_ids_from_starts(length: int, doc_starts: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -72,11 +78,24 @@ def build_streams(cfg: DataConfig, run_name: str) -> list[Stream]:
         if s.remote is None:
             folder = os.path.join(local, s.split or '')
             if not os.path.isfile(os.path.join(folder, 'index.json')):
-                raise ConfigError(f'data.streams.{name}: no index.json in local folder {folder!r}; prepare it with '
-                                  f'`rlp-data prepare ... --out {local}` or set remote')
-        kwargs = {k: getattr(s, k) for k in ('split', 'proportion', 'repeat', 'choose', 'download_retry',
-                                              'download_timeout', 'validate_hash', 'keep_zip')
-                  if getattr(s, k) is not None}
+                raise ConfigError(
+                    f'data.streams.{name}: no index.json in local folder {folder!r}; prepare it with '
+                    f'`rlp-data prepare ... --out {local}` or set remote'
+                )
+        kwargs = {
+            k: getattr(s, k)
+            for k in (
+                'split',
+                'proportion',
+                'repeat',
+                'choose',
+                'download_retry',
+                'download_timeout',
+                'validate_hash',
+                'keep_zip',
+            )
+            if getattr(s, k) is not None
+        }
         streams.append(Stream(remote=s.remote, local=local, **kwargs))
     return streams
 
@@ -92,8 +111,15 @@ class TokenSampleDataset(StreamingDataset):
         **kwargs: passed to ``StreamingDataset`` (``batch_size`` is required for deterministic resumption).
     """
 
-    def __init__(self, *, streams: Sequence[Stream], token_dtypes: Sequence[Optional[str]], seq_len: int,
-                 eos_token_id: Optional[int], **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        streams: Sequence[Stream],
+        token_dtypes: Sequence[Optional[str]],
+        seq_len: int,
+        eos_token_id: Optional[int],
+        **kwargs: Any,
+    ):
         super().__init__(streams=streams, **kwargs)
         self.token_dtypes = list(token_dtypes)
         self.seq_len = seq_len
@@ -107,18 +133,22 @@ class TokenSampleDataset(StreamingDataset):
         """Decode sample ``sample_id`` (its global index in the mixture) into tokens and document starts."""
         raw = super().get_item(sample_id, retry)
         if 'tokens' not in raw:
-            raise ValueError(f'sample {sample_id} has columns {sorted(raw)}, expected a tokens column: prepare '
-                             f'the data with rlp-data prepare (or llm-foundry with --concat_tokens)')
+            raise ValueError(
+                f'sample {sample_id} has columns {sorted(raw)}, expected a tokens column: prepare '
+                f'the data with rlp-data prepare (or llm-foundry with --concat_tokens)'
+            )
         tokens = raw['tokens']
         stream = self._stream_of(sample_id)
-        if isinstance(tokens, (bytes, bytearray)):
+        if isinstance(tokens, bytes | bytearray):
             dtype = self.token_dtypes[stream]
             if dtype is None:
-                raise ValueError(f'stream {stream} stores tokens as raw bytes; declare their dtype with '
-                                 f'data.streams.<name>.token_dtype (llm-foundry wrote int64 by default, '
-                                 f'int32 in newer converters)')
+                raise ValueError(
+                    f'stream {stream} stores tokens as raw bytes; declare their dtype with '
+                    f'data.streams.<name>.token_dtype (llm-foundry wrote int64 by default, '
+                    f'int32 in newer converters)'
+                )
             tokens = np.frombuffer(tokens, dtype=dtype)
-        tokens = np.asarray(tokens).astype(np.int64)[:self.seq_len]
+        tokens = np.asarray(tokens).astype(np.int64)[: self.seq_len]
         if 'doc_starts' in raw:
             starts = np.asarray(raw['doc_starts'], dtype=np.int64)
         elif self.eos_token_id is not None:
@@ -166,8 +196,15 @@ class _Collate:
         return collate_samples(samples, self.seq_len, self.pad_token_id)
 
 
-def build_dataloader(cfg: DataConfig, *, run_name: str, device_batch_size: int, seed: int,
-                     eos_token_id: Optional[int], pad_token_id: Optional[int]) -> DataLoader:
+def build_dataloader(
+    cfg: DataConfig,
+    *,
+    run_name: str,
+    device_batch_size: int,
+    seed: int,
+    eos_token_id: Optional[int],
+    pad_token_id: Optional[int],
+) -> DataLoader:
     """The training DataLoader over the stream mixture.
 
     ``batch_size`` goes to both the dataset (deterministic, elastic resumption) and the loader; ``drop_last``
@@ -198,5 +235,12 @@ def build_dataloader(cfg: DataConfig, *, run_name: str, device_batch_size: int, 
     extra = {}
     if cfg.num_workers > 0:
         extra = {'persistent_workers': True, 'prefetch_factor': cfg.prefetch_factor or 2}
-    return DataLoader(dataset, batch_size=device_batch_size, collate_fn=_Collate(cfg.seq_len, pad),
-                      num_workers=cfg.num_workers, drop_last=True, pin_memory=cfg.pin_memory, **extra)
+    return DataLoader(
+        dataset,
+        batch_size=device_batch_size,
+        collate_fn=_Collate(cfg.seq_len, pad),
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        pin_memory=cfg.pin_memory,
+        **extra,
+    )

@@ -48,15 +48,54 @@ def main(argv: list[str] | None = None) -> int:
     demo = ROOT / 'demo'
     corpus, data, run = demo / 'corpus.jsonl', demo / 'data', demo / 'run'
     py = sys.executable
-    _run([py, '-m', 'pipeline.synthetic', '--docs', str(args.docs), '--seed', '0', '--out', str(corpus.relative_to(ROOT))])
-    _run([py, '-m', 'pipeline.cli', 'prepare', '--input', str(corpus.relative_to(ROOT)),
-          '--tokenizer', 'pipeline/assets/tokenizer', '--eos-text', '<|endoftext|>', '--seq-len', '128',
-          '--out', str(data.relative_to(ROOT)), '--workers', '2', '--overwrite'])
+    _run(
+        [
+            py,
+            '-m',
+            'pipeline.synthetic',
+            '--docs',
+            str(args.docs),
+            '--seed',
+            '0',
+            '--out',
+            str(corpus.relative_to(ROOT)),
+        ]
+    )
+    _run(
+        [
+            py,
+            '-m',
+            'pipeline.cli',
+            'prepare',
+            '--input',
+            str(corpus.relative_to(ROOT)),
+            '--tokenizer',
+            'pipeline/assets/tokenizer',
+            '--eos-text',
+            '<|endoftext|>',
+            '--seq-len',
+            '128',
+            '--out',
+            str(data.relative_to(ROOT)),
+            '--workers',
+            '2',
+            '--overwrite',
+        ]
+    )
     if run.exists():
         shutil.rmtree(run)
-    _run([py, '-m', 'rlp.train', args.recipe, f'variables.data_dir={data.relative_to(ROOT)}',
-          f'trainer.output_dir={run.relative_to(ROOT)}', f'trainer.save_folder={(run / "checkpoints").relative_to(ROOT)}',
-          *args.overrides])
+    _run(
+        [
+            py,
+            '-m',
+            'rlp.train',
+            args.recipe,
+            f'variables.data_dir={data.relative_to(ROOT)}',
+            f'trainer.output_dir={run.relative_to(ROOT)}',
+            f'trainer.save_folder={(run / "checkpoints").relative_to(ROOT)}',
+            *args.overrides,
+        ]
+    )
     return 0
 
 

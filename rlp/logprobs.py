@@ -35,8 +35,12 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ['HeadCapture', 'chunked_token_logprobs', 'linear_head', 'unwrap_hf']
 
 # config attributes of HF models whose logits are NOT lm_head(h) (scaled or soft-capped); None/1 means unused
-_LOGIT_TRANSFORMS = {'final_logit_softcapping': None, 'logit_scale': 1.0, 'logits_scaling': 1.0,
-                     'output_multiplier_scale': 1.0}
+_LOGIT_TRANSFORMS = {
+    'final_logit_softcapping': None,
+    'logit_scale': 1.0,
+    'logits_scaling': 1.0,
+    'output_multiplier_scale': 1.0,
+}
 
 
 def unwrap_hf(model: Any) -> Any:
@@ -99,15 +103,17 @@ class HeadCapture:
         return bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
 
 
-def _chunk_logp(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
-                temperature: float) -> torch.Tensor:
+def _chunk_logp(
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / T)[target], fp32."""
     logits = F.linear(h, weight, bias)
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
-def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, target: torch.Tensor, *,
-                           temperature: float = 1.0, chunk: int = 2048) -> torch.Tensor:
+def chunked_token_logprobs(
+    hidden: torch.Tensor, head: torch.nn.Linear, target: torch.Tensor, *, temperature: float = 1.0, chunk: int = 2048
+) -> torch.Tensor:
     """(M, D) hidden states, (M,) target ids -> (M,) fp32 log-probs under softmax(head(h) / temperature).
 
     Rows are processed ``chunk`` at a time; with grad enabled each chunk is a non-reentrant checkpoint (its logits
@@ -120,7 +126,10 @@ def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, target: 
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     out = []
     for s in range(0, hidden.shape[0], chunk):
-        args = (hidden[s:s + chunk], head.weight, head.bias, target[s:s + chunk], temperature)
-        out.append(checkpoint(_chunk_logp, *args, use_reentrant=False, preserve_rng_state=False) if grad
-                   else _chunk_logp(*args))
+        args = (hidden[s : s + chunk], head.weight, head.bias, target[s : s + chunk], temperature)
+        out.append(
+            checkpoint(_chunk_logp, *args, use_reentrant=False, preserve_rng_state=False)
+            if grad
+            else _chunk_logp(*args)
+        )
     return torch.cat(out)

@@ -11,9 +11,9 @@ timestamps, algorithm updates) carry the *next* step; they are filed under the b
 holds everything about one batch. Composer runs logger destinations after algorithms and other callbacks, so at
 ``BATCH_END`` every metric of the batch has arrived; the record is written then, before the ``BATCH_CHECKPOINT``
 event at which the checkpoint saver runs: every batch covered by a checkpoint is on disk before the checkpoint
-exists. Metrics logged after the last batch (final timestamps) belong to no batch and are dropped. On start the file keeps the records of batches before the resume point and drops the rest (a killed run
-may have written batches the resumed run redoes), so a finished run holds exactly one record per batch.
-Only global rank 0 writes.
+exists. Metrics logged after the last batch (final timestamps) belong to no batch and are dropped. On start the file
+keeps the records of batches before the resume point and drops the rest (a killed run may have written batches the
+resumed run redoes), so a finished run holds exactly one record per batch. Only global rank 0 writes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _scalar(value: Any) -> Optional[float]:
         value = value.detach().float().item()
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int | float):
         return value
     try:  # numpy scalars
         return float(value)

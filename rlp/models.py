@@ -33,8 +33,10 @@ def build_tokenizer(cfg: TokenizerConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **cfg.kwargs)
     except (OSError, ValueError) as err:
-        raise ConfigError(f'tokenizer.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
-                          f'tokenizer folder, a reachable hub name, or "bundled"') from err
+        raise ConfigError(
+            f'tokenizer.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
+            f'tokenizer folder, a reachable hub name, or "bundled"'
+        ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -53,8 +55,9 @@ def _config_from_mapping(mapping: dict[str, Any], tokenizer):
     try:
         return AutoConfig.for_model(model_type, **fields)
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f'model.config (model_type={model_type!r}) is not a valid transformers config: {err}') \
-            from err
+        raise ConfigError(
+            f'model.config (model_type={model_type!r}) is not a valid transformers config: {err}'
+        ) from err
 
 
 def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
@@ -69,8 +72,9 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     if cfg.config is not None:
         hf_config = _config_from_mapping(cfg.config, tokenizer)
     elif not cfg.pretrained:
-        hf_config = AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code,
-                                               revision=cfg.revision)
+        hf_config = AutoConfig.from_pretrained(
+            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+        )
     else:
         hf_config = None
     if hf_config is not None:
@@ -79,19 +83,23 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
             model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=cfg.trust_remote_code, **common)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code,
-                                                         revision=cfg.revision, **common)
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, **common
+            )
         except (OSError, ValueError) as err:  # missing files, unreachable hub, malformed name
-            raise ConfigError(f'model.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
-                              f'folder with config.json and weights, or a reachable hub name') from err
+            raise ConfigError(
+                f'model.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
+                f'folder with config.json and weights, or a reachable hub name'
+            ) from err
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        raise ConfigError(f'the model has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer '
-                          f'has {len(tokenizer)} tokens; use the tokenizer that belongs to the model')
+        raise ConfigError(
+            f'the model has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer '
+            f'has {len(tokenizer)} tokens; use the tokenizer that belongs to the model'
+        )
     return model
 
 
-def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig, seed: int = 17,
-                         template: Any = None):
+def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig, seed: int = 17, template: Any = None):
     """``(HuggingFaceModel, tokenizer)`` for the Trainer.
 
     ``template`` is the recipe's ``rlp.template``; with ``add_tags: true`` missing think tags are added to the

@@ -45,8 +45,10 @@ def information_gain(logp_with_thought: torch.Tensor, logp_no_think: torch.Tenso
         treats r as a constant).
     """
     if logp_with_thought.dim() != 2 or logp_no_think.shape != logp_with_thought.shape[:1]:
-        raise ValueError(f'information_gain expects (B, G) and (B,), got {tuple(logp_with_thought.shape)} and '
-                         f'{tuple(logp_no_think.shape)}')
+        raise ValueError(
+            f'information_gain expects (B, G) and (B,), got {tuple(logp_with_thought.shape)} and '
+            f'{tuple(logp_no_think.shape)}'
+        )
     return logp_with_thought - logp_no_think.unsqueeze(-1)
 
 
@@ -71,8 +73,10 @@ def group_advantages(rewards: torch.Tensor, std_normalize: bool = False, eps: fl
         raise ValueError(f'group_advantages expects rewards of shape (B, G), got {tuple(rewards.shape)}')
     group = rewards.shape[1]
     if group < 2:
-        raise ValueError(f'group_advantages needs G >= 2 thoughts per position, got G = {group}; the group mean '
-                         f'is the baseline, so set rlp.rollouts.group_size >= 2')
+        raise ValueError(
+            f'group_advantages needs G >= 2 thoughts per position, got G = {group}; the group mean '
+            f'is the baseline, so set rlp.rollouts.group_size >= 2'
+        )
     r = rewards.detach().to(_compute_dtype(rewards))
     centred = r - r.mean(dim=1, keepdim=True)  # (B, G)
     adv = centred * (group / (group - 1))
@@ -118,14 +122,19 @@ def clipped_surrogate(
         ``ratio_mean``, ``approx_kl`` (mean of rho - 1 - log rho), ``num_tokens``, ``num_rollouts``.
     """
     if logp_new.shape != logp_old.shape or logp_new.shape != mask.shape or logp_new.dim() != 3:
-        raise ValueError(f'clipped_surrogate expects logp_new, logp_old and mask of one shape (B, G, T), got '
-                         f'{tuple(logp_new.shape)}, {tuple(logp_old.shape)}, {tuple(mask.shape)}')
+        raise ValueError(
+            f'clipped_surrogate expects logp_new, logp_old and mask of one shape (B, G, T), got '
+            f'{tuple(logp_new.shape)}, {tuple(logp_old.shape)}, {tuple(mask.shape)}'
+        )
     if advantages.shape != logp_new.shape[:2]:
-        raise ValueError(f'clipped_surrogate expects advantages of shape (B, G) = {tuple(logp_new.shape[:2])}, '
-                         f'got {tuple(advantages.shape)}')
+        raise ValueError(
+            f'clipped_surrogate expects advantages of shape (B, G) = {tuple(logp_new.shape[:2])}, '
+            f'got {tuple(advantages.shape)}'
+        )
     if not (0.0 <= eps_low < 1.0 and eps_high >= 0.0):
-        raise ValueError(f'clip epsilons out of range: eps_low={eps_low} must be in [0, 1), eps_high={eps_high} '
-                         f'must be >= 0')
+        raise ValueError(
+            f'clip epsilons out of range: eps_low={eps_low} must be in [0, 1), eps_high={eps_high} ' f'must be >= 0'
+        )
     dtype = _compute_dtype(logp_new, logp_old, advantages)
     mask = mask.bool()
     new = logp_new.to(dtype)
@@ -154,10 +163,12 @@ def clipped_surrogate(
         one = torch.ones((), dtype=dtype, device=new.device)
         metrics = {
             'clip_fraction': (active & mask).sum().to(dtype) / safe_n,
-            'ratio_min': torch.where(has_any, torch.where(mask, ratio, torch.inf).flatten().min()
-                                     if mask.any() else one, one),
-            'ratio_max': torch.where(has_any, torch.where(mask, ratio, -torch.inf).flatten().max()
-                                     if mask.any() else one, one),
+            'ratio_min': torch.where(
+                has_any, torch.where(mask, ratio, torch.inf).flatten().min() if mask.any() else one, one
+            ),
+            'ratio_max': torch.where(
+                has_any, torch.where(mask, ratio, -torch.inf).flatten().max() if mask.any() else one, one
+            ),
             'ratio_mean': torch.where(mask, ratio, 0).sum() / safe_n + torch.where(has_any, 0.0, 1.0),
             'approx_kl': torch.where(mask, ratio - 1.0 - log_ratio, 0).sum() / safe_n,
             'num_tokens': n_total.to(dtype),

@@ -56,8 +56,13 @@ def segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
     return torch.cummax(torch.where(is_start, idx, torch.zeros_like(idx)), dim=1).values
 
 
-def eligible_mask(input_ids: torch.Tensor, segment_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                  excluded_targets: Sequence[int], min_context: int) -> torch.Tensor:
+def eligible_mask(
+    input_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    excluded_targets: Sequence[int],
+    min_context: int,
+) -> torch.Tensor:
     """(B, L) bool: x_t may be a target (see the module docstring)."""
     length = input_ids.shape[1]
     idx = torch.arange(length).expand_as(input_ids)
@@ -114,7 +119,7 @@ def select_positions(
     b, length = input_ids.shape
     if len(row_keys) != b:
         raise ValueError(f'select_positions got {len(row_keys)} row keys for {b} rows')
-    segment_ids = (torch.zeros_like(input_ids) if segment_ids is None else segment_ids.detach().cpu())
+    segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids.detach().cpu()
     if attention_mask is not None:
         attention_mask = attention_mask.detach().cpu()
     eligible = eligible_mask(input_ids, segment_ids, attention_mask, excluded_targets, cfg.min_context)
@@ -129,7 +134,7 @@ def select_positions(
         units = segment_ids[i] if cfg.unit == 'document' else torch.zeros(length, dtype=torch.long)
         chosen = _top_k_per_segment(score, units, cfg.k)
         if cfg.max_per_sample is not None and len(chosen) > cfg.max_per_sample:
-            chosen = chosen[torch.argsort(score[chosen], descending=True, stable=True)[:cfg.max_per_sample]]
+            chosen = chosen[torch.argsort(score[chosen], descending=True, stable=True)[: cfg.max_per_sample]]
         chosen = torch.sort(chosen).values
         if len(chosen) == 0:
             skipped += 1

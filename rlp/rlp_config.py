@@ -16,8 +16,15 @@ from typing import Any, Literal, Mapping, Optional
 
 from rlp.strictcfg import ConfigError, build
 
-__all__ = ['LossConfig', 'PositionsConfig', 'RLPConfig', 'RolloutConfig', 'TeacherConfig', 'TemplateConfig',
-           'ThoughtLogConfig']
+__all__ = [
+    'LossConfig',
+    'PositionsConfig',
+    'RLPConfig',
+    'RolloutConfig',
+    'TeacherConfig',
+    'TemplateConfig',
+    'ThoughtLogConfig',
+]
 
 
 def _positive(where: str, value: Optional[int | float], fix: str, allow_none: bool = False) -> None:
@@ -51,15 +58,20 @@ class PositionsConfig:
     max_per_sample: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _positive('rlp.positions.k', self.k, 'use 1 for the paper\'s one position per document')
+        _positive('rlp.positions.k', self.k, "use 1 for the paper's one position per document")
         if self.min_context < 1:
-            raise ConfigError(f'rlp.positions.min_context must be >= 1, got {self.min_context}; a thought needs '
-                              f'at least one prefix token to condition on')
-        _positive('rlp.positions.max_context', self.max_context, 'use null for the whole document prefix',
-                  allow_none=True)
+            raise ConfigError(
+                f'rlp.positions.min_context must be >= 1, got {self.min_context}; a thought needs '
+                f'at least one prefix token to condition on'
+            )
+        _positive(
+            'rlp.positions.max_context', self.max_context, 'use null for the whole document prefix', allow_none=True
+        )
         if self.max_context is not None and self.max_context < self.min_context:
-            raise ConfigError(f'rlp.positions.max_context ({self.max_context}) < min_context '
-                              f'({self.min_context}); no position could ever be used; raise max_context')
+            raise ConfigError(
+                f'rlp.positions.max_context ({self.max_context}) < min_context '
+                f'({self.min_context}); no position could ever be used; raise max_context'
+            )
         _positive('rlp.positions.max_per_sample', self.max_per_sample, 'use null for no cap', allow_none=True)
 
 
@@ -82,13 +94,16 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
-            raise ConfigError(f'rlp.rollouts.group_size must be >= 2, got {self.group_size}; the group-relative '
-                              f'advantage needs at least two thoughts per position (paper: 16)')
+            raise ConfigError(
+                f'rlp.rollouts.group_size must be >= 2, got {self.group_size}; the group-relative '
+                f'advantage needs at least two thoughts per position (paper: 16)'
+            )
         _positive('rlp.rollouts.temperature', self.temperature, 'use 0.7 (the paper) or 1.0 for the raw policy')
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f'rlp.rollouts.top_p must be in (0, 1], got {self.top_p}; use 1.0 to disable')
-        _positive('rlp.rollouts.max_thought_tokens', self.max_thought_tokens,
-                  'the paper uses 2048; budgets <= 512 hurt there')
+        _positive(
+            'rlp.rollouts.max_thought_tokens', self.max_thought_tokens, 'the paper uses 2048; budgets <= 512 hurt there'
+        )
 
 
 @dataclass
@@ -114,8 +129,10 @@ class TemplateConfig:
             if not getattr(self, name).strip():
                 raise ConfigError(f'rlp.template.{name} is empty; set it to the tag string, e.g. <think>')
         if self.open_tag == self.close_tag:
-            raise ConfigError(f'rlp.template.open_tag and close_tag are both {self.open_tag!r}; they must '
-                              f'differ or a thought could never be told from its end')
+            raise ConfigError(
+                f'rlp.template.open_tag and close_tag are both {self.open_tag!r}; they must '
+                f'differ or a thought could never be told from its end'
+            )
 
 
 @dataclass
@@ -164,19 +181,27 @@ class LossConfig:
     logprob_chunk_tokens: Optional[int] = 2048
 
     def __post_init__(self) -> None:
-        _positive('rlp.loss.logprob_chunk_tokens', self.logprob_chunk_tokens,
-                  'use e.g. 2048, or null to materialise all logits', allow_none=True)
+        _positive(
+            'rlp.loss.logprob_chunk_tokens',
+            self.logprob_chunk_tokens,
+            'use e.g. 2048, or null to materialise all logits',
+            allow_none=True,
+        )
         if not 0.0 <= self.eps_low < 1.0:
-            raise ConfigError(f'rlp.loss.eps_low must be in [0, 1), got {self.eps_low}; the lower clip bound '
-                              f'1 - eps_low must stay positive (0.2 is the usual choice)')
+            raise ConfigError(
+                f'rlp.loss.eps_low must be in [0, 1), got {self.eps_low}; the lower clip bound '
+                f'1 - eps_low must stay positive (0.2 is the usual choice)'
+            )
         if self.eps_high < 0.0:
             raise ConfigError(f'rlp.loss.eps_high must be >= 0, got {self.eps_high}; 0.2 is the usual choice')
         for name in ('ntp_weight', 'rlp_weight'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'rlp.loss.{name} must be >= 0, got {getattr(self, name)}')
         if self.ntp_weight == 0 and self.rlp_weight == 0:
-            raise ConfigError('rlp.loss.ntp_weight and rlp_weight are both 0; nothing would be trained; '
-                              'the paper uses rlp_weight 1')
+            raise ConfigError(
+                'rlp.loss.ntp_weight and rlp_weight are both 0; nothing would be trained; '
+                'the paper uses rlp_weight 1'
+            )
 
 
 @dataclass

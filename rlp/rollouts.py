@@ -34,8 +34,16 @@ from rlp.keys import keyed_generator
 from rlp.positions import Positions
 from rlp.template import ThoughtTemplate
 
-__all__ = ['Prompts', 'Rollouts', 'build_prompts', 'call_model', 'eval_mode', 'sample_from_logits',
-           'sample_thoughts', 'rollout_uniforms']
+__all__ = [
+    'Prompts',
+    'Rollouts',
+    'build_prompts',
+    'call_model',
+    'eval_mode',
+    'sample_from_logits',
+    'sample_thoughts',
+    'rollout_uniforms',
+]
 
 
 @dataclass
@@ -112,19 +120,20 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def build_prompts(input_ids: torch.Tensor, positions: Positions, template: ThoughtTemplate,
-                  pad_id: int) -> Prompts:
+def build_prompts(input_ids: torch.Tensor, positions: Positions, template: ThoughtTemplate, pad_id: int) -> Prompts:
     """Left-padded ``[instruction] prefix <think>`` for every position (prefix = input_ids[row, start:target])."""
     ids_cpu = input_ids.detach().cpu()
     instr = list(template.instruction_ids)
-    seqs = [instr + ids_cpu[r, s:t].tolist() + [template.open_id]
-            for r, s, t in zip(positions.row.tolist(), positions.start.tolist(), positions.target.tolist())]
+    seqs = [
+        instr + ids_cpu[r, s:t].tolist() + [template.open_id]
+        for r, s, t in zip(positions.row.tolist(), positions.start.tolist(), positions.target.tolist())
+    ]
     width = max((len(s) for s in seqs), default=1)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     target = ids_cpu[positions.row, positions.target] if len(positions) else torch.zeros(0, dtype=torch.long)
     dev = input_ids.device
     return Prompts(ids=ids.to(dev), mask=mask.to(dev), target=target.to(dev))
@@ -139,8 +148,9 @@ def rollout_uniforms(keys: Sequence[tuple], group_size: int, steps: int) -> torc
     return out
 
 
-def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float,
-                       top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_from_logits(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse-CDF sampling: (N, V) logits, (N,) uniforms -> (N,) tokens and their log-probs under softmax(l/T).
 
     The returned log-prob is that of the tempered distribution before top-p truncation.
@@ -173,9 +183,18 @@ def _all_done(done: torch.Tensor, synced: bool) -> bool:
 
 
 @torch.no_grad()
-def sample_thoughts(model: Any, module: torch.nn.Module, prompts: Prompts, uniforms: torch.Tensor, *,
-                    temperature: float, top_p: float, close_id: int, pad_id: int,
-                    synced: bool = False) -> Rollouts:
+def sample_thoughts(
+    model: Any,
+    module: torch.nn.Module,
+    prompts: Prompts,
+    uniforms: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    close_id: int,
+    pad_id: int,
+    synced: bool = False,
+) -> Rollouts:
     """Sample G thoughts per prompt with a shared prefix KV cache (see the module docstring).
 
     Args:
@@ -195,8 +214,15 @@ def sample_thoughts(model: Any, module: torch.nn.Module, prompts: Prompts, unifo
     n = p * g
     with eval_mode(module):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
-        out = call_model(model, input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=pos_ids,
-                         past_key_values=DynamicCache(), use_cache=True, **keep_last_logits(model, 2))
+        out = call_model(
+            model,
+            input_ids=prompts.ids,
+            attention_mask=prompts.mask,
+            position_ids=pos_ids,
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            **keep_last_logits(model, 2),
+        )
         last2 = out.logits[:, -2:].float()  # (P, 2, V)
         nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
         past = _expand_cache(out.past_key_values, g)
@@ -222,8 +248,14 @@ def sample_thoughts(model: Any, module: torch.nn.Module, prompts: Prompts, unifo
             if s == max_tokens - 1 or _all_done(done, synced):
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            out = call_model(model, input_ids=tokens[:, s:s + 1], attention_mask=attn,
-                             position_ids=(next_pos + s).view(-1, 1), past_key_values=past, use_cache=True)
+            out = call_model(
+                model,
+                input_ids=tokens[:, s : s + 1],
+                attention_mask=attn,
+                position_ids=(next_pos + s).view(-1, 1),
+                past_key_values=past,
+                use_cache=True,
+            )
             past = out.past_key_values
             logits = out.logits[:, -1].float()
             steps += 1
@@ -231,6 +263,12 @@ def sample_thoughts(model: Any, module: torch.nn.Module, prompts: Prompts, unifo
         tokens[truncated, max_tokens] = close_id  # forced close: in the sequence, not trained
         lengths[truncated] = max_tokens + 1
     width = int(lengths.max().item()) if n else 1
-    return Rollouts(tokens=tokens[:, :width].view(p, g, width), logp=logp[:, :width].view(p, g, width),
-                    mask=trained[:, :width].view(p, g, width), lengths=lengths.view(p, g),
-                    truncated=truncated.view(p, g), nothink_logp=nothink, decode_steps=steps)
+    return Rollouts(
+        tokens=tokens[:, :width].view(p, g, width),
+        logp=logp[:, :width].view(p, g, width),
+        mask=trained[:, :width].view(p, g, width),
+        lengths=lengths.view(p, g),
+        truncated=truncated.view(p, g),
+        nothink_logp=nothink,
+        decode_steps=steps,
+    )

@@ -35,8 +35,15 @@ def _right_align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[t
     return ids, valid.gather(1, order).long()
 
 
-def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperature: float,
-                   pad_id: int, chunk_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_forward(
+    model: Any,
+    prompts: Prompts,
+    rollouts: Rollouts,
+    *,
+    temperature: float,
+    pad_id: int,
+    chunk_tokens: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Training forward over ``prompt thought x_t`` for all P*G rollouts.
 
     Args:
@@ -72,17 +79,20 @@ def policy_forward(model: Any, prompts: Prompts, rollouts: Rollouts, *, temperat
     src = (width - lengths).unsqueeze(1) + col.unsqueeze(0)  # (N, T)
     src = torch.where(thought_valid, src, torch.full_like(src, width))  # any in-range index for padding slots
     kept_valid = attn[:, -keep:].bool()  # padding positions are cut out of the graph (no NaN into the gradient)
-    kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False,
-                  **keep_last_logits(model, keep))
+    kwargs = dict(
+        input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False, **keep_last_logits(model, keep)
+    )
     head = linear_head(model) if chunk_tokens and type(unwrap_hf(model)).__name__ not in _WARNED else None
     if head is not None:
+
         def score(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Runs inside the head's call: (N, >= T + 2, D) hidden states -> (M,) thought logp, (N,) S_pred."""
             h = hidden[:, -keep:]
             h = torch.where(kept_valid.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=dev))
             rows = h.gather(1, src.unsqueeze(-1).expand(-1, -1, h.shape[-1]))[thought_valid]  # (M, D)
-            lp = chunked_token_logprobs(rows, head, thought[thought_valid], temperature=temperature,
-                                        chunk=int(chunk_tokens))  # type: ignore[arg-type]
+            lp = chunked_token_logprobs(
+                rows, head, thought[thought_valid], temperature=temperature, chunk=int(chunk_tokens)
+            )  # type: ignore[arg-type]
             with torch.no_grad():
                 s = chunked_token_logprobs(h[:, width], head, target.view(-1), chunk=int(chunk_tokens))
             return lp, s
@@ -111,8 +121,11 @@ def _warn_fallback(model: Any) -> None:
     name = type(unwrap_hf(model)).__name__
     if name not in _WARNED:
         _WARNED.add(name)
-        warnings.warn(f'RLP: {name} logits are not a plain Linear head of the final hidden states; scoring falls '
-                      f'back to full logits (more memory); set rlp.loss.logprob_chunk_tokens: null to silence this')
+        warnings.warn(
+            f'RLP: {name} logits are not a plain Linear head of the final hidden states; scoring falls '
+            f'back to full logits (more memory); set rlp.loss.logprob_chunk_tokens: null to silence this',
+            stacklevel=2,
+        )
 
 
 _WARNED: set[str] = set()
@@ -128,15 +141,26 @@ def nothink_logprob(model: Any, prompts: Prompts, module: Optional[torch.nn.Modu
         return torch.zeros(0, device=prompts.ids.device)
     with eval_mode(module if module is not None else model):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
-        out = call_model(model, input_ids=prompts.ids, attention_mask=prompts.mask, position_ids=pos_ids,
-                         use_cache=False, **keep_last_logits(model, 2))
+        out = call_model(
+            model,
+            input_ids=prompts.ids,
+            attention_mask=prompts.mask,
+            position_ids=pos_ids,
+            use_cache=False,
+            **keep_last_logits(model, 2),
+        )
         logits = out.logits[:, -2].float()
     return torch.log_softmax(logits, -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)
 
 
 @torch.no_grad()
-def nothink_entropy(model: Any, input_ids: torch.Tensor, segment_ids: Optional[torch.Tensor],
-                    pad_id: int, module: Optional[torch.nn.Module] = None) -> torch.Tensor:
+def nothink_entropy(
+    model: Any,
+    input_ids: torch.Tensor,
+    segment_ids: Optional[torch.Tensor],
+    pad_id: int,
+    module: Optional[torch.nn.Module] = None,
+) -> torch.Tensor:
     """(B, L) entropy (nats) of p(. | x_<t) for each token x_t, each document seen alone; -inf at document starts.
 
     Every document segment becomes its own right-padded sequence, so context never crosses a document boundary.
@@ -154,13 +178,13 @@ def nothink_entropy(model: Any, input_ids: torch.Tensor, segment_ids: Optional[t
     ids = torch.full((len(spans), width), pad_id, dtype=torch.long, device=dev)
     attn = torch.zeros((len(spans), width), dtype=torch.long, device=dev)
     for i, (r, s, e) in enumerate(spans):
-        ids[i, :e - s] = input_ids[r, s:e]
-        attn[i, :e - s] = 1
+        ids[i, : e - s] = input_ids[r, s:e]
+        attn[i, : e - s] = 1
     with eval_mode(module if module is not None else model):
         logits = call_model(model, input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
     logp = torch.log_softmax(logits, -1)
     ent = -(logp.exp() * logp).sum(-1)  # (S, W): entropy of the prediction of token w + 1
     out = torch.full((b, length), -torch.inf, device=dev)
     for i, (r, s, e) in enumerate(spans):
-        out[r, s + 1:e] = ent[i, :e - s - 1]
+        out[r, s + 1 : e] = ent[i, : e - s - 1]
     return out

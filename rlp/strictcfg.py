@@ -72,7 +72,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, list | tuple):
             raise ConfigError(f'{where}: got {value!r}, expected a list')
         inner = args[0] if args else Any
         return [_convert(v, inner, _join(where, i)) for i, v in enumerate(value)]
@@ -90,7 +90,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f'{where}: got {value!r}, expected an integer')
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:  # YAML 1.1 reads "1e-6" as a string; accept it as the float it clearly is
@@ -132,14 +132,18 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str = '') -> T:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f'{where or "config"}: got {data!r}, expected a mapping with keys '
-                          f'{", ".join(f.name for f in dataclasses.fields(cls))}')
+        raise ConfigError(
+            f'{where or "config"}: got {data!r}, expected a mapping with keys '
+            f'{", ".join(f.name for f in dataclasses.fields(cls))}'
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f'unknown key {_join(where, unknown[0])!r}; allowed keys at '
-                          f'{where or "the top level"}: {", ".join(sorted(fields))}')
+        raise ConfigError(
+            f'unknown key {_join(where, unknown[0])!r}; allowed keys at '
+            f'{where or "the top level"}: {", ".join(sorted(fields))}'
+        )
     kwargs = {}
     for name, field in fields.items():
         path = _join(where, name)
@@ -159,7 +163,7 @@ def to_dict(obj: Any) -> Any:
     """Plain-data view of a (nested) config dataclass, for logging the resolved config and checkpoints."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}

@@ -53,8 +53,10 @@ def is_fsdp(module: torch.nn.Module) -> bool:
 
 
 def _is_fsdp2(module: torch.nn.Module) -> bool:
-    return any(type(m).__name__.startswith('FSDP') and type(m).__name__ != 'FullyShardedDataParallel'
-               and hasattr(m, 'unshard') for m in module.modules())
+    return any(
+        type(m).__name__.startswith('FSDP') and type(m).__name__ != 'FullyShardedDataParallel' and hasattr(m, 'unshard')
+        for m in module.modules()
+    )
 
 
 @contextlib.contextmanager
@@ -65,12 +67,15 @@ def full_params(model: torch.nn.Module) -> Iterator[None]:
     get the full tensors). Anything else: no-op.
     """
     if _is_fsdp2(model):
-        raise NotImplementedError('RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
-                                  '(Composer fsdp_config, use_orig_params=true)')
+        raise NotImplementedError(
+            'RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
+            '(Composer fsdp_config, use_orig_params=true)'
+        )
     if not is_fsdp(model):
         yield
         return
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
     with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):
         yield
 
@@ -100,8 +105,10 @@ def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, tau: Optional[f
         src, src_buf = _named(model)
         for name, phi in teacher.named_parameters():
             if name not in src:
-                raise KeyError(f'RLP teacher: parameter {name!r} not found in the model; the teacher must be a copy '
-                               f'of the same architecture')
+                raise KeyError(
+                    f'RLP teacher: parameter {name!r} not found in the model; the teacher must be a copy '
+                    f'of the same architecture'
+                )
             theta = src[name].detach().to(phi.device, phi.dtype)
             phi.copy_(theta) if tau is None else phi.lerp_(theta, 1.0 - tau)
         for name, buf in teacher.named_buffers():
@@ -130,8 +137,10 @@ class FrozenCopy:
         if self.module is not None:
             return
         if is_fsdp(model) or _is_fsdp2(model):
-            raise NotImplementedError('RLP teacher: the copy must be created from the unwrapped model at '
-                                      'Event.INIT; add the RLP algorithm to the Trainer instead of wrapping first')
+            raise NotImplementedError(
+                'RLP teacher: the copy must be created from the unwrapped model at '
+                'Event.INIT; add the RLP algorithm to the Trainer instead of wrapping first'
+            )
         self.module = copy.deepcopy(model)
         self.module.eval()
         for p in self.module.parameters():

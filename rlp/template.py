@@ -59,8 +59,9 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 def _tag_in_vocab(tokenizer: Any, tag: str) -> bool:
     tok_id = tokenizer.convert_tokens_to_ids(tag)
-    return tok_id is not None and not (tokenizer.unk_token_id is not None and tok_id == tokenizer.unk_token_id
-                                       and tag != tokenizer.unk_token)
+    return tok_id is not None and not (
+        tokenizer.unk_token_id is not None and tok_id == tokenizer.unk_token_id and tag != tokenizer.unk_token
+    )
 
 
 def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -> int:
@@ -74,7 +75,8 @@ def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -
         raise TemplateError(
             f'{key}={tag!r} is not a single token of this tokenizer (it encodes to {alone}); RLP needs each tag '
             f'as one token; set rlp.template.add_tags=true to add it as a special token (embeddings are resized), '
-            f'or pick tags the tokenizer has')
+            f'or pick tags the tokenizer has'
+        )
     tag_id = alone[0]
     for ctx in _CONTEXTS:
         text = ctx.format(tag, tag) if ctx == '{}{}' else ctx.format(tag)
@@ -83,7 +85,8 @@ def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -
             raise TemplateError(
                 f'{key}={tag!r} is tokenised inconsistently: alone it is token {tag_id}, but {text!r} encodes to '
                 f'{ids}; the tag must be a special (atomic) token; add it with rlp.template.add_tags=true or use '
-                f'a tokenizer that declares it special')
+                f'a tokenizer that declares it special'
+            )
     return tag_id
 
 
@@ -94,13 +97,20 @@ def resolve_template(tokenizer: Any, cfg: TemplateConfig) -> ThoughtTemplate:
         TemplateError: a tag is missing or split inconsistently (see :func:`tag_token_id`).
     """
     if tokenizer is None:
-        raise TemplateError('RLP needs a tokenizer to resolve the thought tags; pass RLP(..., tokenizer=tok) or '
-                            'build HuggingFaceModel(model, tokenizer=tok)')
+        raise TemplateError(
+            'RLP needs a tokenizer to resolve the thought tags; pass RLP(..., tokenizer=tok) or '
+            'build HuggingFaceModel(model, tokenizer=tok)'
+        )
     open_id = tag_token_id(tokenizer, cfg.open_tag, 'rlp.template.open_tag')
     close_id = tag_token_id(tokenizer, cfg.close_tag, 'rlp.template.close_tag')
     instruction = tuple(_encode(tokenizer, cfg.instruction)) if cfg.instruction else ()
-    return ThoughtTemplate(open_id=open_id, close_id=close_id, instruction_ids=instruction,
-                           eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    return ThoughtTemplate(
+        open_id=open_id,
+        close_id=close_id,
+        instruction_ids=instruction,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+    )
 
 
 def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
@@ -112,12 +122,16 @@ def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
     Returns:
         The number of tokens added (0 when both tags were already single tokens).
     """
-    missing = [t for t in (cfg.open_tag, cfg.close_tag)
-               if not (_tag_in_vocab(tokenizer, t) and len(_encode(tokenizer, t)) == 1)]
+    missing = [
+        t
+        for t in (cfg.open_tag, cfg.close_tag)
+        if not (_tag_in_vocab(tokenizer, t) and len(_encode(tokenizer, t)) == 1)
+    ]
     if not missing:
         return 0
-    added = tokenizer.add_special_tokens({'additional_special_tokens': missing},
-                                         replace_additional_special_tokens=False)
+    added = tokenizer.add_special_tokens(
+        {'additional_special_tokens': missing}, replace_additional_special_tokens=False
+    )
     if added and model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return added

@@ -38,10 +38,24 @@ class ThoughtLog:
         """Drop rows collected for the current batch (called at its start; auto-microbatching may rerun it)."""
         self.rows = []
 
-    def collect(self, tokenizer: Any, *, batch_index: int, input_ids: torch.Tensor, row: torch.Tensor,
-                start: torch.Tensor, target: torch.Tensor, sample_keys: list[str], tokens: torch.Tensor,
-                lengths: torch.Tensor, truncated: torch.Tensor, rewards: torch.Tensor, s_pred: torch.Tensor,
-                s_ema: torch.Tensor, advantages: torch.Tensor) -> None:
+    def collect(
+        self,
+        tokenizer: Any,
+        *,
+        batch_index: int,
+        input_ids: torch.Tensor,
+        row: torch.Tensor,
+        start: torch.Tensor,
+        target: torch.Tensor,
+        sample_keys: list[str],
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        truncated: torch.Tensor,
+        rewards: torch.Tensor,
+        s_pred: torch.Tensor,
+        s_ema: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> None:
         """Add up to ``max_rows`` rows (first thought of each position first) from one microbatch."""
         room = self.cfg.max_rows - len(self.rows)
         if room <= 0:
@@ -55,16 +69,25 @@ class ThoughtLog:
             if self.cfg.context_chars == 0:
                 context = ''
             else:
-                context = context[-self.cfg.context_chars:]
+                context = context[-self.cfg.context_chars :]
             n = int(lengths[i, j])
-            self.rows.append({
-                'batch': batch_index,
-                'sample_id': int(sample_keys[r]) if sample_keys[r].isdigit() else sample_keys[r], 'target_index': t, 'rollout': j,
-                'context': context, 'thought': tokenizer.decode(tokens[i, j, :n].tolist()),
-                'target': tokenizer.decode([int(ids[r, t])]), 'reward': float(rewards[i, j]),
-                's_pred': float(s_pred[i, j]), 's_ema': float(s_ema[i]), 'advantage': float(advantages[i, j]),
-                'length': n, 'truncated': bool(truncated[i, j]),
-            })
+            self.rows.append(
+                {
+                    'batch': batch_index,
+                    'sample_id': int(sample_keys[r]) if sample_keys[r].isdigit() else sample_keys[r],
+                    'target_index': t,
+                    'rollout': j,
+                    'context': context,
+                    'thought': tokenizer.decode(tokens[i, j, :n].tolist()),
+                    'target': tokenizer.decode([int(ids[r, t])]),
+                    'reward': float(rewards[i, j]),
+                    's_pred': float(s_pred[i, j]),
+                    's_ema': float(s_ema[i]),
+                    'advantage': float(advantages[i, j]),
+                    'length': n,
+                    'truncated': bool(truncated[i, j]),
+                }
+            )
 
     def flush(self) -> Optional[int]:
         """Append the collected rows to the file; returns how many were written (None when disabled)."""

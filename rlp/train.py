@@ -41,7 +41,8 @@ a known point between two checkpoints while Composer's uploader finishes in the 
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='rlp.train', description='Train from a recipe. Launch with: composer -n N -m rlp.train RECIPE k=v ...')
+        prog='rlp.train', description='Train from a recipe. Launch with: composer -n N -m rlp.train RECIPE k=v ...'
+    )
     parser.add_argument('recipe', help='YAML recipe, e.g. recipes/smoke-cpu.yaml')
     parser.add_argument('overrides', nargs='*', help='key.sub=value overrides (values parsed as YAML)')
     return parser.parse_args(argv)
@@ -74,8 +75,14 @@ def _optimizer(recipe: Recipe, params):
 
 
 def _scheduler(recipe: Recipe):
-    from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingScheduler,
-                                CosineAnnealingWithWarmupScheduler, LinearScheduler, LinearWithWarmupScheduler)
+    from composer.optim import (
+        ConstantScheduler,
+        ConstantWithWarmupScheduler,
+        CosineAnnealingScheduler,
+        CosineAnnealingWithWarmupScheduler,
+        LinearScheduler,
+        LinearWithWarmupScheduler,
+    )
 
     s = recipe.trainer.scheduler
     if re.fullmatch(r'0+(\.0*)?[a-z]*', s.t_warmup):  # no warmup (the *WithWarmup classes warn about it)
@@ -106,8 +113,9 @@ def _algorithms(recipe: Recipe, tokenizer, output_dir: str) -> list:
 
         rlp_cfg = recipe.rlp
         if rlp_cfg.log.path is None:  # the sampled-thoughts JSONL lives beside metrics.jsonl
-            rlp_cfg = dataclasses.replace(rlp_cfg, log=dataclasses.replace(
-                rlp_cfg.log, path=os.path.join(output_dir, 'thoughts.jsonl')))
+            rlp_cfg = dataclasses.replace(
+                rlp_cfg, log=dataclasses.replace(rlp_cfg.log, path=os.path.join(output_dir, 'thoughts.jsonl'))
+            )
         algorithms.append(RLP(rlp_cfg, seed=recipe.seed, tokenizer=tokenizer))
     return algorithms
 
@@ -141,9 +149,14 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     output_dir = _output_dir(recipe)
     template = recipe.rlp.template if recipe.rlp is not None else None
     model, tokenizer = build_composer_model(recipe.model, recipe.tokenizer, seed=recipe.seed, template=template)
-    loader = build_dataloader(recipe.data, run_name=recipe.run_name, device_batch_size=device_batch,
-                              seed=recipe.seed, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id)
+    loader = build_dataloader(
+        recipe.data,
+        run_name=recipe.run_name,
+        device_batch_size=device_batch,
+        seed=recipe.seed,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     optimizer = _optimizer(recipe, model.parameters())
 
     loggers, callbacks = [], []
@@ -169,8 +182,10 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         if newest is not None:
             done = checkpoint.checkpoint_batch(newest)
             if t.max_duration.endswith('ba') and done >= int(t.max_duration[:-2]):
-                raise AlreadyFinished(f'{newest} already covers trainer.max_duration={t.max_duration}; raise '
-                                      f'max_duration to train further, or change run_name/save_folder to start over')
+                raise AlreadyFinished(
+                    f'{newest} already covers trainer.max_duration={t.max_duration}; raise '
+                    f'max_duration to train further, or change run_name/save_folder to start over'
+                )
             load_path, load_weights_only = newest, False
             log.info('resuming from %s', newest)
 
@@ -179,8 +194,9 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         if device == 'gpu' and world_size > 1:
             parallelism = {'fsdp': dict(t.fsdp)}
         else:
-            log.warning('trainer.fsdp is ignored: FSDP needs more than one GPU (device=%s, world=%d)', device,
-                        world_size)
+            log.warning(
+                'trainer.fsdp is ignored: FSDP needs more than one GPU (device=%s, world=%d)', device, world_size
+            )
 
     trainer = Trainer(
         model=model,
@@ -230,7 +246,7 @@ def _hang_after(batches: int):
 
 
 def _trend(records: list[dict[str, Any]], key: str) -> Optional[tuple[float, float, int]]:
-    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    values = [r[key] for r in records if isinstance(r.get(key), int | float)]
     if not values:
         return None
     k = max(1, len(values) // 4)
@@ -246,8 +262,7 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
     lines = [f'== rlp.train summary: {len(records)} batches' + (f' in {seconds:.0f} s' if seconds else '')]
     keys = sorted({k for r in records for k in r})
     wanted = [k for k in keys if k.startswith('loss/train/')]
-    wanted += [k for k in keys if ('reward' in k or 'gain' in k or 's_ema' in k or 's_pred' in k)
-               and k not in wanted]
+    wanted += [k for k in keys if ('reward' in k or 'gain' in k or 's_ema' in k or 's_pred' in k) and k not in wanted]
     for key in wanted:
         trend = _trend(records, key)
         if trend:
@@ -256,8 +271,10 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
     gain = _trend(records, 'rlp/gain_vs_current')
     if gain:
         verdict = 'help' if gain[1] > 0 else 'do not help (yet)'
-        lines.append(f'  thoughts {verdict} the current model: rlp/gain_vs_current = {gain[1]:.4f} in the last quarter '
-                     f'(rlp/gain_vs_ema also rises when plain next-token prediction improves faster than the EMA)')
+        lines.append(
+            f'  thoughts {verdict} the current model: rlp/gain_vs_current = {gain[1]:.4f} in the last quarter '
+            f'(rlp/gain_vs_ema also rises when plain next-token prediction improves faster than the EMA)'
+        )
     lines.append(f'  metrics (one JSON object per batch): {os.path.abspath(metrics_path)}')
     thoughts = os.path.join(output_dir, 'thoughts.jsonl')
     if os.path.exists(thoughts):
@@ -269,8 +286,10 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``rlp.train`` (and the ``rlp-train`` console script)."""
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s rank' + os.environ.get('RANK', '0') +
-                        ' %(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(
+        level=logging.INFO,
+        format='%(asctime)s rank' + os.environ.get('RANK', '0') + ' %(levelname)s %(name)s: %(message)s',
+    )
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     try:

@@ -42,18 +42,22 @@ def s3_server(tmp_path_factory) -> str:
     port = _free_port()
     log = tmp_path_factory.mktemp('moto') / 'server.log'
     with open(log, 'wb') as fh:
-        proc = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     endpoint = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(endpoint + '/moto-api/', timeout=1)
             break
-        except Exception:  # noqa: BLE001 - server not up yet
+        except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f'moto S3 server did not start on {endpoint}; log: {log.read_text()[-2000:]}')
+                tail = log.read_text()[-2000:]
+                raise RuntimeError(f'moto S3 server did not start on {endpoint}; log: {tail}') from None
             time.sleep(0.2)
     yield endpoint
     proc.terminate()

@@ -25,7 +25,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def prepare(capsys, inputs, out, seq_len=64, *extra) -> tuple[int, str, str]:
     """``rlp-data prepare`` with the bundled tokenizer and ``--eos-text <|endoftext|>``."""
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    inputs = [inputs] if isinstance(inputs, str | Path) else inputs
     return run(capsys, 'prepare', '--input', *inputs, *BASE, '--seq-len', seq_len, '--out', out, *extra)
 
 
@@ -63,7 +63,7 @@ def check_concat(samples: list[dict], docs: list[list[int]], seq_len: int, manif
     assert manifest['counts']['tokens'] == len(stream)
     assert manifest['counts']['documents'] == len(docs)
     got = np.concatenate([s['tokens'] for s in samples]) if samples else np.zeros(0)
-    np.testing.assert_array_equal(got, stream[:n * seq_len])
+    np.testing.assert_array_equal(got, stream[: n * seq_len])
     starts = np.cumsum([0] + [len(d) for d in docs[:-1]])
     for k, s in enumerate(samples):
         inside = starts[(starts > k * seq_len) & (starts < (k + 1) * seq_len)] - k * seq_len

@@ -26,8 +26,9 @@ def test_worker_count_does_not_change_a_byte(tmp_path, capsys):
     trees = []
     for workers in (1, 2):
         out = tmp_path / f'out{workers}'
-        rc, _, err = prepare(capsys, [str(corpus)], out, 48, '--workers', workers, '--shard-mb', '0.01',
-                             '--chunk-mb', '0.005')
+        rc, _, err = prepare(
+            capsys, [str(corpus)], out, 48, '--workers', workers, '--shard-mb', '0.01', '--chunk-mb', '0.005'
+        )
         assert rc == 0, err
         trees.append(tree_bytes(out))
     assert trees[0] == trees[1]

@@ -63,8 +63,9 @@ def test_unknown_text_field(tmp_path, capsys, corpus):
     _assert_refused(rc, err, 1, "'body'", "available fields: ['id', 'text']", '--text-field', out=out)
 
 
-@pytest.mark.parametrize('line,why', [(b'{"text": "unterminated\n', 'malformed JSON'),
-                                      (b'{"text": "\xff\xfe"}\n', 'not valid UTF-8')])
+@pytest.mark.parametrize(
+    'line,why', [(b'{"text": "unterminated\n', 'malformed JSON'), (b'{"text": "\xff\xfe"}\n', 'not valid UTF-8')]
+)
 def test_bad_record_fails_by_default(tmp_path, capsys, corpus, line, why):
     data = corpus.read_bytes().splitlines(keepends=True)
     data.insert(4, line)
@@ -90,16 +91,40 @@ def test_corpus_shorter_than_one_sample(tmp_path, capsys):
 
 def test_unknown_tokenizer_folder(tmp_path, capsys, corpus):
     out = tmp_path / 'out'
-    rc, _, err = run(capsys, 'prepare', '-i', corpus, '--tokenizer', str(tmp_path / 'no-tok'), '--eos-text', 'x',
-                     '--seq-len', 64, '--out', out)
+    rc, _, err = run(
+        capsys,
+        'prepare',
+        '-i',
+        corpus,
+        '--tokenizer',
+        str(tmp_path / 'no-tok'),
+        '--eos-text',
+        'x',
+        '--seq-len',
+        64,
+        '--out',
+        out,
+    )
     _assert_refused(rc, err, 1, 'no-tok', 'not found', out=out)
 
 
 def test_unknown_tokenizer_name(tmp_path, capsys, corpus, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     out = tmp_path / 'out'
-    rc, _, err = run(capsys, 'prepare', '-i', corpus, '--tokenizer', 'no-such-org/no-such-tokenizer', '--eos-text',
-                     'x', '--seq-len', 64, '--out', out)
+    rc, _, err = run(
+        capsys,
+        'prepare',
+        '-i',
+        corpus,
+        '--tokenizer',
+        'no-such-org/no-such-tokenizer',
+        '--eos-text',
+        'x',
+        '--seq-len',
+        64,
+        '--out',
+        out,
+    )
     _assert_refused(rc, err, 1, 'no-such-org/no-such-tokenizer', 'cannot load tokenizer', out=out)
 
 

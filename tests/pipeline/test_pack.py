@@ -23,9 +23,9 @@ def test_samples_are_owned_by_the_group_holding_their_first_token():
 
 def test_doc_starts_always_open_with_segment_zero():
     offsets = np.array([0, 5, 8, 12])
-    np.testing.assert_array_equal(doc_starts_in_window(offsets, 0, 4), [0])       # doc 0 starts at 0
-    np.testing.assert_array_equal(doc_starts_in_window(offsets, 4, 4), [0, 1])    # continuation, doc 1 at 5
-    np.testing.assert_array_equal(doc_starts_in_window(offsets, 8, 4), [0])       # doc 2 starts exactly at 8
+    np.testing.assert_array_equal(doc_starts_in_window(offsets, 0, 4), [0])  # doc 0 starts at 0
+    np.testing.assert_array_equal(doc_starts_in_window(offsets, 4, 4), [0, 1])  # continuation, doc 1 at 5
+    np.testing.assert_array_equal(doc_starts_in_window(offsets, 8, 4), [0])  # doc 2 starts exactly at 8
     assert doc_starts_in_window(offsets, 8, 4).dtype == np.int32
 
 

@@ -37,16 +37,34 @@ def _wait_for(pattern_dir: Path, glob: str, count: int, proc, timeout=90.0) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('phase,sub,glob', [('tokenise', 'tokens', 'g*.done.json'),
-                                            ('write', 'parts', 'part_*.done.json')])
+@pytest.mark.parametrize(
+    'phase,sub,glob', [('tokenise', 'tokens', 'g*.done.json'), ('write', 'parts', 'part_*.done.json')]
+)
 def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, capsys):
     corpus = write_corpus(tmp_path / 'corpus', 6)
     ref = tmp_path / 'ref'
     assert prepare(capsys, [str(corpus)], ref, 40, '--shard-mb', '0.005', '--chunk-mb', '0.006')[0] == 0
 
     out = tmp_path / 'out'
-    argv = [sys.executable, '-m', 'pipeline.cli', 'prepare', '--input', str(corpus), *BASE, '--seq-len', '40',
-            '--out', str(out), '--workers', '2', '--shard-mb', '0.005', '--chunk-mb', '0.006']
+    argv = [
+        sys.executable,
+        '-m',
+        'pipeline.cli',
+        'prepare',
+        '--input',
+        str(corpus),
+        *BASE,
+        '--seq-len',
+        '40',
+        '--out',
+        str(out),
+        '--workers',
+        '2',
+        '--shard-mb',
+        '0.005',
+        '--chunk-mb',
+        '0.006',
+    ]
     env = {**os.environ, TEST_SLEEP_ENV: '0.7', 'TOKENIZERS_PARALLELISM': 'false'}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(out / '.rlp-data' / sub, glob, 2, proc)
@@ -56,11 +74,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, cap
     assert not (out / 'manifest.json').exists() and not (out / 'index.json').exists()
     done_before = sorted(p.name for p in (out / '.rlp-data' / sub).glob(glob))
 
-    rc, stdout, err = prepare(capsys, [str(corpus)], out, 40, '--workers', '2', '--shard-mb', '0.005',
-                              '--chunk-mb', '0.006')
+    rc, stdout, err = prepare(
+        capsys, [str(corpus)], out, 40, '--workers', '2', '--shard-mb', '0.005', '--chunk-mb', '0.006'
+    )
     assert rc == 0, err
-    groups, tokenised, written = map(int, re.search(r'groups (\d+) \((\d+) already tokenised, (\d+) parts already '
-                                                    r'written', stdout).groups())
+    groups, tokenised, written = map(
+        int, re.search(r'groups (\d+) \((\d+) already tokenised, (\d+) parts already ' r'written', stdout).groups()
+    )
     if phase == 'tokenise':
         assert tokenised == len(done_before) and written == 0
     else:

@@ -88,7 +88,7 @@ def build_webdataset_braces(tmp):
     texts = _texts(24)
     for s in range(2):
         with wds.TarWriter(str(tmp / f'shard-{s:03d}.tar')) as sink:
-            for i, t in enumerate(texts[s * 12:(s + 1) * 12]):
+            for i, t in enumerate(texts[s * 12 : (s + 1) * 12]):
                 sink.write({'__key__': f'doc{s}_{i:03d}', 'txt': t})
     return [str(tmp / 'shard-{000..001}.tar')], texts
 
@@ -100,8 +100,17 @@ def build_mixed(tmp):
     return [str(tmp / 'm.jsonl'), str(tmp / 'm.txt')], a + [b[0]]
 
 
-BUILDERS = [build_jsonl, build_json_array, build_txt_folder, build_parquet_row_groups, build_glob,
-            build_save_to_disk, build_hf_streaming, build_webdataset_braces, build_mixed]
+BUILDERS = [
+    build_jsonl,
+    build_json_array,
+    build_txt_folder,
+    build_parquet_row_groups,
+    build_glob,
+    build_save_to_disk,
+    build_hf_streaming,
+    build_webdataset_braces,
+    build_mixed,
+]
 
 
 @pytest.mark.parametrize('build', BUILDERS, ids=[b.__name__[6:] for b in BUILDERS])
@@ -141,7 +150,7 @@ def test_pack_none_one_document_per_sample(tmp_path, capsys, tokenizer):
     samples = read_samples(out)
     expected = []
     for doc in reference_docs(tokenizer, texts):
-        expected.extend(doc[a:a + 32] for a in range(0, len(doc), 32))
+        expected.extend(doc[a : a + 32] for a in range(0, len(doc), 32))
     assert [s['tokens'].tolist() for s in samples] == expected
     assert all(s['doc_starts'].tolist() == [0] for s in samples)
     manifest = json.loads((out / 'manifest.json').read_text())
@@ -170,8 +179,9 @@ def test_chunking_does_not_change_the_output(tmp_path, capsys):
     trees = []
     for chunk in ('64', '0.002'):
         out = tmp_path / f'out{chunk}'
-        rc, stdout, err = prepare(capsys, [str(tmp_path / 'a.jsonl')], out, SEQ, '--chunk-mb', chunk,
-                                  '--shard-mb', '0.01')
+        rc, stdout, err = prepare(
+            capsys, [str(tmp_path / 'a.jsonl')], out, SEQ, '--chunk-mb', chunk, '--shard-mb', '0.01'
+        )
         assert rc == 0, err
         trees.append(tree_bytes(out))
     assert trees[0] == trees[1]

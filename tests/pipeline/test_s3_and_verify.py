@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 
-from pipeline.synthetic import write_jsonl
 from pipeline.bundled_tokenizer import EOS_TEXT
+from pipeline.synthetic import write_jsonl
 from tests.pipeline.helpers import TOK, prepare, read_samples, run, write_corpus
 
 
@@ -115,14 +115,27 @@ def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, mo
     assert rc == 0, err
 
     def objects(prefix):
-        return {k[len(prefix):]: s3.client.get_object(Bucket=s3.bucket, Key=k)['Body'].read() for k in s3.list(prefix)}
+        return {k[len(prefix) :]: s3.client.get_object(Bucket=s3.bucket, Key=k)['Body'].read() for k in s3.list(prefix)}
 
     assert objects('ds/') == objects('ref/')
 
 
 def test_progress_bar_shows_documents_tokens_and_rate(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / 'c.jsonl', 40)
-    rc = run(capsys, 'prepare', '-i', corpus, '--tokenizer', TOK, '--eos-text', EOS_TEXT, '--seq-len', 48,
-             '--out', tmp_path / 'out', '--progress')
+    rc = run(
+        capsys,
+        'prepare',
+        '-i',
+        corpus,
+        '--tokenizer',
+        TOK,
+        '--eos-text',
+        EOS_TEXT,
+        '--seq-len',
+        48,
+        '--out',
+        tmp_path / 'out',
+        '--progress',
+    )
     assert rc[0] == 0
     assert 'docs=40' in rc[2] and 'tokens=' in rc[2] and 'tok/s=' in rc[2]

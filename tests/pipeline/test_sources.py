@@ -22,7 +22,9 @@ def test_small_files_merge_big_files_chunk(tmp_path):
     layout = [[(p.kind, p.path.rsplit('/', 1)[1], p.start, p.stop) for p in g.pieces] for g in spec.groups]
     assert layout == [
         [('jsonl', 'a.jsonl', 0, -1), ('jsonl', 'b.jsonl', 0, -1), ('jsonl', 'c.jsonl', 0, -1)],  # 300 >= 250
-        [('jsonl', 'd.jsonl', 0, 250)], [('jsonl', 'd.jsonl', 250, 500)], [('jsonl', 'd.jsonl', 500, 750)],
+        [('jsonl', 'd.jsonl', 0, 250)],
+        [('jsonl', 'd.jsonl', 250, 500)],
+        [('jsonl', 'd.jsonl', 500, 750)],
         [('jsonl', 'd.jsonl', 750, 1000)],
         [('txt', 'e.txt', 0, -1)],
     ]

@@ -39,14 +39,19 @@ class _Rows(torch.utils.data.Dataset):
 
 def _config(tokenizer, tmp_path=None, **loss):
     assert tokenizer.convert_tokens_to_ids('</think>') == CLOSE_ID
-    return RLPConfig.from_dict({
-        'positions': {'min_context': 8, 'max_per_sample': 2},
-        'rollouts': {'group_size': 3, 'max_thought_tokens': 5, 'temperature': 1.0},
-        'teacher': {'tau': 0.5},
-        'loss': dict(loss),
-        'log': {'every_n_batches': 1, 'max_rows': 4,
-                'path': None if tmp_path is None else str(tmp_path / 'thoughts.jsonl')},
-    })
+    return RLPConfig.from_dict(
+        {
+            'positions': {'min_context': 8, 'max_per_sample': 2},
+            'rollouts': {'group_size': 3, 'max_thought_tokens': 5, 'temperature': 1.0},
+            'teacher': {'tau': 0.5},
+            'loss': dict(loss),
+            'log': {
+                'every_n_batches': 1,
+                'max_rows': 4,
+                'path': None if tmp_path is None else str(tmp_path / 'thoughts.jsonl'),
+            },
+        }
+    )
 
 
 def _data(tokenizer, rows=8, skip_rows=(2, 5), seed=0):
@@ -57,18 +62,31 @@ def _data(tokenizer, rows=8, skip_rows=(2, 5), seed=0):
     return batch
 
 
-def _trainer(tokenizer, data, config, *, microbatch=8, duration='1ba', optimizer='sgd', lr=0.5, model_seed=0,
-             **kwargs):
+def _trainer(tokenizer, data, config, *, microbatch=8, duration='1ba', optimizer='sgd', lr=0.5, model_seed=0, **kwargs):
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=model_seed), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True)
-    opt = (torch.optim.SGD(model.parameters(), lr=lr) if optimizer == 'sgd'
-           else torch.optim.Adam(model.parameters(), lr=lr))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=lr)
+        if optimizer == 'sgd'
+        else torch.optim.Adam(model.parameters(), lr=lr)
+    )
     logger = InMemoryLogger()
     loader = torch.utils.data.DataLoader(_Rows(data), batch_size=8, shuffle=False)
     algo = RLP(config, seed=11)
-    trainer = Trainer(model=model, train_dataloader=loader, max_duration=duration, optimizers=opt,
-                      algorithms=[algo], loggers=[logger], device='cpu', device_train_microbatch_size=microbatch,
-                      progress_bar=False, log_to_console=False, seed=3, **kwargs)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration=duration,
+        optimizers=opt,
+        algorithms=[algo],
+        loggers=[logger],
+        device='cpu',
+        device_train_microbatch_size=microbatch,
+        progress_bar=False,
+        log_to_console=False,
+        seed=3,
+        **kwargs,
+    )
     return trainer, algo, logger, hf
 
 
@@ -80,13 +98,30 @@ def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
     """A few Adam steps of pure RLP (ntp_weight 0): every rlp/ metric is logged per batch and finite, the reward
     changes across batches, the EMA is updated each batch, and the thought JSONL holds readable rows."""
     data = _data(tokenizer, rows=32, skip_rows=(1,))
-    trainer, algo, logger, _ = _trainer(tokenizer, data, _config(tokenizer, tmp_path), duration='4ba',
-                                        optimizer='adam', lr=3e-2)
+    trainer, algo, logger, _ = _trainer(
+        tokenizer, data, _config(tokenizer, tmp_path), duration='4ba', optimizer='adam', lr=3e-2
+    )
     trainer.fit()
-    for key in ('rlp/reward_mean', 'rlp/reward_std', 'rlp/s_pred', 'rlp/s_ema', 'rlp/gain_vs_ema',
-                'rlp/gain_vs_current', 'rlp/advantage_std', 'rlp/clip_fraction', 'rlp/ratio_min', 'rlp/ratio_max',
-                'rlp/thought_len_mean', 'rlp/thought_len_max', 'rlp/truncation_rate', 'rlp/positions',
-                'rlp/rows_skipped', 'loss/train/rlp', 'loss/train/ntp', 'loss/train/total'):
+    for key in (
+        'rlp/reward_mean',
+        'rlp/reward_std',
+        'rlp/s_pred',
+        'rlp/s_ema',
+        'rlp/gain_vs_ema',
+        'rlp/gain_vs_current',
+        'rlp/advantage_std',
+        'rlp/clip_fraction',
+        'rlp/ratio_min',
+        'rlp/ratio_max',
+        'rlp/thought_len_mean',
+        'rlp/thought_len_max',
+        'rlp/truncation_rate',
+        'rlp/positions',
+        'rlp/rows_skipped',
+        'loss/train/rlp',
+        'loss/train/ntp',
+        'loss/train/total',
+    ):
         values = _series(logger, key)
         assert len(values) == 4, key
         assert all(torch.isfinite(torch.tensor(values))), (key, values)
@@ -97,8 +132,9 @@ def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
     lengths = _series(logger, 'rlp/thought_len_mean')
     assert all(1 <= v <= 6 for v in lengths)
     # ntp_weight 0: the total is the RLP term alone
-    torch.testing.assert_close(torch.tensor(_series(logger, 'loss/train/total')),
-                               torch.tensor(_series(logger, 'loss/train/rlp')))
+    torch.testing.assert_close(
+        torch.tensor(_series(logger, 'loss/train/total')), torch.tensor(_series(logger, 'loss/train/rlp'))
+    )
     rows = [json.loads(line) for line in (tmp_path / 'thoughts.jsonl').read_text().splitlines()]
     assert len(rows) == 16 and {r['batch'] for r in rows} == {0, 1, 2, 3}
     assert {'context', 'thought', 'target', 'reward', 'advantage', 'truncated'} <= set(rows[0])
@@ -151,12 +187,28 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
     cfg = _config(tokenizer)
     full, algo_full, _, hf_full = _trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
     full.fit()
-    part, _, _, _ = _trainer(tokenizer, data, cfg, duration='1ba', optimizer='adam', lr=1e-2,
-                             save_folder=str(tmp_path / 'ckpt'), save_interval='1ba')
+    part, _, _, _ = _trainer(
+        tokenizer,
+        data,
+        cfg,
+        duration='1ba',
+        optimizer='adam',
+        lr=1e-2,
+        save_folder=str(tmp_path / 'ckpt'),
+        save_interval='1ba',
+    )
     part.fit()
     part.close()
-    resumed, algo_res, _, hf_res = _trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2,
-                                            model_seed=5, load_path=str(tmp_path / 'ckpt' / 'ep0-ba1-rank0.pt'))
+    resumed, algo_res, _, hf_res = _trainer(
+        tokenizer,
+        data,
+        cfg,
+        duration='3ba',
+        optimizer='adam',
+        lr=1e-2,
+        model_seed=5,
+        load_path=str(tmp_path / 'ckpt' / 'ep0-ba1-rank0.pt'),
+    )
     resumed.fit()
     for (k, a), (_, b) in zip(hf_full.named_parameters(), hf_res.named_parameters()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=f'{k} differs after resume')
@@ -181,7 +233,8 @@ def test_state_dict_is_plain_and_round_trips(tokenizer):
             for v in x:
                 check(v)
         else:
-            assert isinstance(x, (torch.Tensor, int, float, str, bool)), type(x)
+            assert isinstance(x, torch.Tensor | int | float | str | bool), type(x)
+
     check(state)
     other = RLP(_config(tokenizer), seed=11)
     other.load_state_dict(state)
@@ -194,26 +247,37 @@ def test_missing_tags_refused_at_init(tokenizer):
     cfg = RLPConfig.from_dict({'template': {'open_tag': '<reason>', 'close_tag': '</reason>'}})
     hf = build_tiny_model('llama', VOCAB)
     with pytest.raises(ValueError, match='add_tags'):
-        Trainer(model=HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True), algorithms=[RLP(cfg)],
-                device='cpu', progress_bar=False, log_to_console=False)
+        Trainer(
+            model=HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True),
+            algorithms=[RLP(cfg)],
+            device='cpu',
+            progress_bar=False,
+            log_to_console=False,
+        )
 
 
-@pytest.mark.parametrize('teacher, positions', [('ema', {}), ('frozen', {'strategy': 'entropy', 'unit': 'sample',
-                                                                         'k': 2}), ('none', {'unit': 'sample'})])
+@pytest.mark.parametrize(
+    'teacher, positions',
+    [('ema', {}), ('frozen', {'strategy': 'entropy', 'unit': 'sample', 'k': 2}), ('none', {'unit': 'sample'})],
+)
 def test_teacher_kinds_and_entropy_positions(tokenizer, teacher, positions):
     """The logged reward is the gain against the chosen baseline (EMA, frozen copy = EMA at the first batch, or the
     current model), while the gain against the EMA is always logged; the entropy strategy runs in the Trainer."""
     cfg = _config(tokenizer)
-    cfg = RLPConfig.from_dict({**cfg.to_dict(), 'teacher': {'kind': teacher, 'tau': 0.5},
-                               'positions': {**cfg.to_dict()['positions'], **positions}})
+    cfg = RLPConfig.from_dict(
+        {
+            **cfg.to_dict(),
+            'teacher': {'kind': teacher, 'tau': 0.5},
+            'positions': {**cfg.to_dict()['positions'], **positions},
+        }
+    )
     trainer, algo, logger, _ = _trainer(tokenizer, _data(tokenizer), cfg)
     trainer.fit()
     reward = _series(logger, 'rlp/reward_mean')[0]
     baseline = 'rlp/gain_vs_current' if teacher == 'none' else 'rlp/gain_vs_ema'
     assert reward == pytest.approx(_series(logger, baseline)[0], abs=1e-5)
     # at the first batch every teacher equals the model, so all three baselines agree
-    assert _series(logger, 'rlp/gain_vs_ema')[0] == pytest.approx(_series(logger, 'rlp/gain_vs_current')[0],
-                                                                   abs=1e-4)
+    assert _series(logger, 'rlp/gain_vs_ema')[0] == pytest.approx(_series(logger, 'rlp/gain_vs_current')[0], abs=1e-4)
     if positions.get('strategy') == 'entropy':
         assert _series(logger, 'rlp/positions')[0] == 2 * 6  # k=2 per sample, 6 rows with eligible positions
 
@@ -222,10 +286,19 @@ def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
     import os
 
     from composer.utils import dist as cdist
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      NODE_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        NODE_RANK='0',
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from pipeline.bundled_tokenizer import load_bundled_tokenizer
+
     tok = load_bundled_tokenizer()
     cdist.initialize_dist('cpu')
     ds = _Rows(data)
@@ -233,14 +306,28 @@ def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tok, use_logits=True)
     logger = InMemoryLogger()
-    trainer = Trainer(model=model, train_dataloader=loader, max_duration='1ba',
-                      optimizers=torch.optim.SGD(model.parameters(), lr=0.5),
-                      algorithms=[RLP(RLPConfig.from_dict(cfg_dict), seed=11)], loggers=[logger], device='cpu',
-                      device_train_microbatch_size=2, progress_bar=False, log_to_console=False, seed=3)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration='1ba',
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.5),
+        algorithms=[RLP(RLPConfig.from_dict(cfg_dict), seed=11)],
+        loggers=[logger],
+        device='cpu',
+        device_train_microbatch_size=2,
+        progress_bar=False,
+        log_to_console=False,
+        seed=3,
+    )
     trainer.fit()
     if rank == 0:
-        torch.save({'params': {k: v.detach() for k, v in hf.named_parameters()},
-                    'positions': _series(logger, 'rlp/positions')}, os.path.join(out_dir, 'ddp.pt'))
+        torch.save(
+            {
+                'params': {k: v.detach() for k, v in hf.named_parameters()},
+                'positions': _series(logger, 'rlp/positions'),
+            },
+            os.path.join(out_dir, 'ddp.pt'),
+        )
 
 
 @pytest.mark.slow
@@ -250,6 +337,7 @@ def test_ddp_two_ranks_match_single_process_update(tokenizer, tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     data = _data(tokenizer, skip_rows=(1, 3, 5, 7))  # DistributedSampler gives rank 1 the odd rows
     cfg = _config(tokenizer)
     single, _, log1, hf = _trainer(tokenizer, data, cfg, microbatch=8)

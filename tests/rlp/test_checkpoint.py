@@ -24,10 +24,20 @@ def _trainer(save_folder, max_duration, autoresume=False, load_path=None):
     gen = torch.Generator().manual_seed(0)
     data = [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB, (32, 8), generator=gen)]
     model = HuggingFaceModel(build_tiny_model('gpt2', VOCAB), use_logits=True)
-    trainer = Trainer(model=model, train_dataloader=DataLoader(data, batch_size=2), max_duration=max_duration,
-                      optimizers=torch.optim.SGD(model.parameters(), lr=0.01), device='cpu', run_name='ck',
-                      save_folder=save_folder, save_interval='2ba', autoresume=autoresume, load_path=load_path,
-                      progress_bar=False, seed=1)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(data, batch_size=2),
+        max_duration=max_duration,
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+        device='cpu',
+        run_name='ck',
+        save_folder=save_folder,
+        save_interval='2ba',
+        autoresume=autoresume,
+        load_path=load_path,
+        progress_bar=False,
+        seed=1,
+    )
     set_symlink_upload_poll(trainer, 0.2)
     return trainer
 
@@ -57,8 +67,13 @@ def test_local_folder_newest_complete(tmp_path):
 
 def test_s3_listing(s3):
     """On S3 the newest ep*-ba*-rank0.pt under the prefix wins (not a longer prefix's, not the pointer)."""
-    for key in ('run/ep0-ba2-rank0.pt', 'run/ep0-ba10-rank0.pt', 'run/latest-rank0.pt.symlink',
-                'run-other/ep0-ba20-rank0.pt', 'run/ep1-ba9-rank0.pt'):
+    for key in (
+        'run/ep0-ba2-rank0.pt',
+        'run/ep0-ba10-rank0.pt',
+        'run/latest-rank0.pt.symlink',
+        'run-other/ep0-ba20-rank0.pt',
+        'run/ep1-ba9-rank0.pt',
+    ):
         s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b'x')
     assert find_latest_checkpoint(f's3://{s3.bucket}/run', 'x') == f's3://{s3.bucket}/run/ep0-ba10-rank0.pt'
     assert find_latest_checkpoint(f's3://{s3.bucket}/nothing', 'x') is None

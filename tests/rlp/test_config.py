@@ -9,8 +9,15 @@ import copy
 
 import pytest
 
-from rlp.config import (ConfigError, apply_overrides, load_recipe, parse_recipe, recipe_to_dict,
-                        resolve_variables, validate_for_world)
+from rlp.config import (
+    ConfigError,
+    apply_overrides,
+    load_recipe,
+    parse_recipe,
+    recipe_to_dict,
+    resolve_variables,
+    validate_for_world,
+)
 from rlp.rlp_config import RLPConfig
 
 BASE = {
@@ -39,12 +46,15 @@ def test_minimal_recipe_defaults():
     assert recipe_to_dict(r)['data']['streams']['web']['remote'] == 's3://bkt/web'
 
 
-@pytest.mark.parametrize('where,key', [
-    ('trainer__optimizer', 'lrr'),
-    ('data__streams__web', 'remotee'),
-    ('rlp__rollouts', 'grup_size'),
-    ('', 'trainr'),
-])
+@pytest.mark.parametrize(
+    'where,key',
+    [
+        ('trainer__optimizer', 'lrr'),
+        ('data__streams__web', 'remotee'),
+        ('rlp__rollouts', 'grup_size'),
+        ('', 'trainr'),
+    ],
+)
 def test_unknown_key_at_any_depth(where, key):
     """The error names the full key path and lists the allowed keys at that level."""
     data = recipe()
@@ -137,8 +147,7 @@ def test_variables_and_overrides(tmp_path):
     data = recipe(variables={'seq': 64, 'bucket': 's3://bkt', 'root': '${variables.bucket}/data'})
     data['data']['seq_len'] = '${variables.seq}'
     data['data']['streams']['web']['remote'] = '${variables.root}/web'
-    resolved = resolve_variables(apply_overrides(data, ['variables.seq=128', 'trainer.optimizer.lr=1e-5',
-                                                         'rlp=null']))
+    resolved = resolve_variables(apply_overrides(data, ['variables.seq=128', 'trainer.optimizer.lr=1e-5', 'rlp=null']))
     r = parse_recipe(resolved)
     assert r.data.seq_len == 128 and r.data.streams['web'].remote == 's3://bkt/data/web'
     assert r.trainer.optimizer.lr == 1e-5 and r.rlp is None

@@ -28,14 +28,18 @@ def loop_segments(length, starts):
 
 
 def loader(streams, *, batch=4, seq_len=SEQ, shuffle=True, **kw):
-    cfg = DataConfig(seq_len=seq_len, streams={k: StreamConfig(**v) for k, v in streams.items()},
-                     clean_stale_shared_memory=False, **kw)
-    return build_dataloader(cfg, run_name='t', device_batch_size=batch, seed=3, eos_token_id=EOS_ID,
-                            pad_token_id=EOS_ID)
+    cfg = DataConfig(
+        seq_len=seq_len,
+        streams={k: StreamConfig(**v) for k, v in streams.items()},
+        clean_stale_shared_memory=False,
+        **kw,
+    )
+    return build_dataloader(
+        cfg, run_name='t', device_batch_size=batch, seed=3, eos_token_id=EOS_ID, pad_token_id=EOS_ID
+    )
 
 
-@pytest.mark.parametrize('length,starts', [(10, []), (10, [0]), (10, [0, 3, 7]), (10, [4, 4, 9]),
-                                           (6, [2, 12, -1])])
+@pytest.mark.parametrize('length,starts', [(10, []), (10, [0]), (10, [0, 3, 7]), (10, [4, 4, 9]), (6, [2, 12, -1])])
 def test_segment_ids_match_loop(length, starts):
     """segment_ids_from_starts equals the loop reference, including duplicates and out-of-range starts."""
     assert segment_ids_from_starts(length, starts).tolist() == loop_segments(length, starts)
@@ -87,8 +91,10 @@ def test_llm_foundry_formats(tmp_path):
 
 def test_short_samples_are_padded_and_masked():
     """Pack mode none: shorter samples are right-padded; padding has attention 0, label -100, last segment."""
-    samples = [{'tokens': np.array([5, 6, EOS_ID]), 'doc_starts': np.array([0]), 'sample_id': 3},
-               {'tokens': np.arange(3, 9), 'doc_starts': np.array([0, 2]), 'sample_id': 9}]
+    samples = [
+        {'tokens': np.array([5, 6, EOS_ID]), 'doc_starts': np.array([0]), 'sample_id': 3},
+        {'tokens': np.arange(3, 9), 'doc_starts': np.array([0, 2]), 'sample_id': 9},
+    ]
     batch = collate_samples(samples, seq_len=6, pad_token_id=EOS_ID)
     assert batch['attention_mask'].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
     assert batch['labels'][0].tolist() == [5, 6, EOS_ID, -100, -100, -100]

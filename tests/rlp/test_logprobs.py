@@ -30,8 +30,8 @@ def _inputs(p=3, g=2, width=5, seed=0):
     ids = torch.full((p, lp), PAD)
     mask = torch.zeros((p, lp), dtype=torch.long)
     for i, n in enumerate(lens_p):
-        ids[i, lp - n:] = torch.randint(1, VOCAB, (n,), generator=gen)
-        mask[i, lp - n:] = 1
+        ids[i, lp - n :] = torch.randint(1, VOCAB, (n,), generator=gen)
+        mask[i, lp - n :] = 1
     prompts = Prompts(ids=ids, mask=mask, target=torch.randint(1, VOCAB, (p,), generator=gen))
     lengths = torch.randint(1, width + 1, (p, g), generator=gen)
     lengths[0, 0] = width
@@ -39,8 +39,15 @@ def _inputs(p=3, g=2, width=5, seed=0):
     valid = torch.arange(width) < lengths.unsqueeze(-1)
     tokens = torch.where(valid, tokens, PAD)
     z = torch.zeros((p, g, width))
-    ro = Rollouts(tokens=tokens, logp=z, mask=valid, lengths=lengths, truncated=torch.zeros_like(valid[..., 0]),
-                  nothink_logp=torch.zeros(p), decode_steps=width)
+    ro = Rollouts(
+        tokens=tokens,
+        logp=z,
+        mask=valid,
+        lengths=lengths,
+        truncated=torch.zeros_like(valid[..., 0]),
+        nothink_logp=torch.zeros(p),
+        decode_steps=width,
+    )
     return prompts, ro
 
 
@@ -53,8 +60,8 @@ def _reference(model, prompts, ro):
         for j in range(g):
             n = int(ro.lengths[i, j])
             th = ro.tokens[i, j, :n]
-            logits = model(input_ids=torch.cat([pr, th, prompts.target[i:i + 1]])[None]).logits[0].float()
-            pred = torch.log_softmax(logits[len(pr) - 1:len(pr) - 1 + n] / TEMP, -1)
+            logits = model(input_ids=torch.cat([pr, th, prompts.target[i : i + 1]])[None]).logits[0].float()
+            pred = torch.log_softmax(logits[len(pr) - 1 : len(pr) - 1 + n] / TEMP, -1)
             row = pred.gather(-1, th[:, None]).squeeze(-1)
             logp.append(torch.cat([row, row.new_zeros(width - n)]))
             s_pred.append(torch.log_softmax(logits[len(pr) - 1 + n], -1)[prompts.target[i]].detach())
@@ -152,6 +159,7 @@ def saved_bytes(fn):
         except (RuntimeError, NotImplementedError):
             pass
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(seen.values())
@@ -165,8 +173,7 @@ def test_chunked_path_saves_far_less_for_backward():
     model = build_tiny_model('llama', vocab).eval()
     prompts, ro = _inputs(width=40)
     unchunked = saved_bytes(lambda: policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD))
-    chunked = saved_bytes(lambda: policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD,
-                                                 chunk_tokens=16))
+    chunked = saved_bytes(lambda: policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=16))
     one = ro.tokens.numel() * vocab * 4  # bytes of one fp32 (N, T, V) tensor
     assert unchunked >= 2 * one
     assert chunked < one
@@ -180,12 +187,17 @@ def _fsdp_worker(rank, world, port, out_dir):
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     tdist.init_process_group('gloo', rank=rank, world_size=world)
-    model = FSDP(build_tiny_model('llama', VOCAB).eval(), use_orig_params=True, device_id=torch.device('cpu'),
-                 sharding_strategy=ShardingStrategy.FULL_SHARD,
-                 auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}))
+    model = FSDP(
+        build_tiny_model('llama', VOCAB).eval(),
+        use_orig_params=True,
+        device_id=torch.device('cpu'),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+    )
     prompts, ro = _inputs(seed=rank)
     weights = torch.randn(ro.tokens.shape, generator=torch.Generator().manual_seed(1)) * ro.mask
     res, calls, real = {}, [], scoring.chunked_token_logprobs
@@ -210,6 +222,7 @@ def test_chunked_path_under_fsdp_full_shard_two_cpu_ranks(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]

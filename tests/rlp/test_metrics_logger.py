@@ -50,11 +50,22 @@ def _fit(tmp_path, max_duration, load_path=None, algorithms=(), callbacks=()):
     data = [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB, (32, 8), generator=gen)]
     path = str(tmp_path / 'out' / 'metrics.jsonl')
     model = HuggingFaceModel(build_tiny_model('llama', VOCAB), use_logits=True)
-    trainer = Trainer(model=model, train_dataloader=DataLoader(data, batch_size=2), max_duration=max_duration,
-                      optimizers=torch.optim.SGD(model.parameters(), lr=0.01), device='cpu', run_name='m',
-                      loggers=[MetricsJsonlLogger(path)], algorithms=list(algorithms), callbacks=list(callbacks),
-                      progress_bar=False,
-                      save_folder=str(tmp_path / 'ck'), save_interval='2ba', load_path=load_path, seed=1)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(data, batch_size=2),
+        max_duration=max_duration,
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+        device='cpu',
+        run_name='m',
+        loggers=[MetricsJsonlLogger(path)],
+        algorithms=list(algorithms),
+        callbacks=list(callbacks),
+        progress_bar=False,
+        save_folder=str(tmp_path / 'ck'),
+        save_interval='2ba',
+        load_path=load_path,
+        seed=1,
+    )
     trainer.fit()
     trainer.close()
     return path

@@ -19,8 +19,10 @@ def test_pretrained_folder_round_trip(tmp_path, tokenizer):
     model = build_tiny_model('qwen3', len(tokenizer), seed=3)
     model.save_pretrained(tmp_path / 'm')
     tokenizer.save_pretrained(tmp_path / 'm')
-    loaded = build_hf_model(ModelConfig(name_or_path=str(tmp_path / 'm')), build_tokenizer(
-        TokenizerConfig(name_or_path=str(tmp_path / 'm'))))
+    loaded = build_hf_model(
+        ModelConfig(name_or_path=str(tmp_path / 'm')),
+        build_tokenizer(TokenizerConfig(name_or_path=str(tmp_path / 'm'))),
+    )
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     fresh = build_hf_model(ModelConfig(name_or_path=str(tmp_path / 'm'), pretrained=False), tokenizer, seed=1)
@@ -30,8 +32,16 @@ def test_pretrained_folder_round_trip(tmp_path, tokenizer):
 
 def test_random_init_from_config_is_seeded(tokenizer):
     """The same seed gives the same weights, another seed different ones; vocab = len(tokenizer)."""
-    cfg = ModelConfig(config={'model_type': 'llama', 'hidden_size': 32, 'intermediate_size': 64,
-                              'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2})
+    cfg = ModelConfig(
+        config={
+            'model_type': 'llama',
+            'hidden_size': 32,
+            'intermediate_size': 64,
+            'num_hidden_layers': 2,
+            'num_attention_heads': 4,
+            'num_key_value_heads': 2,
+        }
+    )
     a, b, c = (build_hf_model(cfg, tokenizer, seed=s) for s in (5, 5, 6))
     assert a.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert torch.equal(a.lm_head.weight, b.lm_head.weight) and not torch.equal(a.lm_head.weight, c.lm_head.weight)
@@ -42,7 +52,8 @@ def test_bundled_tokenizer_and_tag_adding(tokenizer):
     model, tok = build_composer_model(
         ModelConfig(config={'model_type': 'gpt2', 'n_embd': 32, 'n_layer': 1, 'n_head': 4}),
         TokenizerConfig(name_or_path='bundled'),
-        template=TemplateConfig(open_tag='<reason>', close_tag='</reason>', add_tags=True))
+        template=TemplateConfig(open_tag='<reason>', close_tag='</reason>', add_tags=True),
+    )
     assert len(tok) == len(tokenizer) + 2 and tok.convert_tokens_to_ids('<reason>') >= len(tokenizer)
     assert model.model.get_input_embeddings().weight.shape[0] == len(tok)
     assert model.tokenizer is tok

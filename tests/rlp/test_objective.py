@@ -16,8 +16,11 @@ import torch
 from rlp.objective import clipped_surrogate, group_advantages, information_gain
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.bfloat16: dict(rtol=1e-5, atol=1e-5)}
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.bfloat16: dict(rtol=1e-5, atol=1e-5),
+}
 
 
 def ref_advantages(rewards, std_normalize=False, eps=1e-6):
@@ -126,8 +129,10 @@ def test_clipped_surrogate_explicit_normalizer_is_sum_over_count():
     new, old, adv, mask = _random_case(7, 6, 4, 5, torch.float64)
     full, _ = clipped_surrogate(new, old, adv, mask, 0.2, 0.2)
     n = (mask.sum(-1) > 0).sum()
-    parts = sum(clipped_surrogate(new[i:i + 2], old[i:i + 2], adv[i:i + 2], mask[i:i + 2], 0.2, 0.2,
-                                  normalizer=n)[0] for i in range(0, 6, 2))
+    parts = sum(
+        clipped_surrogate(new[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], 0.2, 0.2, normalizer=n)[0]
+        for i in range(0, 6, 2)
+    )
     torch.testing.assert_close(parts, full)
 
 
@@ -137,11 +142,11 @@ def test_clip_branches_by_hand():
     rho = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.0])
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
     want = [
-        -1.2,   # rho > 1+eps, A > 0: clipped to 1.2 (no incentive to push further)
-        1.5,    # rho > 1+eps, A < 0: unclipped branch, -(1.5 * -1)
-        -0.5,   # rho < 1-eps, A > 0: unclipped branch
-        0.8,    # rho < 1-eps, A < 0: clipped to 0.8
-        -2.0,   # rho == 1: plain REINFORCE value
+        -1.2,  # rho > 1+eps, A > 0: clipped to 1.2 (no incentive to push further)
+        1.5,  # rho > 1+eps, A < 0: unclipped branch, -(1.5 * -1)
+        -0.5,  # rho < 1-eps, A > 0: unclipped branch
+        0.8,  # rho < 1-eps, A < 0: clipped to 0.8
+        -2.0,  # rho == 1: plain REINFORCE value
     ]
     new = torch.log(rho).view(5, 1, 1)
     old = torch.zeros(5, 1, 1)
@@ -190,8 +195,9 @@ def test_poison_in_masked_slots_changes_nothing():
 def test_all_masked_and_empty_thoughts_give_zero_loss_with_graph():
     """No masked-in token at all: loss is exactly 0, finite, has a grad_fn, gradient zero; metrics finite."""
     new = torch.randn(2, 3, 4, requires_grad=True)
-    loss, m = clipped_surrogate(new, torch.randn(2, 3, 4), torch.randn(2, 3), torch.zeros(2, 3, 4, dtype=bool),
-                                0.2, 0.2)
+    loss, m = clipped_surrogate(
+        new, torch.randn(2, 3, 4), torch.randn(2, 3), torch.zeros(2, 3, 4, dtype=bool), 0.2, 0.2
+    )
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
     assert torch.equal(new.grad, torch.zeros_like(new))
@@ -199,8 +205,7 @@ def test_all_masked_and_empty_thoughts_give_zero_loss_with_graph():
     assert m['ratio_min'].item() == 1.0 and m['ratio_max'].item() == 1.0
     # zero-size batch (no positions at all)
     empty = torch.zeros(0, 2, 3, requires_grad=True)
-    loss0, m0 = clipped_surrogate(empty, empty.detach(), torch.zeros(0, 2), torch.zeros(0, 2, 3, dtype=bool),
-                                  0.2, 0.2)
+    loss0, m0 = clipped_surrogate(empty, empty.detach(), torch.zeros(0, 2), torch.zeros(0, 2, 3, dtype=bool), 0.2, 0.2)
     assert loss0.item() == 0.0 and loss0.requires_grad
     assert all(torch.isfinite(v).all() for v in m0.values())
 

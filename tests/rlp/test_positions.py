@@ -108,7 +108,7 @@ def test_keyed_determinism_and_microbatch_invariance():
     again = _select(ids, seg, cfg, keys, batch_index=7)
     assert torch.equal(full.target, again.target) and torch.equal(full.row, again.row)
     for r in range(4):
-        alone = _select(ids[r:r + 1], seg[r:r + 1], cfg, [keys[r]], batch_index=7)
+        alone = _select(ids[r : r + 1], seg[r : r + 1], cfg, [keys[r]], batch_index=7)
         assert alone.target.tolist() == full.target[full.row == r].tolist()
     other_batch = _select(ids, seg, cfg, keys, batch_index=8)
     assert not torch.equal(full.target, other_batch.target)

@@ -19,8 +19,14 @@ RECIPES = sorted((REPO / 'recipes').glob('*.yaml'))
 def test_expected_recipes_exist():
     """The recipes the project documents are all there."""
     names = {p.name for p in RECIPES}
-    assert {'smoke-cpu.yaml', 'qwen3-1.7b-rlp.yaml', 'qwen3-1.7b-rlp-ntp.yaml', 'cpt-baseline.yaml',
-            'nemotron-nano-12b-rlp.yaml', 'qwen3-1.7b-rlp-mixture.yaml'} <= names
+    assert {
+        'smoke-cpu.yaml',
+        'qwen3-1.7b-rlp.yaml',
+        'qwen3-1.7b-rlp-ntp.yaml',
+        'cpt-baseline.yaml',
+        'nemotron-nano-12b-rlp.yaml',
+        'qwen3-1.7b-rlp-mixture.yaml',
+    } <= names
 
 
 @pytest.mark.parametrize('path', RECIPES, ids=[p.name for p in RECIPES])
@@ -36,12 +42,14 @@ def test_recipe_validates(path: Path):
 def test_paper_recipe_matches_paper():
     """qwen3-1.7b-rlp.yaml carries the paper's settings (arXiv 2510.01265 App. 10)."""
     r = load_recipe(REPO / 'recipes' / 'qwen3-1.7b-rlp.yaml')
-    assert (r.rlp.rollouts.group_size, r.rlp.rollouts.max_thought_tokens, r.rlp.rollouts.temperature) == (16, 2048,
-                                                                                                          0.7)
+    assert (r.rlp.rollouts.group_size, r.rlp.rollouts.max_thought_tokens, r.rlp.rollouts.temperature) == (16, 2048, 0.7)
     assert (r.rlp.teacher.kind, r.rlp.teacher.tau, r.rlp.loss.ntp_weight) == ('ema', 0.999, 0.0)
     assert (r.rlp.positions.unit, r.rlp.positions.k, r.data.seq_len) == ('document', 1, 2048)
-    assert (r.trainer.optimizer.lr, r.trainer.scheduler.name, r.trainer.global_train_batch_size) == (1e-6,
-                                                                                                      'constant', 512)
+    assert (r.trainer.optimizer.lr, r.trainer.scheduler.name, r.trainer.global_train_batch_size) == (
+        1e-6,
+        'constant',
+        512,
+    )
     assert r.trainer.precision == 'amp_bf16' and r.trainer.fsdp is not None
     assert load_recipe(REPO / 'recipes' / 'qwen3-1.7b-rlp-ntp.yaml').rlp.loss.ntp_weight > 0
     assert load_recipe(REPO / 'recipes' / 'cpt-baseline.yaml').rlp is None
@@ -56,11 +64,28 @@ def test_smoke_recipe_trains_on_bundled_corpus(tmp_path):
     from pipeline.synthetic import write_jsonl
 
     write_jsonl(tmp_path / 'corpus.jsonl', 400, seed=0)
-    prepare(PrepareArgs(inputs=[str(tmp_path / 'corpus.jsonl')], tokenizer=str(bundled_tokenizer_dir()),
-                        seq_len=128, out=str(tmp_path / 'data'), eos_text=EOS_TEXT, progress=False), log=lambda *a: None)
-    proc = launch(REPO / 'recipes' / 'smoke-cpu.yaml', nproc=None, cwd=tmp_path,
-                  overrides=(f'variables.data_dir={tmp_path / "data"}', 'trainer.max_duration=3ba',
-                             'rlp.log.every_n_batches=1', 'data.clean_stale_shared_memory=false'))
+    prepare(
+        PrepareArgs(
+            inputs=[str(tmp_path / 'corpus.jsonl')],
+            tokenizer=str(bundled_tokenizer_dir()),
+            seq_len=128,
+            out=str(tmp_path / 'data'),
+            eos_text=EOS_TEXT,
+            progress=False,
+        ),
+        log=lambda *a: None,
+    )
+    proc = launch(
+        REPO / 'recipes' / 'smoke-cpu.yaml',
+        nproc=None,
+        cwd=tmp_path,
+        overrides=(
+            f'variables.data_dir={tmp_path / "data"}',
+            'trainer.max_duration=3ba',
+            'rlp.log.every_n_batches=1',
+            'data.clean_stale_shared_memory=false',
+        ),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / 'runs' / 'smoke-cpu'
     assert sorted(read_metrics(str(run / 'metrics.jsonl'))) == [0, 1, 2]

@@ -1,12 +1,13 @@
 """Exact resumption and elasticity, end to end through the launcher, data and checkpoints on the local S3 server.
 
 For `composer -n 1` and `composer -n 2` (gloo): an uninterrupted 12-batch run (no checkpoints at all, so saving has
-no side effect either) is compared with a run that checkpoints every 4 batches, is SIGKILLed (launcher, ranks
-and Composer's uploader together) after batch 6 - between the ba4 and ba8 checkpoints, once ba4 is on S3 - and
-is started again with the same command in the same folder. Per batch, the sample ids, the losses (total, ntp, rlp) and the RLP rewards/scores in
-`metrics.jsonl` must be bitwise equal. Elasticity: the uninterrupted runs on 1 and 2 ranks see the same global
-batches (same sample ids per batch). The recipe is a tiny Llama with RLP mixed with NTP (G 2, 3-token thoughts)
-and a batch split into microbatches of 1, so the algorithm's keyed randomness and accumulation are covered too.
+no side effect either) is compared with a run that checkpoints every 4 batches, is SIGKILLed (launcher, ranks and
+Composer's uploader together) after batch 6 - between the ba4 and ba8 checkpoints, once ba4 is on S3 - and is
+started again with the same command in the same folder. Per batch, the sample ids, the losses (total, ntp, rlp) and
+the RLP rewards/scores in `metrics.jsonl` must be bitwise equal. Elasticity: the uninterrupted runs on 1 and 2 ranks
+see the same global batches (same sample ids per batch). The recipe is a tiny Llama with RLP mixed with NTP (G 2,
+3-token thoughts) and a batch split into microbatches of 1, so the algorithm's keyed randomness and accumulation are
+covered too.
 """
 
 from __future__ import annotations
@@ -32,16 +33,31 @@ TINY_RLP = {
     'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
     'log': {'every_n_batches': 4},
 }
-COMPARED = ('sample_ids', 'loss/train/total', 'loss/train/ntp', 'loss/train/rlp', 'rlp/reward_mean',
-            'rlp/reward_std', 'rlp/s_pred', 'rlp/s_ema', 'rlp/gain_vs_ema', 'rlp/advantage_std')
+COMPARED = (
+    'sample_ids',
+    'loss/train/total',
+    'loss/train/ntp',
+    'loss/train/rlp',
+    'rlp/reward_mean',
+    'rlp/reward_std',
+    'rlp/s_pred',
+    'rlp/s_ema',
+    'rlp/gain_vs_ema',
+    'rlp/advantage_std',
+)
 _names = itertools.count()
 
 
 @pytest.fixture(scope='module')
 def world(s3_server, tmp_path_factory):
     """A bucket holding the training data (64 packed samples) and the env that points subprocesses at it."""
-    env = {'S3_ENDPOINT_URL': s3_server, 'AWS_ENDPOINT_URL': s3_server, 'AWS_ACCESS_KEY_ID': 'testing',
-           'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}
+    env = {
+        'S3_ENDPOINT_URL': s3_server,
+        'AWS_ENDPOINT_URL': s3_server,
+        'AWS_ACCESS_KEY_ID': 'testing',
+        'AWS_SECRET_ACCESS_KEY': 'testing',
+        'AWS_DEFAULT_REGION': 'us-east-1',
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -61,9 +77,15 @@ def _setup(world, name, checkpoints=True):
     cwd = world['root'] / name
     cwd.mkdir()
     save = f's3://{world["bucket"]}/ckpt-{name}/{{run_name}}' if checkpoints else None
-    recipe = tiny_recipe(streams={'web': {'remote': f's3://{world["bucket"]}/data', 'split': 'train'}},
-                         run_name='resume', max_duration='12ba', save_interval='4ba', microbatch=1,
-                         save_folder=save, rlp=TINY_RLP)
+    recipe = tiny_recipe(
+        streams={'web': {'remote': f's3://{world["bucket"]}/data', 'split': 'train'}},
+        run_name='resume',
+        max_duration='12ba',
+        save_interval='4ba',
+        microbatch=1,
+        save_folder=save,
+        rlp=TINY_RLP,
+    )
     return cwd, write_recipe(cwd / 'recipe.yaml', recipe)
 
 
@@ -119,7 +141,8 @@ def test_kill_and_restart_is_bitwise_identical(world, nproc):
             assert key in reference[batch], f'{key} missing from batch {batch}: {sorted(reference[batch])}'
             assert resumed[batch][key] == reference[batch][key], (
                 f'-n {nproc}, batch {batch}, {key}: {resumed[batch][key]!r} != {reference[batch][key]!r} '
-                f'(S3 at kill: {keys_at_kill})')
+                f'(S3 at kill: {keys_at_kill})'
+            )
 
 
 def test_same_global_batches_on_one_and_two_ranks(world):

@@ -24,28 +24,31 @@ def test_nested_values_and_unknown_keys():
     """Nested sections are built; a typo at depth 2 is an error naming the path and the allowed keys."""
     cfg = RLPConfig.from_dict({'rollouts': {'group_size': 4, 'top_p': 0.9}, 'teacher': {'kind': 'frozen'}})
     assert cfg.rollouts.group_size == 4 and cfg.teacher.kind == 'frozen'
-    with pytest.raises(ConfigError, match=r"rlp\.rollouts\.groupsize.*group_size"):
+    with pytest.raises(ConfigError, match=r'rlp\.rollouts\.groupsize.*group_size'):
         RLPConfig.from_dict({'rollouts': {'groupsize': 4}})
     with pytest.raises(ConfigError, match='allowed values'):
         RLPConfig.from_dict({'teacher': {'kind': 'mean'}})
 
 
-@pytest.mark.parametrize('section, values, message', [
-    ('rollouts', {'group_size': 1}, 'group_size must be >= 2'),
-    ('rollouts', {'temperature': 0}, 'temperature must be > 0'),
-    ('rollouts', {'top_p': 1.5}, r'top_p must be in \(0, 1\]'),
-    ('rollouts', {'max_thought_tokens': 0}, 'max_thought_tokens must be > 0'),
-    ('loss', {'eps_low': 1.0}, r'eps_low must be in \[0, 1\)'),
-    ('loss', {'eps_high': -0.1}, 'eps_high must be >= 0'),
-    ('loss', {'ntp_weight': 0, 'rlp_weight': 0}, 'nothing would be trained'),
-    ('loss', {'rlp_weight': -1}, 'rlp_weight must be >= 0'),
-    ('loss', {'logprob_chunk_tokens': 0}, 'logprob_chunk_tokens must be > 0'),
-    ('teacher', {'tau': 1.5}, r'tau must be in \[0, 1\]'),
-    ('positions', {'max_context': 0}, 'max_context must be > 0'),
-    ('positions', {'max_per_sample': 0}, 'max_per_sample must be > 0'),
-    ('log', {'every_n_batches': 0}, 'every_n_batches must be > 0'),
-    ('log', {'max_rows': 0}, 'max_rows must be > 0'),
-])
+@pytest.mark.parametrize(
+    'section, values, message',
+    [
+        ('rollouts', {'group_size': 1}, 'group_size must be >= 2'),
+        ('rollouts', {'temperature': 0}, 'temperature must be > 0'),
+        ('rollouts', {'top_p': 1.5}, r'top_p must be in \(0, 1\]'),
+        ('rollouts', {'max_thought_tokens': 0}, 'max_thought_tokens must be > 0'),
+        ('loss', {'eps_low': 1.0}, r'eps_low must be in \[0, 1\)'),
+        ('loss', {'eps_high': -0.1}, 'eps_high must be >= 0'),
+        ('loss', {'ntp_weight': 0, 'rlp_weight': 0}, 'nothing would be trained'),
+        ('loss', {'rlp_weight': -1}, 'rlp_weight must be >= 0'),
+        ('loss', {'logprob_chunk_tokens': 0}, 'logprob_chunk_tokens must be > 0'),
+        ('teacher', {'tau': 1.5}, r'tau must be in \[0, 1\]'),
+        ('positions', {'max_context': 0}, 'max_context must be > 0'),
+        ('positions', {'max_per_sample': 0}, 'max_per_sample must be > 0'),
+        ('log', {'every_n_batches': 0}, 'every_n_batches must be > 0'),
+        ('log', {'max_rows': 0}, 'max_rows must be > 0'),
+    ],
+)
 def test_bad_values_are_refused(section, values, message):
     """Each out-of-range value raises ConfigError with a message naming the key and the rule."""
     with pytest.raises(ConfigError, match=message):

@@ -46,11 +46,16 @@ def packed_batch(tokenizer, rows: int, length: int, seed: int = 0):
         d += 1
         if len(ids) >= rows * length:
             break
-    x = torch.tensor(ids[:rows * length]).view(rows, length)
-    s = torch.tensor(seg[:rows * length]).view(rows, length)
+    x = torch.tensor(ids[: rows * length]).view(rows, length)
+    s = torch.tensor(seg[: rows * length]).view(rows, length)
     s = s - s[:, :1]  # segment ids restart at 0 in every row
-    return {'input_ids': x, 'labels': x.clone(), 'attention_mask': torch.ones_like(x), 'segment_ids': s,
-            'sample_id': torch.arange(100, 100 + rows)}
+    return {
+        'input_ids': x,
+        'labels': x.clone(),
+        'attention_mask': torch.ones_like(x),
+        'segment_ids': s,
+        'sample_id': torch.arange(100, 100 + rows),
+    }
 
 
 def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think.'):
@@ -58,9 +63,15 @@ def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think
     model = close_biased(build_tiny_model(kind, VOCAB), tpl.close_id, bias)
     batch = packed_batch(tokenizer, rows, length)
     keys = [str(int(s)) for s in batch['sample_id']]
-    pos = select_positions(batch['input_ids'], batch['segment_ids'], keys,
-                           PositionsConfig(unit='sample', k=k, min_context=4), tpl.excluded_targets,
-                           seed=0, batch_index=3)
+    pos = select_positions(
+        batch['input_ids'],
+        batch['segment_ids'],
+        keys,
+        PositionsConfig(unit='sample', k=k, min_context=4),
+        tpl.excluded_targets,
+        seed=0,
+        batch_index=3,
+    )
     prompts = build_prompts(batch['input_ids'], pos, tpl, pad_id=0)
     rkeys = [(0, 3, keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
     return tpl, model, batch, pos, prompts, rkeys
@@ -76,8 +87,16 @@ def test_shared_cache_matches_full_forward(tokenizer, kind):
     forwards of the unpadded sequence without any cache (eval mode, float32 tolerance)."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind)
     g, temp = 3, 0.7
-    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, g, 6), temperature=temp, top_p=1.0,
-                         close_id=tpl.close_id, pad_id=0)
+    ro = sample_thoughts(
+        model,
+        model,
+        prompts,
+        rollout_uniforms(rkeys, g, 6),
+        temperature=temp,
+        top_p=1.0,
+        close_id=tpl.close_id,
+        pad_id=0,
+    )
     assert 0 < ro.truncated.float().mean() < 1, 'the bias should give a mix of closed and truncated thoughts'
     model.eval()
     logp_new, s_pred = policy_forward(model, prompts, ro, temperature=temp, pad_id=0)
@@ -91,9 +110,9 @@ def test_shared_cache_matches_full_forward(tokenizer, kind):
             for j in range(g):
                 n = int(ro.lengths[i, j])
                 thought = ro.tokens[i, j, :n]
-                seq = torch.cat([prompt, thought, prompts.target[i:i + 1]])
+                seq = torch.cat([prompt, thought, prompts.target[i : i + 1]])
                 logits = model(seq[None]).logits[0]
-                lp = torch.log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + n] / temp, -1)
+                lp = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + n] / temp, -1)
                 ref = lp.gather(-1, thought[:, None]).squeeze(-1)
                 m = ro.mask[i, j, :n]
                 torch.testing.assert_close(ro.logp[i, j, :n][m], ref[m], atol=2e-5, rtol=1e-5)
@@ -106,13 +125,21 @@ def test_stop_and_force_close_rules(tokenizer):
     """A sampled closing tag ends the thought and is trained; after it only padding; a thought that reaches
     max_thought_tokens gets a forced, untrained closing tag and is flagged truncated."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=2.0)
-    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 4, 5), temperature=1.0, top_p=1.0,
-                         close_id=tpl.close_id, pad_id=0)
+    ro = sample_thoughts(
+        model,
+        model,
+        prompts,
+        rollout_uniforms(rkeys, 4, 5),
+        temperature=1.0,
+        top_p=1.0,
+        close_id=tpl.close_id,
+        pad_id=0,
+    )
     for i in range(len(prompts)):
         for j in range(4):
             n = int(ro.lengths[i, j])
             row, m = ro.tokens[i, j], ro.mask[i, j]
-            assert row[n - 1] == tpl.close_id and (row[:n - 1] != tpl.close_id).all()
+            assert row[n - 1] == tpl.close_id and (row[: n - 1] != tpl.close_id).all()
             assert (row[n:] == 0).all() and not m[n:].any()
             if ro.truncated[i, j]:
                 assert n == 6 and m[:5].all() and not m[5]  # 5 sampled tokens + forced close
@@ -121,12 +148,28 @@ def test_stop_and_force_close_rules(tokenizer):
                 assert n <= 5 and m[:n].all()  # sampled close is trained
     assert ro.truncated.any() and (~ro.truncated).any()
     never = close_biased(build_tiny_model('gpt2', VOCAB), tpl.close_id, -50.0)
-    ro2 = sample_thoughts(never, never, prompts, rollout_uniforms(rkeys, 2, 3), temperature=1.0, top_p=1.0,
-                          close_id=tpl.close_id, pad_id=0)
+    ro2 = sample_thoughts(
+        never,
+        never,
+        prompts,
+        rollout_uniforms(rkeys, 2, 3),
+        temperature=1.0,
+        top_p=1.0,
+        close_id=tpl.close_id,
+        pad_id=0,
+    )
     assert ro2.truncated.all() and (ro2.lengths == 4).all() and ro2.decode_steps == 2
     always = close_biased(build_tiny_model('qwen3', VOCAB), tpl.close_id, 50.0)
-    ro3 = sample_thoughts(always, always, prompts, rollout_uniforms(rkeys, 2, 3), temperature=1.0, top_p=1.0,
-                          close_id=tpl.close_id, pad_id=0)
+    ro3 = sample_thoughts(
+        always,
+        always,
+        prompts,
+        rollout_uniforms(rkeys, 2, 3),
+        temperature=1.0,
+        top_p=1.0,
+        close_id=tpl.close_id,
+        pad_id=0,
+    )
     assert (ro3.lengths == 1).all() and ro3.mask[..., 0].all() and ro3.decode_steps == 0  # empty thought
 
 
@@ -142,9 +185,10 @@ def test_keyed_determinism_batched_equals_one_by_one_and_mode_restored(tokenizer
     assert model.training
     assert torch.equal(a.tokens, b.tokens) and not a.logp.requires_grad
     for i in range(len(prompts)):
-        sub = build_prompts(batch['input_ids'], type(pos)(pos.row[i:i + 1], pos.target[i:i + 1],
-                                                          pos.start[i:i + 1], 1, 0), tpl, 0)
-        one = sample_thoughts(model, model, sub, u[i:i + 1], **kw)
+        sub = build_prompts(
+            batch['input_ids'], type(pos)(pos.row[i : i + 1], pos.target[i : i + 1], pos.start[i : i + 1], 1, 0), tpl, 0
+        )
+        one = sample_thoughts(model, model, sub, u[i : i + 1], **kw)
         n = one.tokens.shape[-1]
         assert torch.equal(one.tokens[0], a.tokens[i, :, :n]), f'position {i} differs when sampled alone'
     other = sample_thoughts(model, model, prompts, rollout_uniforms([k + ('x',) for k in rkeys], 3, 6), **kw)
@@ -188,8 +232,17 @@ def _synced_worker(rank, world, port, out_dir, prompts, rkeys, close_id):
     torch.distributed.init_process_group('gloo', rank=rank, world_size=world)
     try:
         model = close_biased(build_tiny_model('llama', VOCAB), close_id, 50.0 if rank == 0 else -50.0)
-        ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 2, 5), temperature=1.0, top_p=1.0,
-                             close_id=close_id, pad_id=0, synced=True)
+        ro = sample_thoughts(
+            model,
+            model,
+            prompts,
+            rollout_uniforms(rkeys, 2, 5),
+            temperature=1.0,
+            top_p=1.0,
+            close_id=close_id,
+            pad_id=0,
+            synced=True,
+        )
         torch.save({'steps': ro.decode_steps, 'lengths': ro.lengths}, os.path.join(out_dir, f'{rank}.pt'))
     finally:
         torch.distributed.destroy_process_group()
@@ -202,6 +255,7 @@ def test_synced_decoding_keeps_ranks_in_step(tokenizer, tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     tpl, _, _, _, prompts, rkeys = _setup(tokenizer, 'llama')
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -44,19 +44,22 @@ def test_yaml_style_float_strings_are_numbers():
     assert build(Inner, {'lr': '1e-6'}).lr == 1e-6
 
 
-@pytest.mark.parametrize('data, match', [
-    ({'name': 'x', 'typo': 1}, r"unknown key 'typo'; allowed keys at the top level: flag, inner, limit, name"),
-    ({'name': 'x', 'inner': {'lrr': 1}}, r"unknown key 'inner.lrr'; allowed keys at inner: kind, lr"),
-    ({'name': 'x', 'streams': {'web': {'bad': 1}}}, r"unknown key 'streams.web.bad'"),
-    ({}, r"missing required key 'name'"),
-    ({'name': 3}, r"name: got 3, expected a string"),
-    ({'name': 'x', 'flag': 'yes'}, r"flag: got 'yes', expected true or false"),
-    ({'name': 'x', 'limit': True}, r"limit: got True, expected"),
-    ({'name': 'x', 'tags': [1, 'a']}, r"tags\[1\]: got 'a', expected an integer"),
-    ({'name': 'x', 'inner': {'kind': 'c'}}, r"inner.kind: got 'c', allowed values: 'a', 'b'"),
-    ({'name': 'x', 'inner': {'lr': -1}}, r"inner: lr must be > 0, got -1.0"),
-    ({'name': 'x', 'inner': 5}, r"inner: got 5, expected a mapping"),
-])
+@pytest.mark.parametrize(
+    'data, match',
+    [
+        ({'name': 'x', 'typo': 1}, r"unknown key 'typo'; allowed keys at the top level: flag, inner, limit, name"),
+        ({'name': 'x', 'inner': {'lrr': 1}}, r"unknown key 'inner.lrr'; allowed keys at inner: kind, lr"),
+        ({'name': 'x', 'streams': {'web': {'bad': 1}}}, r"unknown key 'streams.web.bad'"),
+        ({}, r"missing required key 'name'"),
+        ({'name': 3}, r'name: got 3, expected a string'),
+        ({'name': 'x', 'flag': 'yes'}, r"flag: got 'yes', expected true or false"),
+        ({'name': 'x', 'limit': True}, r'limit: got True, expected'),
+        ({'name': 'x', 'tags': [1, 'a']}, r"tags\[1\]: got 'a', expected an integer"),
+        ({'name': 'x', 'inner': {'kind': 'c'}}, r"inner.kind: got 'c', allowed values: 'a', 'b'"),
+        ({'name': 'x', 'inner': {'lr': -1}}, r'inner: lr must be > 0, got -1.0'),
+        ({'name': 'x', 'inner': 5}, r'inner: got 5, expected a mapping'),
+    ],
+)
 def test_errors_name_path_rule_and_allowed(data, match):
     with pytest.raises(ConfigError, match=match):
         build(Outer, data)

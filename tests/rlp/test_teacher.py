@@ -45,7 +45,7 @@ def test_teacher_is_independent_copy_and_tau_extremes():
     t0.update(model)
     for k, v in t1.ema.module.state_dict().items():
         assert torch.equal(v, before[k])
-    for (k, v), (_, m) in zip(t0.ema.module.named_parameters(), model.named_parameters()):
+    for (_, v), (_, m) in zip(t0.ema.module.named_parameters(), model.named_parameters()):
         torch.testing.assert_close(v, m.detach())
 
 
@@ -84,7 +84,8 @@ def test_state_round_trip_before_and_after_creation():
                 yield from leaves(v)
         else:
             yield x
-    assert all(isinstance(v, (torch.Tensor, int)) for v in leaves(state))
+
+    assert all(isinstance(v, torch.Tensor | int) for v in leaves(state))
 
     fresh_model = build_tiny_model('qwen3', 64, seed=9)
     dst = Teachers('frozen', 0.8)

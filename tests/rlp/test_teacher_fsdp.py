@@ -32,8 +32,15 @@ def _run(tokenizer, lazy, monkeypatch, callbacks=()):
     with monkeypatch.context() as m:
         if lazy:  # the former behaviour: nothing at INIT, deepcopy of the model at the first batch
             m.setattr(Teachers, 'create', lambda self, model: None)
-        trainer, algo, logger, hf = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='3ba',
-                                             optimizer='adam', lr=1e-2, callbacks=list(callbacks))
+        trainer, algo, logger, hf = _trainer(
+            tokenizer,
+            _data(tokenizer),
+            _config(tokenizer),
+            duration='3ba',
+            optimizer='adam',
+            lr=1e-2,
+            callbacks=list(callbacks),
+        )
         assert (algo.teachers.ema.module is None) == lazy
         trainer.fit()
     return algo, logger, hf
@@ -82,8 +89,7 @@ def test_teacher_equals_theta_at_first_batch_when_theta_changes_after_init(token
     """The INIT copy is re-synced phi <- theta at the first batch: equal to the model as it is then."""
     ref = []
     cb = _PerturbAtFitStart(ref)
-    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='1ba',
-                                   callbacks=[cb])
+    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='1ba', callbacks=[cb])
     ref.append(algo)
     assert algo.teachers.ema.module is not None and not algo.teachers.ema.synced
     assert algo.state_dict()['teacher']['ema'] == {}  # nothing to save before the first batch
@@ -96,6 +102,7 @@ def test_meta_skeleton_materialised_and_synced():
     device and copies theta (parameters AND non-persistent buffers such as rotary inv_freq); restored weights
     pending on a skeleton are applied instead of theta."""
     from transformers import AutoModelForCausalLM
+
     with torch.device('meta'):
         meta = AutoModelForCausalLM.from_config(tiny_config('llama', 64))
     real = build_tiny_model('llama', 64, seed=3)
@@ -128,8 +135,11 @@ def test_state_round_trips_through_sharded_checkpoint_layout(tokenizer, tmp_path
     trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='2ba')
     trainer.fit()
     saved = {'state': {'algorithms': [('RLP', algo.state_dict())]}}
-    dcp.save(state_dict=saved, storage_writer=dcp.FileSystemWriter(str(tmp_path)),
-             planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
+    dcp.save(
+        state_dict=saved,
+        storage_writer=dcp.FileSystemWriter(str(tmp_path)),
+        planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True),
+    )
     _, fresh, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), model_seed=4)
     target = {'state': {'algorithms': [('RLP', fresh.state_dict())]}}
     assert target['state']['algorithms'][0][1]['teacher']['ema'] == {}
@@ -146,6 +156,7 @@ def _fsdp_cpu_worker(rank, world, port, out_dir):
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     tdist.init_process_group('gloo', rank=rank, world_size=world)
@@ -153,9 +164,13 @@ def _fsdp_cpu_worker(rank, world, port, out_dir):
     theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     teachers = Teachers('ema', 0.25)
     teachers.create(model)  # as at Event.INIT: before wrapping
-    wrapped = FSDP(model, use_orig_params=True, device_id=torch.device('cpu'),
-                   sharding_strategy=ShardingStrategy.FULL_SHARD,
-                   auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}))
+    wrapped = FSDP(
+        model,
+        use_orig_params=True,
+        device_id=torch.device('cpu'),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+    )
     local = sum(p.numel() for p in wrapped.parameters())
     teachers.ensure(wrapped, torch.device('cpu'))
     synced = all(torch.equal(v, theta0[k]) for k, v in teachers.ema.module.named_parameters())
@@ -166,10 +181,17 @@ def _fsdp_cpu_worker(rank, world, port, out_dir):
     teachers.update(wrapped)
     with full_params(wrapped):
         theta1 = {k.replace('_fsdp_wrapped_module.', ''): v.detach().clone() for k, v in wrapped.named_parameters()}
-    torch.save({'synced': synced, 'local': local, 'full': sum(v.numel() for v in theta0.values()),
-                'theta0': theta0, 'theta1': theta1,
-                'teacher': {k: v.clone() for k, v in teachers.ema.module.named_parameters()}},
-               os.path.join(out_dir, f'rank{rank}.pt'))
+    torch.save(
+        {
+            'synced': synced,
+            'local': local,
+            'full': sum(v.numel() for v in theta0.values()),
+            'theta0': theta0,
+            'theta1': theta1,
+            'teacher': {k: v.clone() for k, v in teachers.ema.module.named_parameters()},
+        },
+        os.path.join(out_dir, f'rank{rank}.pt'),
+    )
     tdist.destroy_process_group()
 
 
@@ -181,6 +203,7 @@ def test_fsdp_full_shard_two_cpu_ranks(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
@@ -205,8 +228,12 @@ class _RecordTheta(Callback):
     def _grab(self, state):
         hf = state.model.model
         with full_params(hf):
-            self.thetas.append({k.replace('_fsdp_wrapped_module.', ''): v.detach().float().cpu().clone()
-                                for k, v in hf.named_parameters()})
+            self.thetas.append(
+                {
+                    k.replace('_fsdp_wrapped_module.', ''): v.detach().float().cpu().clone()
+                    for k, v in hf.named_parameters()
+                }
+            )
 
     def fit_start(self, state, logger):
         self._grab(state)
@@ -216,8 +243,15 @@ class _RecordTheta(Callback):
 
 
 def _fsdp_worker(rank, port, out_path, data, cfg_dict, tau):
-    os.environ.update(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', LOCAL_WORLD_SIZE='1', NODE_RANK='0',
-                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    os.environ.update(
+        RANK='0',
+        WORLD_SIZE='1',
+        LOCAL_RANK='0',
+        LOCAL_WORLD_SIZE='1',
+        NODE_RANK='0',
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+    )
     from composer import Trainer
     from composer.loggers import InMemoryLogger
     from composer.models import HuggingFaceModel
@@ -228,25 +262,44 @@ def _fsdp_worker(rank, port, out_path, data, cfg_dict, tau):
     from rlp.rlp_config import RLPConfig
     from tests.rlp.test_algorithm import CLOSE_ID, _Rows
     from tests.rlp.test_rollouts import VOCAB, close_biased
+
     tok = load_bundled_tokenizer()
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tok, use_logits=True)
     cfg = RLPConfig.from_dict({**cfg_dict, 'teacher': {'kind': 'ema', 'tau': tau}})
     algo, rec = RLP(cfg, seed=11), _RecordTheta()
     loader = torch.utils.data.DataLoader(_Rows(data), batch_size=8, shuffle=False)
-    trainer = Trainer(model=model, train_dataloader=loader, max_duration='2ba',
-                      optimizers=torch.optim.Adam(model.parameters(), lr=1e-2), algorithms=[algo],
-                      callbacks=[rec], loggers=[InMemoryLogger()], device='gpu', device_train_microbatch_size=4,
-                      parallelism_config={'fsdp': {'use_orig_params': True, 'sharding_strategy': 'FULL_SHARD',
-                                                   'mixed_precision': 'FULL'}},
-                      progress_bar=False, log_to_console=False, seed=3)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration='2ba',
+        optimizers=torch.optim.Adam(model.parameters(), lr=1e-2),
+        algorithms=[algo],
+        callbacks=[rec],
+        loggers=[InMemoryLogger()],
+        device='gpu',
+        device_train_microbatch_size=4,
+        parallelism_config={
+            'fsdp': {'use_orig_params': True, 'sharding_strategy': 'FULL_SHARD', 'mixed_precision': 'FULL'}
+        },
+        progress_bar=False,
+        log_to_console=False,
+        seed=3,
+    )
     assert algo.teachers.ema.module is not None  # allocated at INIT from the unwrapped module
     trainer.fit()
     teacher = algo.teachers.ema.module
-    torch.save({'teacher': {k: v.detach().float().cpu() for k, v in teacher.named_parameters()},
-                'device': str(next(teacher.parameters()).device), 'updates': algo.teachers.updates,
-                'thetas': rec.thetas, 'fsdp': type(trainer.state.model.model).__name__,
-                'logprob_fallback': sorted(scoring._WARNED)}, out_path)
+    torch.save(
+        {
+            'teacher': {k: v.detach().float().cpu() for k, v in teacher.named_parameters()},
+            'device': str(next(teacher.parameters()).device),
+            'updates': algo.teachers.updates,
+            'thetas': rec.thetas,
+            'fsdp': type(trainer.state.model.model).__name__,
+            'logprob_fallback': sorted(scoring._WARNED),
+        },
+        out_path,
+    )
 
 
 @pytest.mark.gpu
@@ -258,6 +311,7 @@ def test_fsdp_one_gpu_teacher_follows_ema_formula(tokenizer, tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     tau = 0.5
     out = tmp_path / 'fsdp.pt'
     with socket.socket() as sock:

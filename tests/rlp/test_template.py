@@ -18,9 +18,14 @@ def _plain_bpe() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     from tokenizers import decoders, trainers
+
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=['<eos>'], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=['<eos>'],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(['the cat sat on the mat'] * 20, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<eos>', pad_token='<eos>')
 
@@ -29,9 +34,22 @@ def _inconsistent_bpe() -> PreTrainedTokenizerFast:
     """'<think>' is an ordinary BPE token, but the merge 'x' + '<' wins inside 'x<think>x', splitting the tag."""
     chars = list('<think>/x12 \n')
     vocab = {c: i for i, c in enumerate(chars)}
-    merges = [('x', '<'), ('<', 't'), ('<t', 'h'), ('<th', 'i'), ('<thi', 'n'), ('<thin', 'k'), ('<think', '>'),
-              ('<', '/'), ('</', 't'), ('</t', 'h'), ('</th', 'i'), ('</thi', 'n'), ('</thin', 'k'),
-              ('</think', '>')]
+    merges = [
+        ('x', '<'),
+        ('<', 't'),
+        ('<t', 'h'),
+        ('<th', 'i'),
+        ('<thi', 'n'),
+        ('<thin', 'k'),
+        ('<think', '>'),
+        ('<', '/'),
+        ('</', 't'),
+        ('</t', 'h'),
+        ('</th', 'i'),
+        ('</thi', 'n'),
+        ('</thin', 'k'),
+        ('</think', '>'),
+    ]
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))

@@ -1,8 +1,8 @@
 """Checks the `rlp.train` entry end to end on tiny local data: the next-token-only path (`rlp: null`) with
 `python -m rlp.train` writes one metrics record per batch, checkpoints, the resolved config and a summary; the RLP
 path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a finished run
-resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes, overrides and a missing save-folder bucket stop before any
-training with exit code 2 and a one-line message."""
+resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes, overrides and a missing
+save-folder bucket stop before any training with exit code 2 and a one-line message."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from rlp.metrics_logger import read_metrics
 from rlp.train import main, summarize
 from tests.rlp.train_utils import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
-TINY_RLP = {'positions': {'unit': 'document', 'k': 1, 'min_context': 4},
-            'rollouts': {'group_size': 2, 'max_thought_tokens': 4},
-            'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0}, 'log': {'every_n_batches': 2}}
+TINY_RLP = {
+    'positions': {'unit': 'document', 'k': 1, 'min_context': 4},
+    'rollouts': {'group_size': 2, 'max_thought_tokens': 4},
+    'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
+    'log': {'every_n_batches': 2},
+}
 
 
 @pytest.fixture
@@ -22,9 +25,13 @@ def local_run(tmp_path):
     write_mds(str(tmp_path / 'data' / 'train'), packed_samples(48, 32, seed=3))
 
     def make(**kw):
-        recipe = tiny_recipe(streams={'web': {'local': str(tmp_path / 'data'), 'split': 'train'}},
-                             save_folder=str(tmp_path / 'ckpt' / '{run_name}'), **kw)
+        recipe = tiny_recipe(
+            streams={'web': {'local': str(tmp_path / 'data'), 'split': 'train'}},
+            save_folder=str(tmp_path / 'ckpt' / '{run_name}'),
+            **kw,
+        )
         return write_recipe(tmp_path / 'recipe.yaml', recipe)
+
     return tmp_path, make
 
 
@@ -42,7 +49,10 @@ def test_ntp_only_with_python_m(local_run):
     assert all(len(r['sample_ids']) == 4 and r['loss/train/total'] > 0 for r in records.values())
     assert not any(k.startswith('rlp/') for r in records.values() for k in r)
     assert sorted(p.name for p in (tmp_path / 'ckpt' / 'tiny').glob('ep*.pt')) == [
-        'ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
+        'ep0-ba2-rank0.pt',
+        'ep0-ba4-rank0.pt',
+        'ep0-ba6-rank0.pt',
+    ]
     assert 'rlp: null' in (tmp_path / 'runs' / 'tiny' / 'resolved_config.yaml').read_text()
 
     again = launch(recipe, nproc=None, cwd=tmp_path, overrides=('trainer.max_duration=8ba',))
@@ -70,12 +80,15 @@ def test_rlp_with_composer_n1(local_run):
     assert 'rlp/reward_mean' in text and 'thoughts.jsonl' in text and 'loss/train/ntp' in text
 
 
-@pytest.mark.parametrize('overrides,message', [
-    (['trainer.optimizer.lrr=1'], "unknown key 'trainer.optimizer.lrr'"),
-    (['data.streams={}'], 'data.streams is empty'),
-    (['trainer.global_train_batch_size=6', 'trainer.device_train_microbatch_size=4'], 'not divisible'),
-    (['trainer.device=cpu', 'trainer.precision=amp_bf16'], 'needs a GPU'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (['trainer.optimizer.lrr=1'], "unknown key 'trainer.optimizer.lrr'"),
+        (['data.streams={}'], 'data.streams is empty'),
+        (['trainer.global_train_batch_size=6', 'trainer.device_train_microbatch_size=4'], 'not divisible'),
+        (['trainer.device=cpu', 'trainer.precision=amp_bf16'], 'needs a GPU'),
+    ],
+)
 def test_bad_recipes_stop_before_training(local_run, capsys, monkeypatch, overrides, message):
     """Validation errors: exit code 2, the message on stderr, no metrics written."""
     tmp_path, make = local_run

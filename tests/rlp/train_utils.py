@@ -14,9 +14,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 EOS_ID = 0  # the bundled tokenizer's <|endoftext|>
 
-TINY_LLAMA = {'model_type': 'llama', 'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
-              'num_attention_heads': 4, 'num_key_value_heads': 2, 'max_position_embeddings': 256,
-              'tie_word_embeddings': True}
+TINY_LLAMA = {
+    'model_type': 'llama',
+    'hidden_size': 32,
+    'intermediate_size': 64,
+    'num_hidden_layers': 2,
+    'num_attention_heads': 4,
+    'num_key_value_heads': 2,
+    'max_position_embeddings': 256,
+    'tie_word_embeddings': True,
+}
 
 
 def packed_samples(n_samples: int, seq_len: int, vocab: int = 500, seed: int = 0, eos_id: int = EOS_ID):
@@ -37,8 +44,15 @@ def packed_samples(n_samples: int, seq_len: int, vocab: int = 500, seed: int = 0
     return out
 
 
-def write_mds(out: Any, samples, *, dtype: str = 'uint32', doc_starts: bool = True, legacy_bytes: bool = False,
-              size_limit: int = 1 << 12) -> None:
+def write_mds(
+    out: Any,
+    samples,
+    *,
+    dtype: str = 'uint32',
+    doc_starts: bool = True,
+    legacy_bytes: bool = False,
+    size_limit: int = 1 << 12,
+) -> None:
     """Write ``samples`` as MDS to ``out`` (a folder, an ``s3://`` URI or a (local, remote) tuple)."""
     from streaming import MDSWriter
 
@@ -57,10 +71,20 @@ def write_mds(out: Any, samples, *, dtype: str = 'uint32', doc_starts: bool = Tr
             writer.write(row)
 
 
-def tiny_recipe(*, streams: dict[str, dict], run_name: str = 'tiny', seq_len: int = 32, max_duration: str = '6ba',
-                global_batch: int = 4, microbatch: int = 2, save_folder: Optional[str] = None,
-                save_interval: str = '2ba', output_dir: str = 'runs/{run_name}', rlp: Optional[dict] = None,
-                cache_dir: str = 'cache') -> dict[str, Any]:
+def tiny_recipe(
+    *,
+    streams: dict[str, dict],
+    run_name: str = 'tiny',
+    seq_len: int = 32,
+    max_duration: str = '6ba',
+    global_batch: int = 4,
+    microbatch: int = 2,
+    save_folder: Optional[str] = None,
+    save_interval: str = '2ba',
+    output_dir: str = 'runs/{run_name}',
+    rlp: Optional[dict] = None,
+    cache_dir: str = 'cache',
+) -> dict[str, Any]:
     """A recipe mapping for a tiny random-init Llama on the bundled tokenizer, NTP only unless ``rlp``."""
     return {
         'run_name': run_name,
@@ -69,10 +93,17 @@ def tiny_recipe(*, streams: dict[str, dict], run_name: str = 'tiny', seq_len: in
         'tokenizer': {'name_or_path': 'bundled'},
         'data': {'seq_len': seq_len, 'streams': streams, 'cache_dir': cache_dir, 'clean_stale_shared_memory': False},
         'rlp': rlp,
-        'trainer': {'max_duration': max_duration, 'global_train_batch_size': global_batch,
-                    'device_train_microbatch_size': microbatch, 'device': 'cpu', 'save_folder': save_folder,
-                    'save_interval': save_interval, 'output_dir': output_dir, 'record_sample_ids': True,
-                    'optimizer': {'name': 'adamw', 'lr': 1e-3}},
+        'trainer': {
+            'max_duration': max_duration,
+            'global_train_batch_size': global_batch,
+            'device_train_microbatch_size': microbatch,
+            'device': 'cpu',
+            'save_folder': save_folder,
+            'save_interval': save_interval,
+            'output_dir': output_dir,
+            'record_sample_ids': True,
+            'optimizer': {'name': 'adamw', 'lr': 1e-3},
+        },
         'loggers': {'progress_bar': False, 'console': False},
         'callbacks': {'speed_monitor': None, 'lr_monitor': False},
     }
@@ -83,25 +114,51 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
-def launch(recipe_path: Path, *, nproc: Optional[int], cwd: Path, overrides: tuple[str, ...] = (),
-           env: Optional[dict] = None, timeout: float = 300, popen: bool = False):
+def launch(
+    recipe_path: Path,
+    *,
+    nproc: Optional[int],
+    cwd: Path,
+    overrides: tuple[str, ...] = (),
+    env: Optional[dict] = None,
+    timeout: float = 300,
+    popen: bool = False,
+):
     """Run ``composer -n N -m rlp.train`` (or ``python -m rlp.train`` when ``nproc`` is None) in ``cwd``.
 
     Per-rank stdout/stderr go to ``cwd/logs/`` so failures on rank 1 are visible (the launcher drops them).
     """
-    full_env = {**os.environ, 'TOKENIZERS_PARALLELISM': 'false', 'OMP_NUM_THREADS': '1',
-                'RLP_SYMLINK_UPLOAD_POLL_S': '0.5', 'PYTHONPATH': str(REPO), **(env or {})}
+    full_env = {
+        **os.environ,
+        'TOKENIZERS_PARALLELISM': 'false',
+        'OMP_NUM_THREADS': '1',
+        'RLP_SYMLINK_UPLOAD_POLL_S': '0.5',
+        'PYTHONPATH': str(REPO),
+        **(env or {}),
+    }
     if nproc is None:
         cmd = [sys.executable, '-m', 'rlp.train', str(recipe_path), *overrides]
     else:
         logs = cwd / 'logs'
         logs.mkdir(parents=True, exist_ok=True)
         composer = str(Path(sys.executable).parent / 'composer')
-        cmd = [composer, '-n', str(nproc), '--stdout', str(logs / 'rank{rank}.out'),
-               '--stderr', str(logs / 'rank{rank}.err'), '-m', 'rlp.train', str(recipe_path), *overrides]
+        cmd = [
+            composer,
+            '-n',
+            str(nproc),
+            '--stdout',
+            str(logs / 'rank{rank}.out'),
+            '--stderr',
+            str(logs / 'rank{rank}.err'),
+            '-m',
+            'rlp.train',
+            str(recipe_path),
+            *overrides,
+        ]
     if popen:
-        return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
