@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ['HeadCapture', 'chunked_token_logprobs', 'linear_head', 'unwrap_hf']
+from rlp.hf import unwrap_hf
+
+__all__ = ['HeadCapture', 'chunked_token_logprobs', 'linear_head']
 
 # config attributes of HF models whose logits are NOT lm_head(h) (scaled or soft-capped); None/1 means unused
 _LOGIT_TRANSFORMS = {
@@ -41,12 +43,6 @@ _LOGIT_TRANSFORMS = {
     'logits_scaling': 1.0,
     'output_multiplier_scale': 1.0,
 }
-
-
-def unwrap_hf(model: Any) -> Any:
-    """The HF causal LM inside DDP / Composer's HuggingFaceModel / FSDP (FSDP forwards attribute access)."""
-    inner = getattr(model, 'module', model)  # DDP
-    return getattr(inner, 'model', inner) if hasattr(inner, 'model_forward_args') else inner
 
 
 def linear_head(model: Any) -> Optional[torch.nn.Linear]:

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from rlp.config import PositionsConfig
 from rlp.keys import keyed_generator
-from rlp.rlp_config import PositionsConfig
 
 __all__ = ['Positions', 'eligible_mask', 'segment_starts', 'select_positions']
 

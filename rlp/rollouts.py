@@ -22,14 +22,13 @@ those of the tempered policy softmax(logits / T) (top-p is treated as a sampler 
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
+from rlp.hf import call_model, eval_mode, keep_last_logits
 from rlp.keys import keyed_generator
 from rlp.positions import Positions
 from rlp.template import ThoughtTemplate
@@ -38,8 +37,6 @@ __all__ = [
     'Prompts',
     'Rollouts',
     'build_prompts',
-    'call_model',
-    'eval_mode',
     'sample_from_logits',
     'sample_thoughts',
     'rollout_uniforms',
@@ -86,38 +83,6 @@ class Rollouts:
     truncated: torch.Tensor
     nothink_logp: torch.Tensor
     decode_steps: int
-
-
-def call_model(model: Any, **kwargs: Any) -> Any:
-    """Run an HF causal LM, or Composer's ``HuggingFaceModel`` (which takes one mapping), with ``kwargs``."""
-    inner = getattr(model, 'module', model)  # DDP wraps the ComposerModel
-    if hasattr(inner, 'model_forward_args'):
-        kwargs = {k: v for k, v in kwargs.items() if k in inner.model_forward_args}
-        return model(kwargs)
-    return model(**kwargs)
-
-
-def _accepts(model: Any, name: str) -> bool:
-    inner = getattr(model, 'module', model)
-    if hasattr(inner, 'model_forward_args'):
-        return name in inner.model_forward_args
-    return name in inspect.signature(inner.forward).parameters
-
-
-def keep_last_logits(model: Any, n: int) -> dict[str, int]:
-    """``{'logits_to_keep': n}`` when the model supports it (saves the (N, L, V) logits), else ``{}``."""
-    return {'logits_to_keep': n} if _accepts(model, 'logits_to_keep') else {}
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Switch ``model`` to eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def build_prompts(input_ids: torch.Tensor, positions: Positions, template: ThoughtTemplate, pad_id: int) -> Prompts:

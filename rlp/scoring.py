@@ -21,9 +21,10 @@ from typing import Any, Optional
 
 import torch
 
-from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head, unwrap_hf
+from rlp.hf import call_model, eval_mode, keep_last_logits, unwrap_hf
+from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head
 from rlp.positions import segment_starts
-from rlp.rollouts import Prompts, Rollouts, call_model, eval_mode, keep_last_logits
+from rlp.rollouts import Prompts, Rollouts
 
 __all__ = ['nothink_entropy', 'nothink_logprob', 'policy_forward']
 

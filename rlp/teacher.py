@@ -7,7 +7,7 @@ Kinds (``rlp.teacher.kind``):
 
 The EMA copy is kept for every kind, so the information gain against it is always logged: a policy can raise its
 gain over the *current* model by degrading its own no-think prediction, and only the EMA-based reward shows that
-collapse (``science-cpu.md`` measured it).
+collapse (``docs/design.md`` shows it measured).
 
 Note on what the teacher changes: S_EMA is the same for the G thoughts of a position, so it cancels exactly in the
 group-relative advantage A = G/(G-1)(r - mean r) (NVlabs/RLP#3): with the default options the teacher has NO effect
@@ -36,48 +36,18 @@ to 1/world_size per rank, at the price of collective teacher forwards. FSDP2 (``
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
-__all__ = ['FrozenCopy', 'Teachers', 'ema_update', 'full_params', 'is_fsdp']
+from rlp.hf import full_params, is_fsdp, is_fsdp2
+from rlp.rollouts import Prompts
+from rlp.scoring import nothink_logprob
+
+__all__ = ['FrozenCopy', 'Teachers', 'ema_update']
 
 _WRAPPER_PREFIXES = ('_fsdp_wrapped_module.', '_checkpoint_wrapped_module.', '_orig_mod.')
-
-
-def is_fsdp(module: torch.nn.Module) -> bool:
-    """True if ``module`` is or contains an FSDP1 ``FullyShardedDataParallel`` instance."""
-    return any(type(m).__name__ == 'FullyShardedDataParallel' for m in module.modules())
-
-
-def _is_fsdp2(module: torch.nn.Module) -> bool:
-    return any(
-        type(m).__name__.startswith('FSDP') and type(m).__name__ != 'FullyShardedDataParallel' and hasattr(m, 'unshard')
-        for m in module.modules()
-    )
-
-
-@contextlib.contextmanager
-def full_params(model: torch.nn.Module) -> Iterator[None]:
-    """Context in which ``model``'s parameters are full, unsharded tensors (read-only: ``writeback=False``).
-
-    FSDP1: ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)`` (collective, all ranks
-    get the full tensors). Anything else: no-op.
-    """
-    if _is_fsdp2(model):
-        raise NotImplementedError(
-            'RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
-            '(Composer fsdp_config, use_orig_params=true)'
-        )
-    if not is_fsdp(model):
-        yield
-        return
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):
-        yield
 
 
 def _clean(name: str) -> str:
@@ -136,7 +106,7 @@ class FrozenCopy:
         """Allocate the copy from the UNWRAPPED module (INIT); a meta module gives a meta skeleton."""
         if self.module is not None:
             return
-        if is_fsdp(model) or _is_fsdp2(model):
+        if is_fsdp(model) or is_fsdp2(model):
             raise NotImplementedError(
                 'RLP teacher: the copy must be created from the unwrapped model at '
                 'Event.INIT; add the RLP algorithm to the Trainer instead of wrapping first'
@@ -233,6 +203,19 @@ class Teachers:
         if self.kind == 'frozen':
             return self.frozen.module  # type: ignore[union-attr]
         return None
+
+    def nothink_logprobs(self, prompts: Prompts, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s_base, s_ema)``: the reward's baseline and the EMA teacher's no-think log-prob, both (P,).
+
+        s_ema = log p_phi(x_t | prefix) from the EMA copy; s_base is s_ema (``ema``), the frozen copy's value
+        (``frozen``) or ``current``, the current model's own no-think log-prob (``none``).
+        """
+        assert self.ema.module is not None, 'Teachers.ensure must run before the teachers are used'
+        s_ema = nothink_logprob(self.ema.module, prompts)
+        base = self.baseline_module()
+        if base is None:
+            return current, s_ema
+        return (s_ema if base is self.ema.module else nothink_logprob(base, prompts)), s_ema
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and ints only (safe for a weights-only ``torch.load``)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from rlp.rlp_config import TemplateConfig
+from rlp.config import TemplateConfig
 
 __all__ = ['TemplateError', 'ThoughtTemplate', 'add_think_tokens', 'resolve_template', 'tag_token_id']
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from pipeline.synthetic import generate_document, generate_documents
-from tests.tiny_models import TINY_KINDS, build_tiny_model
+from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
 
 
 def test_s3_fixture_round_trip(s3, tmp_path):

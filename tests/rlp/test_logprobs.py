@@ -18,7 +18,7 @@ from rlp import scoring
 from rlp.logprobs import chunked_token_logprobs, linear_head
 from rlp.rollouts import Prompts, Rollouts
 from rlp.scoring import policy_forward
-from tests.tiny_models import TINY_KINDS, build_tiny_model
+from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
 
 VOCAB, PAD, TEMP = 512, 0, 0.7
 

@@ -9,8 +9,8 @@ import collections
 import pytest
 import torch
 
+from rlp.config import PositionsConfig
 from rlp.positions import eligible_mask, segment_starts, select_positions
-from rlp.rlp_config import PositionsConfig
 from rlp.strictcfg import ConfigError
 
 EOS = 0

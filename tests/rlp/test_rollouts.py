@@ -13,49 +13,13 @@ import os
 import pytest
 import torch
 
-from pipeline.synthetic import generate_documents
+from rlp.config import PositionsConfig, TemplateConfig
 from rlp.positions import select_positions
-from rlp.rlp_config import PositionsConfig, TemplateConfig
 from rlp.rollouts import build_prompts, rollout_uniforms, sample_from_logits, sample_thoughts
 from rlp.scoring import nothink_entropy, nothink_logprob, policy_forward
 from rlp.template import resolve_template
-from tests.tiny_models import TINY_KINDS, build_tiny_model
-
-VOCAB = 512
-
-
-def close_biased(model, close_id: int, bias: float):
-    """Give the LM head a bias on the closing tag so random-init models close their thoughts (tied weight kept)."""
-    old = model.get_output_embeddings()
-    new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
-    new.weight = old.weight
-    with torch.no_grad():
-        new.bias.zero_()
-        new.bias[close_id] = bias
-    model.set_output_embeddings(new)
-    return model
-
-
-def packed_batch(tokenizer, rows: int, length: int, seed: int = 0):
-    """A packed batch of synthetic documents following the batch contract (ids, segment_ids, sample ids)."""
-    ids, seg, d = [], [], 0
-    for doc in generate_documents(rows * 6, seed=seed):
-        toks = tokenizer(doc, add_special_tokens=False)['input_ids'] + [tokenizer.eos_token_id]
-        ids += toks
-        seg += [d] * len(toks)
-        d += 1
-        if len(ids) >= rows * length:
-            break
-    x = torch.tensor(ids[: rows * length]).view(rows, length)
-    s = torch.tensor(seg[: rows * length]).view(rows, length)
-    s = s - s[:, :1]  # segment ids restart at 0 in every row
-    return {
-        'input_ids': x,
-        'labels': x.clone(),
-        'attention_mask': torch.ones_like(x),
-        'segment_ids': s,
-        'sample_id': torch.arange(100, 100 + rows),
-    }
+from tests.helpers.rlp_batches import VOCAB, close_biased, packed_batch
+from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
 
 
 def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think.'):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlp.teacher import Teachers, ema_update
-from tests.tiny_models import build_tiny_model
+from tests.helpers.tiny_models import build_tiny_model
 
 
 def _perturb(model, seed):

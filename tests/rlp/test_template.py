@@ -7,10 +7,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from rlp.rlp_config import TemplateConfig
+from rlp.config import TemplateConfig
 from rlp.strictcfg import ConfigError
 from rlp.template import TemplateError, add_think_tokens, resolve_template
-from tests.tiny_models import build_tiny_model
+from tests.helpers.tiny_models import build_tiny_model
 
 
 def _plain_bpe() -> PreTrainedTokenizerFast:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rlp.config import load_recipe, validate_for_world
-from rlp.metrics_logger import read_metrics
-from tests.rlp.train_utils import REPO, launch
+from rlp.run.metrics import read_metrics
+from rlp.run.recipe import load_recipe, validate_for_world
+from tests.helpers.training import REPO, launch
 
 RECIPES = sorted((REPO / 'recipes').glob('*.yaml'))
 

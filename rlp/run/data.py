@@ -30,7 +30,7 @@ import torch
 from streaming import Stream, StreamingDataset
 from torch.utils.data import DataLoader
 
-from rlp.config import ConfigError, DataConfig
+from rlp.run.recipe import ConfigError, DataConfig
 
 __all__ = [
     'TokenSampleDataset',

@@ -1,4 +1,4 @@
-"""rlp.algorithm.RLP inside a real composer.Trainer on CPU (tiny Llama, bundled tokenizer, in-memory batches).
+"""rlp.run.algorithm.RLP inside a real composer.Trainer on CPU (tiny Llama, bundled tokenizer, in-memory batches).
 
 Checked: metrics are logged and move over a few steps of training; the loss dict {'total','ntp','rlp'} reaches
 Composer; gradient accumulation gives the same update for 1 microbatch of 8 rows as for 8 of 1 (with rows that
@@ -18,88 +18,27 @@ from composer import Trainer
 from composer.loggers import InMemoryLogger
 from composer.models import HuggingFaceModel
 
-from rlp.algorithm import RLP
-from rlp.rlp_config import RLPConfig
-from tests.rlp.test_rollouts import VOCAB, close_biased, packed_batch
-from tests.tiny_models import build_tiny_model
-
-CLOSE_ID = 2  # '</think>' in the bundled tokenizer (checked in _config)
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __len__(self):
-        return self.batch['input_ids'].shape[0]
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.batch.items()}
-
-
-def _config(tokenizer, tmp_path=None, **loss):
-    assert tokenizer.convert_tokens_to_ids('</think>') == CLOSE_ID
-    return RLPConfig.from_dict(
-        {
-            'positions': {'min_context': 8, 'max_per_sample': 2},
-            'rollouts': {'group_size': 3, 'max_thought_tokens': 5, 'temperature': 1.0},
-            'teacher': {'tau': 0.5},
-            'loss': dict(loss),
-            'log': {
-                'every_n_batches': 1,
-                'max_rows': 4,
-                'path': None if tmp_path is None else str(tmp_path / 'thoughts.jsonl'),
-            },
-        }
-    )
-
-
-def _data(tokenizer, rows=8, skip_rows=(2, 5), seed=0):
-    batch = packed_batch(tokenizer, rows, 48, seed=seed)
-    for r in skip_rows:  # rows with no eligible position: all EOS
-        batch['input_ids'][r] = tokenizer.eos_token_id
-        batch['labels'][r] = tokenizer.eos_token_id
-    return batch
-
-
-def _trainer(tokenizer, data, config, *, microbatch=8, duration='1ba', optimizer='sgd', lr=0.5, model_seed=0, **kwargs):
-    hf = close_biased(build_tiny_model('llama', VOCAB, seed=model_seed), CLOSE_ID, 2.0)
-    model = HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True)
-    opt = (
-        torch.optim.SGD(model.parameters(), lr=lr)
-        if optimizer == 'sgd'
-        else torch.optim.Adam(model.parameters(), lr=lr)
-    )
-    logger = InMemoryLogger()
-    loader = torch.utils.data.DataLoader(_Rows(data), batch_size=8, shuffle=False)
-    algo = RLP(config, seed=11)
-    trainer = Trainer(
-        model=model,
-        train_dataloader=loader,
-        max_duration=duration,
-        optimizers=opt,
-        algorithms=[algo],
-        loggers=[logger],
-        device='cpu',
-        device_train_microbatch_size=microbatch,
-        progress_bar=False,
-        log_to_console=False,
-        seed=3,
-        **kwargs,
-    )
-    return trainer, algo, logger, hf
-
-
-def _series(logger, key):
-    return [float(v) for _, v in logger.data[key]]
+from rlp.config import RLPConfig
+from rlp.run.algorithm import RLP
+from tests.helpers.rlp_batches import (
+    CLOSE_ID,
+    VOCAB,
+    Rows,
+    close_biased,
+    rlp_config,
+    rlp_trainer,
+    series,
+    skipping_batch,
+)
+from tests.helpers.tiny_models import build_tiny_model
 
 
 def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
     """A few Adam steps of pure RLP (ntp_weight 0): every rlp/ metric is logged per batch and finite, the reward
     changes across batches, the EMA is updated each batch, and the thought JSONL holds readable rows."""
-    data = _data(tokenizer, rows=32, skip_rows=(1,))
-    trainer, algo, logger, _ = _trainer(
-        tokenizer, data, _config(tokenizer, tmp_path), duration='4ba', optimizer='adam', lr=3e-2
+    data = skipping_batch(tokenizer, rows=32, skip_rows=(1,))
+    trainer, algo, logger, _ = rlp_trainer(
+        tokenizer, data, rlp_config(tokenizer, tmp_path), duration='4ba', optimizer='adam', lr=3e-2
     )
     trainer.fit()
     for key in (
@@ -122,18 +61,18 @@ def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
         'loss/train/ntp',
         'loss/train/total',
     ):
-        values = _series(logger, key)
+        values = series(logger, key)
         assert len(values) == 4, key
         assert all(torch.isfinite(torch.tensor(values))), (key, values)
-    rewards = _series(logger, 'rlp/reward_mean')
+    rewards = series(logger, 'rlp/reward_mean')
     assert len(set(rewards)) == 4, rewards
-    assert _series(logger, 'rlp/rows_skipped')[0] == 1  # row 1 of the first batch is all EOS
-    assert _series(logger, 'rlp/ema_updates') == [1, 2, 3, 4]
-    lengths = _series(logger, 'rlp/thought_len_mean')
+    assert series(logger, 'rlp/rows_skipped')[0] == 1  # row 1 of the first batch is all EOS
+    assert series(logger, 'rlp/ema_updates') == [1, 2, 3, 4]
+    lengths = series(logger, 'rlp/thought_len_mean')
     assert all(1 <= v <= 6 for v in lengths)
     # ntp_weight 0: the total is the RLP term alone
     torch.testing.assert_close(
-        torch.tensor(_series(logger, 'loss/train/total')), torch.tensor(_series(logger, 'loss/train/rlp'))
+        torch.tensor(series(logger, 'loss/train/total')), torch.tensor(series(logger, 'loss/train/rlp'))
     )
     rows = [json.loads(line) for line in (tmp_path / 'thoughts.jsonl').read_text().splitlines()]
     assert len(rows) == 16 and {r['batch'] for r in rows} == {0, 1, 2, 3}
@@ -145,11 +84,11 @@ def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
 def test_gradient_accumulation_one_by_eight_equals_eight_by_one(tokenizer, loss):
     """One SGD step on 8 rows (2 without any eligible position): microbatch 8 and microbatch 1 give the same
     updated parameters (the RLP normaliser is the whole batch's rollout count, Composer's scaling undone)."""
-    data = _data(tokenizer)
-    cfg = _config(tokenizer, **loss)
+    data = skipping_batch(tokenizer)
+    cfg = rlp_config(tokenizer, **loss)
     results = []
     for mb in (8, 1):
-        trainer, algo, logger, hf = _trainer(tokenizer, data, cfg, microbatch=mb)
+        trainer, algo, logger, hf = rlp_trainer(tokenizer, data, cfg, microbatch=mb)
         before = {k: v.detach().clone() for k, v in hf.named_parameters()}
         trainer.fit()
         results.append(({k: v.detach().clone() for k, v in hf.named_parameters()}, logger))
@@ -159,20 +98,20 @@ def test_gradient_accumulation_one_by_eight_equals_eight_by_one(tokenizer, loss)
     for k in p8:
         torch.testing.assert_close(p1[k], p8[k], atol=1e-6, rtol=1e-5, msg=f'{k} differs')
     for key in ('loss/train/rlp', 'loss/train/total', 'rlp/reward_mean', 'rlp/positions', 'rlp/rows_skipped'):
-        assert _series(log1, key)[0] == pytest.approx(_series(log8, key)[0], rel=1e-4, abs=1e-6), key
+        assert series(log1, key)[0] == pytest.approx(series(log8, key)[0], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize('ntp_weight', [0.0, 1.0])
 def test_batch_without_eligible_position_is_counted_skip(tokenizer, ntp_weight):
     """All rows EOS: no position anywhere; the RLP loss is exactly 0, the step still runs (NTP weight 0 or 1),
     nothing is NaN."""
-    data = _data(tokenizer, skip_rows=range(8))
-    trainer, algo, logger, hf = _trainer(tokenizer, data, _config(tokenizer, ntp_weight=ntp_weight), microbatch=4)
+    data = skipping_batch(tokenizer, skip_rows=range(8))
+    trainer, algo, logger, hf = rlp_trainer(tokenizer, data, rlp_config(tokenizer, ntp_weight=ntp_weight), microbatch=4)
     trainer.fit()
-    assert _series(logger, 'loss/train/rlp') == [0.0]
-    assert _series(logger, 'rlp/rows_skipped') == [8.0] and _series(logger, 'rlp/positions') == [0.0]
+    assert series(logger, 'loss/train/rlp') == [0.0]
+    assert series(logger, 'rlp/rows_skipped') == [8.0] and series(logger, 'rlp/positions') == [0.0]
     assert all(torch.isfinite(v).all() for v in _series_tensors(hf))
-    assert all(torch.isfinite(torch.tensor(v)) for v in _series(logger, 'loss/train/total'))
+    assert all(torch.isfinite(torch.tensor(v)) for v in series(logger, 'loss/train/total'))
 
 
 def _series_tensors(hf):
@@ -183,11 +122,11 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
     """Train 3 batches in one go vs 1 batch, save, resume in a fresh Trainer for 2 more: identical weights and
     identical EMA teacher (positions and thoughts are keyed on the batch index and sample id, the teacher and the
     counters travel in the checkpoint)."""
-    data = _data(tokenizer, rows=24, skip_rows=(3,))
-    cfg = _config(tokenizer)
-    full, algo_full, _, hf_full = _trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
+    data = skipping_batch(tokenizer, rows=24, skip_rows=(3,))
+    cfg = rlp_config(tokenizer)
+    full, algo_full, _, hf_full = rlp_trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
     full.fit()
-    part, _, _, _ = _trainer(
+    part, _, _, _ = rlp_trainer(
         tokenizer,
         data,
         cfg,
@@ -199,7 +138,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
     )
     part.fit()
     part.close()
-    resumed, algo_res, _, hf_res = _trainer(
+    resumed, algo_res, _, hf_res = rlp_trainer(
         tokenizer,
         data,
         cfg,
@@ -220,7 +159,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
 
 def test_state_dict_is_plain_and_round_trips(tokenizer):
     """state_dict holds only tensors, numbers, strings, lists and dicts; load_state_dict restores it."""
-    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer))
+    trainer, algo, _, _ = rlp_trainer(tokenizer, skipping_batch(tokenizer), rlp_config(tokenizer))
     trainer.fit()
     state = algo.state_dict()
 
@@ -236,7 +175,7 @@ def test_state_dict_is_plain_and_round_trips(tokenizer):
             assert isinstance(x, torch.Tensor | int | float | str | bool), type(x)
 
     check(state)
-    other = RLP(_config(tokenizer), seed=11)
+    other = RLP(rlp_config(tokenizer), seed=11)
     other.load_state_dict(state)
     assert other.totals == algo.totals
     assert other.teachers.state_dict()['ema'].keys() == state['teacher']['ema'].keys()
@@ -263,7 +202,7 @@ def test_missing_tags_refused_at_init(tokenizer):
 def test_teacher_kinds_and_entropy_positions(tokenizer, teacher, positions):
     """The logged reward is the gain against the chosen baseline (EMA, frozen copy = EMA at the first batch, or the
     current model), while the gain against the EMA is always logged; the entropy strategy runs in the Trainer."""
-    cfg = _config(tokenizer)
+    cfg = rlp_config(tokenizer)
     cfg = RLPConfig.from_dict(
         {
             **cfg.to_dict(),
@@ -271,15 +210,15 @@ def test_teacher_kinds_and_entropy_positions(tokenizer, teacher, positions):
             'positions': {**cfg.to_dict()['positions'], **positions},
         }
     )
-    trainer, algo, logger, _ = _trainer(tokenizer, _data(tokenizer), cfg)
+    trainer, algo, logger, _ = rlp_trainer(tokenizer, skipping_batch(tokenizer), cfg)
     trainer.fit()
-    reward = _series(logger, 'rlp/reward_mean')[0]
+    reward = series(logger, 'rlp/reward_mean')[0]
     baseline = 'rlp/gain_vs_current' if teacher == 'none' else 'rlp/gain_vs_ema'
-    assert reward == pytest.approx(_series(logger, baseline)[0], abs=1e-5)
+    assert reward == pytest.approx(series(logger, baseline)[0], abs=1e-5)
     # at the first batch every teacher equals the model, so all three baselines agree
-    assert _series(logger, 'rlp/gain_vs_ema')[0] == pytest.approx(_series(logger, 'rlp/gain_vs_current')[0], abs=1e-4)
+    assert series(logger, 'rlp/gain_vs_ema')[0] == pytest.approx(series(logger, 'rlp/gain_vs_current')[0], abs=1e-4)
     if positions.get('strategy') == 'entropy':
-        assert _series(logger, 'rlp/positions')[0] == 2 * 6  # k=2 per sample, 6 rows with eligible positions
+        assert series(logger, 'rlp/positions')[0] == 2 * 6  # k=2 per sample, 6 rows with eligible positions
 
 
 def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
@@ -301,7 +240,7 @@ def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
 
     tok = load_bundled_tokenizer()
     cdist.initialize_dist('cpu')
-    ds = _Rows(data)
+    ds = Rows(data)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=cdist.get_sampler(ds, shuffle=False))
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tok, use_logits=True)
@@ -324,7 +263,7 @@ def _ddp_worker(rank, world, port, out_dir, data, cfg_dict):
         torch.save(
             {
                 'params': {k: v.detach() for k, v in hf.named_parameters()},
-                'positions': _series(logger, 'rlp/positions'),
+                'positions': series(logger, 'rlp/positions'),
             },
             os.path.join(out_dir, 'ddp.pt'),
         )
@@ -338,15 +277,15 @@ def test_ddp_two_ranks_match_single_process_update(tokenizer, tmp_path):
 
     import torch.multiprocessing as mp
 
-    data = _data(tokenizer, skip_rows=(1, 3, 5, 7))  # DistributedSampler gives rank 1 the odd rows
-    cfg = _config(tokenizer)
-    single, _, log1, hf = _trainer(tokenizer, data, cfg, microbatch=8)
+    data = skipping_batch(tokenizer, skip_rows=(1, 3, 5, 7))  # DistributedSampler gives rank 1 the odd rows
+    cfg = rlp_config(tokenizer)
+    single, _, log1, hf = rlp_trainer(tokenizer, data, cfg, microbatch=8)
     single.fit()
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), data, cfg.to_dict()), nprocs=2)
     ddp = torch.load(tmp_path / 'ddp.pt')
-    assert ddp['positions'] == _series(log1, 'rlp/positions')
+    assert ddp['positions'] == series(log1, 'rlp/positions')
     for k, v in hf.named_parameters():
         torch.testing.assert_close(ddp['params'][k], v.detach(), atol=1e-6, rtol=1e-5, msg=f'{k} differs')

@@ -10,7 +10,7 @@ import json
 import torch
 from composer.core import Algorithm, Callback, Event
 
-from rlp.metrics_logger import MetricsJsonlLogger, read_metrics
+from rlp.run.metrics import MetricsJsonlLogger, read_metrics
 
 VOCAB = 64
 
@@ -44,7 +44,7 @@ def _fit(tmp_path, max_duration, load_path=None, algorithms=(), callbacks=()):
     from composer.models import HuggingFaceModel
     from torch.utils.data import DataLoader
 
-    from tests.tiny_models import build_tiny_model
+    from tests.helpers.tiny_models import build_tiny_model
 
     gen = torch.Generator().manual_seed(0)
     data = [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB, (32, 8), generator=gen)]

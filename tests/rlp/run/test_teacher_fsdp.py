@@ -17,9 +17,10 @@ import pytest
 import torch
 from composer import Callback
 
-from rlp.teacher import Teachers, full_params
-from tests.rlp.test_algorithm import _config, _data, _series, _trainer
-from tests.tiny_models import build_tiny_model, tiny_config
+from rlp.hf import full_params
+from rlp.teacher import Teachers
+from tests.helpers.rlp_batches import rlp_config, rlp_trainer, series, skipping_batch
+from tests.helpers.tiny_models import build_tiny_model, tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='FSDP in Composer needs CUDA')
 
@@ -32,10 +33,10 @@ def _run(tokenizer, lazy, monkeypatch, callbacks=()):
     with monkeypatch.context() as m:
         if lazy:  # the former behaviour: nothing at INIT, deepcopy of the model at the first batch
             m.setattr(Teachers, 'create', lambda self, model: None)
-        trainer, algo, logger, hf = _trainer(
+        trainer, algo, logger, hf = rlp_trainer(
             tokenizer,
-            _data(tokenizer),
-            _config(tokenizer),
+            skipping_batch(tokenizer),
+            rlp_config(tokenizer),
             duration='3ba',
             optimizer='adam',
             lr=1e-2,
@@ -54,7 +55,7 @@ def test_init_copy_bit_identical_to_lazy_copy(tokenizer, monkeypatch):
     keys = [k for k in log_a.data if k.startswith(('rlp/', 'loss/'))]
     assert 'rlp/s_ema' in keys and 'loss/train/total' in keys
     for k in keys:
-        assert _series(log_a, k) == _series(log_b, k), k
+        assert series(log_a, k) == series(log_b, k), k
     for (k, a), (_, b) in zip(hf_a.named_parameters(), hf_b.named_parameters()):
         assert torch.equal(a, b), k
     ta, tb = _state(algo_a.teachers.ema.module), _state(algo_b.teachers.ema.module)
@@ -89,7 +90,9 @@ def test_teacher_equals_theta_at_first_batch_when_theta_changes_after_init(token
     """The INIT copy is re-synced phi <- theta at the first batch: equal to the model as it is then."""
     ref = []
     cb = _PerturbAtFitStart(ref)
-    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='1ba', callbacks=[cb])
+    trainer, algo, _, _ = rlp_trainer(
+        tokenizer, skipping_batch(tokenizer), rlp_config(tokenizer), duration='1ba', callbacks=[cb]
+    )
     ref.append(algo)
     assert algo.teachers.ema.module is not None and not algo.teachers.ema.synced
     assert algo.state_dict()['teacher']['ema'] == {}  # nothing to save before the first batch
@@ -132,7 +135,7 @@ def test_state_round_trips_through_sharded_checkpoint_layout(tokenizer, tmp_path
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultSavePlanner
 
-    trainer, algo, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), duration='2ba')
+    trainer, algo, _, _ = rlp_trainer(tokenizer, skipping_batch(tokenizer), rlp_config(tokenizer), duration='2ba')
     trainer.fit()
     saved = {'state': {'algorithms': [('RLP', algo.state_dict())]}}
     dcp.save(
@@ -140,7 +143,7 @@ def test_state_round_trips_through_sharded_checkpoint_layout(tokenizer, tmp_path
         storage_writer=dcp.FileSystemWriter(str(tmp_path)),
         planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True),
     )
-    _, fresh, _, _ = _trainer(tokenizer, _data(tokenizer), _config(tokenizer), model_seed=4)
+    _, fresh, _, _ = rlp_trainer(tokenizer, skipping_batch(tokenizer), rlp_config(tokenizer), model_seed=4)
     target = {'state': {'algorithms': [('RLP', fresh.state_dict())]}}
     assert target['state']['algorithms'][0][1]['teacher']['ema'] == {}
     dcp.load(state_dict=target, storage_reader=dcp.FileSystemReader(str(tmp_path)))
@@ -258,17 +261,16 @@ def _fsdp_worker(rank, port, out_path, data, cfg_dict, tau):
 
     from pipeline.bundled_tokenizer import load_bundled_tokenizer
     from rlp import scoring
-    from rlp.algorithm import RLP
-    from rlp.rlp_config import RLPConfig
-    from tests.rlp.test_algorithm import CLOSE_ID, _Rows
-    from tests.rlp.test_rollouts import VOCAB, close_biased
+    from rlp.config import RLPConfig
+    from rlp.run.algorithm import RLP
+    from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, Rows, close_biased
 
     tok = load_bundled_tokenizer()
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tok, use_logits=True)
     cfg = RLPConfig.from_dict({**cfg_dict, 'teacher': {'kind': 'ema', 'tau': tau}})
     algo, rec = RLP(cfg, seed=11), _RecordTheta()
-    loader = torch.utils.data.DataLoader(_Rows(data), batch_size=8, shuffle=False)
+    loader = torch.utils.data.DataLoader(Rows(data), batch_size=8, shuffle=False)
     trainer = Trainer(
         model=model,
         train_dataloader=loader,
@@ -317,7 +319,9 @@ def test_fsdp_one_gpu_teacher_follows_ema_formula(tokenizer, tmp_path):
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
-    mp.spawn(_fsdp_worker, args=(port, str(out), _data(tokenizer), _config(tokenizer).to_dict(), tau), nprocs=1)
+    mp.spawn(
+        _fsdp_worker, args=(port, str(out), skipping_batch(tokenizer), rlp_config(tokenizer).to_dict(), tau), nprocs=1
+    )
     res = torch.load(out)
     assert res['fsdp'] == 'FullyShardedDataParallel' and res['device'].startswith('cuda')
     assert res['updates'] == 2 and len(res['thetas']) == 3

@@ -1,4 +1,4 @@
-"""Checks the training data loader (`rlp.data`) against the MDS samples written in each test: every batch follows
+"""Checks the training data loader (`rlp.run.data`) against the MDS samples written in each test: every batch follows
 the contract (shapes, dtypes, labels == input_ids with EOS kept, segment ids from `doc_starts` or from EOS,
 sample ids = global indices whose tokens are the written ones); llm-foundry formats (int32 ndarray, legacy bytes
 with a declared dtype) load; pack-mode-none samples are padded and masked; a three-stream mixture keeps its
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlp.config import DataConfig, StreamConfig
-from rlp.data import build_dataloader, collate_samples, doc_starts_from_eos, segment_ids_from_starts
-from tests.rlp.train_utils import EOS_ID, packed_samples, write_mds
+from rlp.run.data import build_dataloader, collate_samples, doc_starts_from_eos, segment_ids_from_starts
+from rlp.run.recipe import DataConfig, StreamConfig
+from tests.helpers.training import EOS_ID, packed_samples, write_mds
 
 SEQ = 24
 

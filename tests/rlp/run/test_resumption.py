@@ -20,9 +20,9 @@ import time
 import boto3
 import pytest
 
-from rlp.metrics_logger import read_metrics
-from rlp.train import TEST_HANG_ENV
-from tests.rlp.train_utils import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
+from rlp.run.metrics import read_metrics
+from tests.helpers.hooks import HANG_AFTER_BATCH, hook_env
+from tests.helpers.training import REPO, launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,13 @@ def _s3_keys(world, prefix):
 def _killed_and_restarted(world, nproc):
     name = f'k{nproc}-{next(_names)}'
     cwd, recipe = _setup(world, name)
-    proc = launch(recipe, nproc=nproc, cwd=cwd, env={**world['env'], TEST_HANG_ENV: '6'}, popen=True)
+    proc = launch(
+        recipe,
+        nproc=nproc,
+        cwd=cwd,
+        env=hook_env({**world['env'], 'PYTHONPATH': str(REPO)}, **{HANG_AFTER_BATCH: '6'}),
+        popen=True,
+    )
     ckpt = f'ckpt-{name}/resume/'
     deadline = time.monotonic() + 240
     try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlp.metrics_logger import read_metrics
-from rlp.train import main, summarize
-from tests.rlp.train_utils import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
+from rlp.run.metrics import read_metrics
+from rlp.run.train import main, summarize
+from tests.helpers.training import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
 TINY_RLP = {
     'positions': {'unit': 'document', 'k': 1, 'min_context': 4},

@@ -1,4 +1,4 @@
-"""Checks `rlp.models` against transformers itself: a model saved with `save_pretrained` loads back from its folder
+"""Checks `rlp.run.models` against transformers itself: a model saved with `save_pretrained` loads back from its folder
 with identical weights; a config mapping builds a seeded random-init model (same seed, same weights; vocabulary
 from the tokenizer); `bundled` names the shipped tokenizer; missing think tags are added on request; bad names
 give one-line errors."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlp.config import ConfigError, ModelConfig, TokenizerConfig
-from rlp.models import build_composer_model, build_hf_model, build_tokenizer
-from rlp.rlp_config import TemplateConfig
-from tests.tiny_models import build_tiny_model
+from rlp.config import TemplateConfig
+from rlp.run.models import build_composer_model, build_hf_model, build_tokenizer
+from rlp.run.recipe import ConfigError, ModelConfig, TokenizerConfig
+from tests.helpers.tiny_models import build_tiny_model
 
 
 def test_pretrained_folder_round_trip(tmp_path, tokenizer):

@@ -1,4 +1,4 @@
-"""Checks `rlp.checkpoint.find_latest_checkpoint` against the save folders Composer writes, and shows the two
+"""Checks `rlp.run.checkpoint.find_latest_checkpoint` against the save folders Composer writes, and shows the two
 Composer 0.32.1 autoresume bugs it works around, each against a real Trainer and the local S3 server:
 (1) a checkpoint whose `latest` pointer never reached the object store is ignored by Composer's autoresume;
 (2) a stale local `./s3:/bucket/prefix/latest-rank0.pt` left by an earlier autoresume wins over newer remote
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlp.checkpoint import find_latest_checkpoint, set_symlink_upload_poll
+from rlp.run.checkpoint import find_latest_checkpoint, set_symlink_upload_poll
 
 VOCAB = 64
 
@@ -19,7 +19,7 @@ def _trainer(save_folder, max_duration, autoresume=False, load_path=None):
     from composer.models import HuggingFaceModel
     from torch.utils.data import DataLoader
 
-    from tests.tiny_models import build_tiny_model
+    from tests.helpers.tiny_models import build_tiny_model
 
     gen = torch.Generator().manual_seed(0)
     data = [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB, (32, 8), generator=gen)]
@@ -122,7 +122,7 @@ def test_composer_autoresume_prefers_stale_local_s3_folder(s3, tmp_path, monkeyp
 
 def test_checkpoint_batch():
     """The batch count is read from monolithic and sharded names; anything else is refused."""
-    from rlp.checkpoint import checkpoint_batch
+    from rlp.run.checkpoint import checkpoint_batch
 
     assert checkpoint_batch('s3://b/run/ep0-ba40-rank0.pt') == 40
     assert checkpoint_batch('/x/ep2-ba7') == 7
@@ -133,8 +133,8 @@ def test_checkpoint_batch():
 @pytest.mark.parametrize('folder', ['gs://', 's3://'])
 def test_bucketless_folder_refused(folder):
     """A save folder URI without a bucket is a clear error, not a crash inside boto."""
-    from rlp.checkpoint import check_save_folder
-    from rlp.config import ConfigError
+    from rlp.run.checkpoint import check_save_folder
+    from rlp.run.recipe import ConfigError
 
     with pytest.raises(ConfigError, match='names no bucket'):
         check_save_folder(folder, 'x')

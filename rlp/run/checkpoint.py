@@ -1,20 +1,20 @@
 """Resumption: find the newest complete checkpoint in a save folder (local or object store) ourselves.
 
 This module is the one place that works around two Composer 0.32.1 autoresume bugs (Composer is frozen
-upstream, so they will not be fixed there). ``rlp.train`` therefore never turns on Composer's own
+upstream, so they will not be fixed there). ``rlp.run.train`` therefore never turns on Composer's own
 ``autoresume``; it lists the save folder with :func:`find_latest_checkpoint` and passes the result as
 ``load_path``.
 
-1. Late ``latest`` pointer on object stores (``install.md`` pitfall 6). Composer uploads
+1. Late ``latest`` pointer on object stores. Composer uploads
    ``latest-rank0.pt.symlink`` only after polling that the checkpoint object exists (every 30 s, private
    ``CheckpointSaver._symlink_upload_wait_before_next_try_in_seconds``). A job killed in that window leaves the
    checkpoint on S3 without the pointer; Composer's autoresume then starts again from batch 0 and fails at the
    end with "Object ... already exists, but overwrite was set to False". Test:
-   ``tests/rlp/test_checkpoint.py::test_composer_autoresume_misses_checkpoint_without_symlink``.
-2. Stale local copy (``install.md`` pitfall 7). Composer's autoresume downloads the remote pointer target into
+   ``tests/rlp/run/test_checkpoint.py::test_composer_autoresume_misses_checkpoint_without_symlink``.
+2. Stale local copy. Composer's autoresume downloads the remote pointer target into
    a local folder literally named ``s3:/bucket/prefix/`` under the working directory and, on the next start,
    prefers that local ``latest-rank0.pt`` over the object store, so an old checkpoint wins. Test:
-   ``tests/rlp/test_checkpoint.py::test_composer_autoresume_prefers_stale_local_s3_folder``.
+   ``tests/rlp/run/test_checkpoint.py::test_composer_autoresume_prefers_stale_local_s3_folder``.
 
 Completeness: an object-store object exists only once its upload finished; a local monolithic checkpoint is a
 torch zip file whose central directory is written last (a truncated file fails ``zipfile.is_zipfile``); a
@@ -30,7 +30,7 @@ import re
 import zipfile
 from typing import Optional
 
-from rlp.config import ConfigError
+from rlp.run.recipe import ConfigError
 
 __all__ = [
     'SYMLINK_POLL_ENV',

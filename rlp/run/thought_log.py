@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 import torch
 
-from rlp.rlp_config import ThoughtLogConfig
+from rlp.config import ThoughtLogConfig
+from rlp.step import ThoughtSamples
 
 __all__ = ['ThoughtLog']
 
@@ -38,54 +39,35 @@ class ThoughtLog:
         """Drop rows collected for the current batch (called at its start; auto-microbatching may rerun it)."""
         self.rows = []
 
-    def collect(
-        self,
-        tokenizer: Any,
-        *,
-        batch_index: int,
-        input_ids: torch.Tensor,
-        row: torch.Tensor,
-        start: torch.Tensor,
-        target: torch.Tensor,
-        sample_keys: list[str],
-        tokens: torch.Tensor,
-        lengths: torch.Tensor,
-        truncated: torch.Tensor,
-        rewards: torch.Tensor,
-        s_pred: torch.Tensor,
-        s_ema: torch.Tensor,
-        advantages: torch.Tensor,
-    ) -> None:
-        """Add up to ``max_rows`` rows (first thought of each position first) from one microbatch."""
+    def collect(self, tokenizer: Any, batch_index: int, input_ids: torch.Tensor, samples: ThoughtSamples) -> None:
+        """Add up to ``max_rows`` rows (first thought of each position first) from one microbatch's samples."""
         room = self.cfg.max_rows - len(self.rows)
         if room <= 0:
             return
-        p, g = lengths.shape
+        p, g = samples.lengths.shape
         order = [(i, j) for j in range(g) for i in range(p)][:room]
         ids = input_ids.detach().cpu()
+        keys = samples.sample_keys
         for i, j in order:
-            r, s, t = int(row[i]), int(start[i]), int(target[i])
+            r, s, t = int(samples.row[i]), int(samples.start[i]), int(samples.target[i])
             context = tokenizer.decode(ids[r, s:t].tolist())
-            if self.cfg.context_chars == 0:
-                context = ''
-            else:
-                context = context[-self.cfg.context_chars :]
-            n = int(lengths[i, j])
+            context = '' if self.cfg.context_chars == 0 else context[-self.cfg.context_chars :]
+            n = int(samples.lengths[i, j])
             self.rows.append(
                 {
                     'batch': batch_index,
-                    'sample_id': int(sample_keys[r]) if sample_keys[r].isdigit() else sample_keys[r],
+                    'sample_id': int(keys[r]) if keys[r].isdigit() else keys[r],
                     'target_index': t,
                     'rollout': j,
                     'context': context,
-                    'thought': tokenizer.decode(tokens[i, j, :n].tolist()),
+                    'thought': tokenizer.decode(samples.tokens[i, j, :n].tolist()),
                     'target': tokenizer.decode([int(ids[r, t])]),
-                    'reward': float(rewards[i, j]),
-                    's_pred': float(s_pred[i, j]),
-                    's_ema': float(s_ema[i]),
-                    'advantage': float(advantages[i, j]),
+                    'reward': float(samples.rewards[i, j]),
+                    's_pred': float(samples.s_pred[i, j]),
+                    's_ema': float(samples.s_ema[i]),
+                    'advantage': float(samples.advantages[i, j]),
                     'length': n,
-                    'truncated': bool(truncated[i, j]),
+                    'truncated': bool(samples.truncated[i, j]),
                 }
             )
 

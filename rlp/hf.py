@@ -1,0 +1,100 @@
+"""The one home for calling and unwrapping a Hugging Face causal LM, whatever wraps it.
+
+A model reaches the RLP code as a plain HF module, as Composer's ``HuggingFaceModel`` around one (which takes a
+single mapping and exposes the HF module as ``.model``), possibly inside DDP (``.module``) or with FSDP1 units
+inside. Every function here accepts all of these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ['accepts', 'call_model', 'eval_mode', 'full_params', 'is_fsdp', 'is_fsdp2', 'keep_last_logits', 'unwrap_hf']
+
+
+def _composer_inner(model: Any) -> Any:
+    """The model without DDP's ``.module`` wrapper (a ComposerModel or an HF module)."""
+    return getattr(model, 'module', model)
+
+
+def _is_composer_hf(inner: Any) -> bool:
+    return hasattr(inner, 'model_forward_args')
+
+
+def unwrap_hf(model: Any) -> Any:
+    """The HF causal LM inside DDP / Composer's HuggingFaceModel / FSDP (FSDP forwards attribute access)."""
+    inner = _composer_inner(model)
+    return inner.model if _is_composer_hf(inner) else inner
+
+
+def call_model(model: Any, **kwargs: Any) -> Any:
+    """Run an HF causal LM, or Composer's ``HuggingFaceModel`` (which takes one mapping), with ``kwargs``.
+
+    For a Composer model, keyword arguments its HF module does not take are dropped.
+    """
+    inner = _composer_inner(model)
+    if _is_composer_hf(inner):
+        return model({k: v for k, v in kwargs.items() if k in inner.model_forward_args})
+    return model(**kwargs)
+
+
+def accepts(model: Any, name: str) -> bool:
+    """True if the model's forward takes the keyword argument ``name``."""
+    inner = _composer_inner(model)
+    if _is_composer_hf(inner):
+        return name in inner.model_forward_args
+    return name in inspect.signature(inner.forward).parameters
+
+
+def keep_last_logits(model: Any, n: int) -> dict[str, int]:
+    """``{'logits_to_keep': n}`` when the model supports it (saves the (N, L, V) logits), else ``{}``."""
+    return {'logits_to_keep': n} if accepts(model, 'logits_to_keep') else {}
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Switch ``model`` to eval mode and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def is_fsdp(module: torch.nn.Module) -> bool:
+    """True if ``module`` is or contains an FSDP1 ``FullyShardedDataParallel`` instance."""
+    return any(type(m).__name__ == 'FullyShardedDataParallel' for m in module.modules())
+
+
+def is_fsdp2(module: torch.nn.Module) -> bool:
+    """True if ``module`` holds FSDP2 (``fully_shard``) modules."""
+    return any(
+        type(m).__name__.startswith('FSDP') and type(m).__name__ != 'FullyShardedDataParallel' and hasattr(m, 'unshard')
+        for m in module.modules()
+    )
+
+
+@contextlib.contextmanager
+def full_params(model: torch.nn.Module) -> Iterator[None]:
+    """Context in which ``model``'s parameters are full, unsharded tensors (read-only: ``writeback=False``).
+
+    FSDP1: ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)`` (collective, all ranks
+    get the full tensors). Anything else: no-op. FSDP2 is refused.
+    """
+    if is_fsdp2(model):
+        raise NotImplementedError(
+            'RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
+            '(Composer fsdp_config, use_orig_params=true)'
+        )
+    if not is_fsdp(model):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):
+        yield

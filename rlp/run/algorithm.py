@@ -1,0 +1,156 @@
+"""RLP as a Composer ``Algorithm``: the event handlers around :func:`rlp.step.rlp_loss`, and little else.
+
+Events:
+  - ``INIT``: resolve the thought template against the tokenizer; allocate the teacher copies from the unwrapped
+    HF module (INIT runs before Composer's FSDP wrap; see :mod:`rlp.teacher`).
+  - ``BEFORE_TRAIN_BATCH`` (full device batch; reruns with auto-microbatching): record the global batch index; at
+    the first batch the teachers take phi <- theta (unless restored from a checkpoint); count the rollouts of the
+    whole global batch on all ranks (:func:`rlp.step.count_rollouts`, the loss normaliser).
+  - ``AFTER_LOSS`` (each microbatch): ``state.loss`` becomes ``{'total': ntp_weight*NTP + rlp_weight*RLP, 'ntp':
+    NTP, 'rlp': RLP}`` with RLP from :func:`rlp.step.rlp_loss`.
+  - ``BATCH_END`` (after the optimizer step): EMA update, ``rlp/...`` metrics, the thought JSONL, counters.
+
+Gradient accumulation is exact under Composer's default sample-based accumulation (not
+``accumulate_train_batch_on_tokens``): see :func:`rlp.step.count_rollouts`. The method's decisions are described
+in ``docs/design.md``; cost and memory in :mod:`rlp.step` and :mod:`rlp.logprobs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from composer.core import Algorithm, Event, State, get_precision_context
+from composer.loggers import Logger
+
+from rlp import dist
+from rlp.config import RLPConfig
+from rlp.hf import is_fsdp, unwrap_hf
+from rlp.run.thought_log import ThoughtLog
+from rlp.step import RLPStats, count_rollouts, rlp_loss
+from rlp.teacher import Teachers
+from rlp.template import ThoughtTemplate, resolve_template
+
+__all__ = ['RLP']
+
+
+class RLP(Algorithm):
+    """Reinforcement Learning Pretraining (arXiv 2510.01265) on ordinary text batches.
+
+    Args:
+        config: the ``rlp:`` recipe section (:class:`rlp.config.RLPConfig`).
+        seed: part of every generator key (positions and thoughts). Default: 0.
+        tokenizer: used for the tags and the thought log; None = ``state.model.tokenizer``.
+
+    The batch follows the contract of :func:`rlp.step.rlp_loss`.
+
+    Example:
+        >>> trainer = Trainer(model=HuggingFaceModel(hf, tokenizer=tok, use_logits=True),
+        ...                   algorithms=[RLP(RLPConfig(), seed=17)], ...)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: RLPConfig, *, seed: int = 0, tokenizer: Any = None) -> None:
+        self.config = config
+        self.seed = int(seed)
+        self.tokenizer = tokenizer
+        self.template: Optional[ThoughtTemplate] = None
+        self.teachers = Teachers(config.teacher.kind, config.teacher.tau)
+        self.thought_log = ThoughtLog(config.log)
+        self.batch_index = 0
+        self.totals = {'positions': 0, 'rows_skipped': 0, 'batches': 0}
+        self.stats = RLPStats()
+        self._norm = (0.0, 1.0)  # (rollouts of the global batch, rows of the global batch)
+
+    def __repr__(self) -> str:
+        return f'RLP(seed={self.seed}, config={self.config!r})'
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> Optional[int]:
+        if event == Event.INIT:
+            self._init(state)
+        elif event == Event.BEFORE_TRAIN_BATCH:
+            self._start_batch(state)
+        elif event == Event.AFTER_LOSS:
+            self._microbatch(state)
+        elif event == Event.BATCH_END:
+            self._end_batch(state, logger)
+        return None
+
+    def _init(self, state: State) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = getattr(state.model, 'tokenizer', None)
+        self.template = resolve_template(self.tokenizer, self.config.template)
+        hf = unwrap_hf(state.model)
+        if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
+            self.teachers.create(hf)
+        rows = hf.get_input_embeddings().weight.shape[0]
+        if max(self.template.open_id, self.template.close_id) >= rows:
+            raise ValueError(
+                f'thought tags have ids {self.template.open_id}/{self.template.close_id} but the model has only '
+                f'{rows} embedding rows; resize the embeddings (rlp.template.add_tags=true)'
+            )
+
+    def _start_batch(self, state: State) -> None:
+        if self.template is None:
+            self._init(state)
+        self.batch_index = int(state.timestamp.batch.value)
+        self.teachers.ensure(unwrap_hf(state.model), state.batch['input_ids'].device)
+        self._norm = count_rollouts(state.batch, self.config, self.template, key=(self.seed, self.batch_index))
+        self.stats = RLPStats()
+        self.thought_log.reset()
+
+    def _microbatch(self, state: State) -> None:
+        cfg, batch = self.config, state.batch
+        ntp = state.loss['total'] if isinstance(state.loss, dict) else state.loss
+        ntp = ntp.mean() if ntp.dim() else ntp
+        world, rank = dist.world()
+        rows_all = max(self._norm[1], 1.0)
+        rlp, stats = rlp_loss(
+            state.model,
+            self.teachers,
+            batch,
+            cfg,
+            self.template,
+            key=(self.seed, self.batch_index),
+            normalizer=self._norm[0] * batch['input_ids'].shape[0] / rows_all,
+            synced=world > 1,
+            keep_samples=self.thought_log.due(self.batch_index, rank),
+            autocast=lambda: get_precision_context(state.precision, state.precision_config),
+        )
+        self.stats = self.stats + stats
+        if stats.samples is not None:
+            self.thought_log.collect(self.tokenizer, self.batch_index, batch['input_ids'], stats.samples)
+        total = cfg.loss.ntp_weight * ntp + cfg.loss.rlp_weight * rlp
+        state.loss = {'total': total, 'ntp': ntp.detach(), 'rlp': rlp.detach()}
+
+    def _end_batch(self, state: State, logger: Logger) -> None:
+        self.teachers.update(unwrap_hf(state.model))
+        stats = self.stats.all_reduce()
+        self.totals['positions'] += int(stats.positions)
+        self.totals['rows_skipped'] += int(stats.rows_skipped)
+        self.totals['batches'] += 1
+        logger.log_metrics(
+            {
+                **stats.metrics(),
+                'rlp/positions_total': float(self.totals['positions']),
+                'rlp/rows_skipped_total': float(self.totals['rows_skipped']),
+                'rlp/ema_updates': float(self.teachers.updates),
+            }
+        )
+        self.thought_log.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Teacher weights (CPU tensors) and counters; no generators or custom classes (safe loader)."""
+        return {
+            'teacher': self.teachers.state_dict(),
+            'totals': dict(self.totals),
+            'thoughts_written': self.thought_log.written,
+            'seed': self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created)."""
+        self.teachers.load_state_dict(state.get('teacher', {}))
+        self.totals.update({k: int(v) for k, v in state.get('totals', {}).items()})
+        self.thought_log.written = int(state.get('thoughts_written', 0))

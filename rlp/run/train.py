@@ -1,0 +1,307 @@
+"""Train from a recipe: ``composer -n N -m rlp.train RECIPE [key.sub=value ...]`` (or ``python -m rlp.train``).
+
+Start-up order (each step matters for determinism or for surviving a crash):
+
+1. Validate the recipe (unknown keys, weighting families, batch divisibility for this world size) and log the
+   resolved config (also written to ``{output_dir}/resolved_config.yaml``).
+2. Check the save folder's bucket, initialise torch.distributed (gloo on CPU, NCCL on GPU).
+3. ``streaming.base.util.clean_stale_shared_memory()`` once per process, before any StreamingDataset, when
+   ``data.clean_stale_shared_memory`` (a crashed run's shared memory otherwise blocks the restart).
+4. Seed everything, build tokenizer, model (seeded random init or pretrained), the stream mixture, optimizer,
+   schedule, the RLP algorithm (unless ``rlp: null``), loggers and callbacks.
+5. Find the newest complete checkpoint in ``save_folder`` ourselves (:mod:`rlp.run.checkpoint`) and pass it as
+   ``load_path``; Composer's own autoresume stays off (it misses checkpoints whose ``latest`` pointer was not
+   uploaded yet and prefers stale local copies).
+6. ``fit``; then rank 0 prints a summary: losses, reward and information-gain trend, where the files are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Optional
+
+import yaml
+
+from rlp.run.recipe import ConfigError, Recipe, load_recipe, recipe_to_dict, validate_for_world
+
+__all__ = ['build_trainer', 'main', 'summarize']
+
+log = logging.getLogger('rlp.train')
+
+
+def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='rlp.train', description='Train from a recipe. Launch with: composer -n N -m rlp.train RECIPE k=v ...'
+    )
+    parser.add_argument('recipe', help='YAML recipe, e.g. recipes/smoke-cpu.yaml')
+    parser.add_argument('overrides', nargs='*', help='key.sub=value overrides (values parsed as YAML)')
+    return parser.parse_args(argv)
+
+
+class AlreadyFinished(Exception):
+    """The newest checkpoint already reaches ``max_duration``: nothing to train (a rerun of a finished run)."""
+
+
+def _device_name(requested: str) -> str:
+    import torch
+
+    if requested == 'auto':
+        return 'gpu' if torch.cuda.is_available() else 'cpu'
+    if requested == 'gpu' and not torch.cuda.is_available():
+        raise ConfigError('trainer.device=gpu but no CUDA device is visible; use trainer.device=auto or cpu')
+    return requested
+
+
+def _optimizer(recipe: Recipe, params):
+    import torch
+    from composer.optim import DecoupledAdamW
+
+    o = recipe.trainer.optimizer
+    if o.name == 'decoupled_adamw':
+        return DecoupledAdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == 'adamw':
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _scheduler(recipe: Recipe):
+    from composer.optim import (
+        ConstantScheduler,
+        ConstantWithWarmupScheduler,
+        CosineAnnealingScheduler,
+        CosineAnnealingWithWarmupScheduler,
+        LinearScheduler,
+        LinearWithWarmupScheduler,
+    )
+
+    s = recipe.trainer.scheduler
+    if re.fullmatch(r'0+(\.0*)?[a-z]*', s.t_warmup):  # no warmup (the *WithWarmup classes warn about it)
+        if s.name == 'constant':
+            return ConstantScheduler()
+        if s.name == 'cosine_with_warmup':
+            return CosineAnnealingScheduler(alpha_f=s.alpha_f)
+        return LinearScheduler(alpha_i=1.0, alpha_f=s.alpha_f)
+    if s.name == 'constant':
+        return ConstantWithWarmupScheduler(t_warmup=s.t_warmup)
+    if s.name == 'cosine_with_warmup':
+        return CosineAnnealingWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f)
+    return LinearWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f)
+
+
+def _output_dir(recipe: Recipe) -> str:
+    return recipe.trainer.output_dir.replace('{run_name}', recipe.run_name)
+
+
+def _algorithms(recipe: Recipe, tokenizer, output_dir: str) -> list:
+    from composer.algorithms import GradientClipping
+
+    algorithms: list = []
+    if recipe.trainer.grad_clip_norm is not None:
+        algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=recipe.trainer.grad_clip_norm))
+    if recipe.rlp is not None:
+        from rlp.run.algorithm import RLP
+
+        rlp_cfg = recipe.rlp
+        if rlp_cfg.log.path is None:  # the sampled-thoughts JSONL lives beside metrics.jsonl
+            rlp_cfg = dataclasses.replace(
+                rlp_cfg, log=dataclasses.replace(rlp_cfg.log, path=os.path.join(output_dir, 'thoughts.jsonl'))
+            )
+        algorithms.append(RLP(rlp_cfg, seed=recipe.seed, tokenizer=tokenizer))
+    return algorithms
+
+
+def build_trainer(recipe: Recipe, *, world_size: int):
+    """Everything from step 2 to 5 of the module docstring; returns ``(trainer, output_dir)``."""
+    from composer import Trainer
+    from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist, reproducibility
+
+    from rlp.run import checkpoint
+    from rlp.run.data import build_dataloader
+    from rlp.run.metrics import MetricsJsonlLogger, SampleIdRecorder
+    from rlp.run.models import build_composer_model
+
+    t = recipe.trainer
+    device_batch = validate_for_world(recipe, world_size)
+    device = _device_name(t.device)
+    if device == 'cpu' and t.precision != 'fp32':
+        raise ConfigError(f'trainer.precision={t.precision} needs a GPU; on CPU use trainer.precision=fp32')
+    if t.save_folder is not None:
+        checkpoint.check_save_folder(t.save_folder, recipe.run_name)
+    dist.initialize_dist(DeviceGPU() if device == 'gpu' else DeviceCPU(), timeout=t.dist_timeout)
+    if recipe.data.clean_stale_shared_memory:
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+    reproducibility.seed_all(recipe.seed)
+
+    output_dir = _output_dir(recipe)
+    template = recipe.rlp.template if recipe.rlp is not None else None
+    model, tokenizer = build_composer_model(recipe.model, recipe.tokenizer, seed=recipe.seed, template=template)
+    loader = build_dataloader(
+        recipe.data,
+        run_name=recipe.run_name,
+        device_batch_size=device_batch,
+        seed=recipe.seed,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    optimizer = _optimizer(recipe, model.parameters())
+
+    loggers, callbacks = [], []
+    if recipe.loggers.metrics_jsonl:
+        metrics_logger = MetricsJsonlLogger(os.path.join(output_dir, 'metrics.jsonl'))
+        loggers.append(metrics_logger)
+        if t.record_sample_ids:
+            callbacks.append(SampleIdRecorder(metrics_logger))
+    elif t.record_sample_ids:
+        raise ConfigError('trainer.record_sample_ids needs loggers.metrics_jsonl=true (ids go into metrics.jsonl)')
+    if recipe.callbacks.speed_monitor:
+        callbacks.append(SpeedMonitor(window_size=recipe.callbacks.speed_monitor))
+    if recipe.callbacks.lr_monitor:
+        callbacks.append(LRMonitor())
+    if recipe.callbacks.memory_monitor and device == 'gpu':
+        callbacks.append(MemoryMonitor())
+
+    load_path, load_weights_only = t.load_path, t.load_weights_only
+    if t.autoresume and t.save_folder is not None:
+        newest = checkpoint.find_latest_checkpoint(t.save_folder, recipe.run_name)
+        if newest is not None:
+            done = checkpoint.checkpoint_batch(newest)
+            if t.max_duration.endswith('ba') and done >= int(t.max_duration[:-2]):
+                raise AlreadyFinished(
+                    f'{newest} already covers trainer.max_duration={t.max_duration}; raise '
+                    f'max_duration to train further, or change run_name/save_folder to start over'
+                )
+            load_path, load_weights_only = newest, False
+            log.info('resuming from %s', newest)
+
+    parallelism = None
+    if t.fsdp is not None:
+        if device == 'gpu' and world_size > 1:
+            parallelism = {'fsdp': dict(t.fsdp)}
+        else:
+            log.warning(
+                'trainer.fsdp is ignored: FSDP needs more than one GPU (device=%s, world=%d)', device, world_size
+            )
+
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration=t.max_duration,
+        optimizers=optimizer,
+        schedulers=_scheduler(recipe),
+        algorithms=_algorithms(recipe, tokenizer, output_dir),
+        device=device,
+        precision=t.precision,
+        device_train_microbatch_size=t.device_train_microbatch_size,
+        parallelism_config=parallelism,
+        run_name=recipe.run_name,
+        seed=recipe.seed,
+        loggers=loggers,
+        callbacks=callbacks,
+        progress_bar=recipe.loggers.progress_bar,
+        log_to_console=recipe.loggers.console,
+        console_log_interval=recipe.loggers.console_interval,
+        console_stream='stdout',
+        save_folder=t.save_folder,
+        save_interval=t.save_interval,
+        save_num_checkpoints_to_keep=t.save_num_checkpoints_to_keep,
+        save_overwrite=False,
+        autoresume=False,  # rlp.run.checkpoint picks the newest complete checkpoint (see its docstring)
+        load_path=load_path,
+        load_weights_only=load_weights_only,
+        dist_timeout=t.dist_timeout,
+        deterministic_mode=t.deterministic_mode,
+    )
+    checkpoint.set_symlink_upload_poll(trainer)
+    return trainer, output_dir
+
+
+def _trend(records: list[dict[str, Any]], key: str) -> Optional[tuple[float, float, int]]:
+    values = [r[key] for r in records if isinstance(r.get(key), int | float)]
+    if not values:
+        return None
+    k = max(1, len(values) // 4)
+    return sum(values[:k]) / k, sum(values[-k:]) / k, len(values)
+
+
+def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
+    """Human summary of a run from its ``metrics.jsonl``: first vs last quarter of each loss and reward."""
+    from rlp.run.metrics import read_metrics
+
+    metrics_path = os.path.join(output_dir, 'metrics.jsonl')
+    records = [r for _, r in sorted(read_metrics(metrics_path).items()) if 'loss/train/total' in r]
+    lines = [f'== rlp.train summary: {len(records)} batches' + (f' in {seconds:.0f} s' if seconds else '')]
+    keys = sorted({k for r in records for k in r})
+    wanted = [k for k in keys if k.startswith('loss/train/')]
+    wanted += [k for k in keys if ('reward' in k or 'gain' in k or 's_ema' in k or 's_pred' in k) and k not in wanted]
+    for key in wanted:
+        trend = _trend(records, key)
+        if trend:
+            first, last, n = trend
+            lines.append(f'  {key:40s} first quarter {first: .4f} -> last quarter {last: .4f}  ({n} values)')
+    gain = _trend(records, 'rlp/gain_vs_current')
+    if gain:
+        verdict = 'help' if gain[1] > 0 else 'do not help (yet)'
+        lines.append(
+            f'  thoughts {verdict} the current model: rlp/gain_vs_current = {gain[1]:.4f} in the last quarter '
+            f'(rlp/gain_vs_ema also rises when plain next-token prediction improves faster than the EMA)'
+        )
+    lines.append(f'  metrics (one JSON object per batch): {os.path.abspath(metrics_path)}')
+    thoughts = os.path.join(output_dir, 'thoughts.jsonl')
+    if os.path.exists(thoughts):
+        lines.append(f'  sampled thoughts: {os.path.abspath(thoughts)}')
+    lines.append(f'  resolved config: {os.path.abspath(os.path.join(output_dir, "resolved_config.yaml"))}')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``rlp.train`` (and the ``rlp-train`` console script)."""
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format='%(asctime)s rank' + os.environ.get('RANK', '0') + ' %(levelname)s %(name)s: %(message)s',
+    )
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        validate_for_world(recipe, world_size)
+    except ConfigError as err:
+        print(f'rlp.train: invalid recipe {args.recipe}: {err}', file=sys.stderr)
+        return 2
+    resolved = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    output_dir = _output_dir(recipe)
+    if rank == 0:
+        log.info('resolved recipe %s (world size %d):\n%s', args.recipe, world_size, resolved)
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, 'resolved_config.yaml'), 'w') as fh:
+            fh.write(resolved)
+    start = time.time()
+    try:
+        trainer, output_dir = build_trainer(recipe, world_size=world_size)
+    except ConfigError as err:
+        print(f'rlp.train: {err}', file=sys.stderr)
+        return 2
+    except AlreadyFinished as done:
+        if rank == 0:
+            print(f'rlp.train: nothing to do: {done}', flush=True)
+            print(summarize(output_dir), flush=True)
+        return 0
+    trainer.fit()
+    trainer.close()
+    if rank == 0:
+        print(summarize(output_dir, time.time() - start), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The whole RLP step as one function: positions -> G thoughts -> scores -> information gain -> clipped surrogate.
+
+:func:`rlp_loss` is the functional form of the method (in the style of ``composer.functional``): a researcher can
+call it in a plain PyTorch loop, and the Composer ``Algorithm`` (:mod:`rlp.run.algorithm`) calls it once per
+microbatch. It needs no Composer::
+
+    teachers = Teachers('ema', tau=0.999); teachers.ensure(model)
+    for i, batch in enumerate(loader):
+        loss, stats = rlp_loss(model, teachers, batch, cfg, template, key=(seed, i))
+        loss.backward(); opt.step(); opt.zero_grad(); teachers.update(model)
+        print(stats.metrics())
+
+For one position (prefix x_<t, target x_t) and its G thoughts c_1..c_G:
+
+    s_pred_g = log p_theta(x_t | x_<t, c_g)       (training forward, detached, temperature 1)
+    s_ema    = log p_phi(x_t | x_<t)              (the EMA teacher, no thought)
+    r_g      = s_pred_g - s_base                  (s_base = s_ema for the paper's teacher kind ``ema``)
+    A_g      = G/(G-1) (r_g - mean_g r)
+    loss     = sum over rollouts of the length-normalised clipped surrogate / normalizer
+
+Shapes: P positions in the batch, G = ``cfg.rollouts.group_size``, T = longest thought.
+
+Randomness: every draw is keyed on ``key = (seed, batch index)`` plus the row's sample id, the target index and
+the rollout index (:mod:`rlp.keys`), so the same batch and key give the same thoughts on any rank, microbatch split
+or restart.
+
+Distributed: with ``synced=True`` (several ranks whose forwards are collective, e.g. FSDP) a rank whose batch has no
+eligible position still runs one throw-away rollout with weight 0, and the decode loop takes the same number of
+steps on every rank. :class:`RLPStats` sums over microbatches with ``+`` and over ranks with
+:meth:`RLPStats.all_reduce`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+from rlp import dist
+from rlp.config import PositionsConfig, RLPConfig
+from rlp.keys import row_key
+from rlp.objective import clipped_surrogate, group_advantages, information_gain
+from rlp.positions import Positions, select_positions
+from rlp.rollouts import Rollouts, build_prompts, rollout_uniforms, sample_thoughts
+from rlp.scoring import nothink_entropy, policy_forward
+from rlp.teacher import Teachers
+from rlp.template import ThoughtTemplate
+
+__all__ = ['RLPStats', 'ThoughtSamples', 'choose_positions', 'count_rollouts', 'rlp_loss']
+
+_SUMS = (
+    'positions',
+    'rows',
+    'rows_skipped',
+    'rollouts',
+    'reward',
+    'reward_sq',
+    's_pred',
+    's_ema',
+    'gain_ema',
+    's_nothink',
+    'gain_current',
+    'adv_sq',
+    'clip_tokens',
+    'tokens',
+    'kl_tokens',
+    'length',
+    'truncated',
+)
+
+
+@dataclass
+class ThoughtSamples:
+    """What one call sampled and scored, on CPU, for people to read (:mod:`rlp.run.thought_log`).
+
+    Attributes:
+        row / start / target: (P,) the positions (row of the batch, first prefix token, index of x_t).
+        sample_keys: the batch's row keys (sample ids as strings).
+        tokens: (P, G, T) thought tokens; lengths (P, G); truncated (P, G) bool.
+        rewards / s_pred / advantages: (P, G); s_ema: (P,).
+    """
+
+    row: torch.Tensor
+    start: torch.Tensor
+    target: torch.Tensor
+    sample_keys: list[str]
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    rewards: torch.Tensor
+    s_pred: torch.Tensor
+    s_ema: torch.Tensor
+    advantages: torch.Tensor
+
+
+@dataclass
+class RLPStats:
+    """Sums over rollouts (and tokens) of one or more RLP calls; ``+`` merges microbatches, ``all_reduce`` ranks.
+
+    The per-rollout means are in :meth:`metrics`. Sums are floats so that they add exactly across calls.
+    ``samples`` (only when asked for) is not merged.
+    """
+
+    positions: float = 0.0
+    rows: float = 0.0
+    rows_skipped: float = 0.0
+    rollouts: float = 0.0
+    reward: float = 0.0
+    reward_sq: float = 0.0
+    s_pred: float = 0.0
+    s_ema: float = 0.0
+    gain_ema: float = 0.0
+    s_nothink: float = 0.0
+    gain_current: float = 0.0
+    adv_sq: float = 0.0
+    clip_tokens: float = 0.0
+    tokens: float = 0.0
+    kl_tokens: float = 0.0
+    length: float = 0.0
+    truncated: float = 0.0
+    ratio_min: float = math.inf
+    ratio_max: float = -math.inf
+    len_max: float = 0.0
+    samples: Optional[ThoughtSamples] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __add__(self, other: 'RLPStats') -> 'RLPStats':
+        sums = {k: getattr(self, k) + getattr(other, k) for k in _SUMS}
+        return RLPStats(
+            **sums,
+            ratio_min=min(self.ratio_min, other.ratio_min),
+            ratio_max=max(self.ratio_max, other.ratio_max),
+            len_max=max(self.len_max, other.len_max),
+        )
+
+    def all_reduce(self) -> 'RLPStats':
+        """Sums over all ranks, extremes over all ranks (collective: every rank must call it); identity on one."""
+        sums = dist.all_reduce([getattr(self, k) for k in _SUMS])
+        ext = dist.all_reduce([-self.ratio_min, self.ratio_max, self.len_max], op='max')
+        return RLPStats(**dict(zip(_SUMS, sums)), ratio_min=-ext[0], ratio_max=ext[1], len_max=ext[2])
+
+    def metrics(self) -> dict[str, float]:
+        """Per-batch ``rlp/...`` metrics (means per rollout or per token); a batch without positions gives zeros."""
+        n, tok = max(self.rollouts, 1.0), max(self.tokens, 1.0)
+        mean_r = self.reward / n
+        has = self.rollouts > 0
+        return {
+            'rlp/reward_mean': mean_r,
+            'rlp/reward_std': math.sqrt(max(self.reward_sq / n - mean_r**2, 0.0)),
+            'rlp/s_pred': self.s_pred / n,
+            'rlp/s_ema': self.s_ema / n,
+            'rlp/gain_vs_ema': self.gain_ema / n,
+            'rlp/s_nothink_current': self.s_nothink / n,
+            'rlp/gain_vs_current': self.gain_current / n,
+            'rlp/advantage_std': math.sqrt(self.adv_sq / n),
+            'rlp/clip_fraction': self.clip_tokens / tok,
+            'rlp/approx_kl': self.kl_tokens / tok,
+            'rlp/ratio_min': self.ratio_min if has else 1.0,
+            'rlp/ratio_max': self.ratio_max if has else 1.0,
+            'rlp/thought_len_mean': self.length / n,
+            'rlp/thought_len_max': self.len_max,
+            'rlp/truncation_rate': self.truncated / n,
+            'rlp/positions': self.positions,
+            'rlp/positions_per_row': self.positions / max(self.rows, 1.0),
+            'rlp/rows_skipped': self.rows_skipped,
+        }
+
+
+def pad_id(template: ThoughtTemplate) -> int:
+    """The padding id of prompts and thoughts: the tokenizer's pad, else its EOS, else 0."""
+    return template.pad_id if template.pad_id is not None else (template.eos_id or 0)
+
+
+def choose_positions(
+    batch: dict[str, torch.Tensor],
+    cfg: PositionsConfig,
+    template: ThoughtTemplate,
+    *,
+    key: tuple[int, int],
+    teachers: Optional[Teachers] = None,
+    count_only: bool = False,
+) -> Positions:
+    """The target positions of a batch (``rlp.positions.select_positions`` with the batch contract's fields).
+
+    ``strategy: entropy`` scores positions with the EMA teacher's no-think entropy (``teachers`` required), unless
+    ``count_only`` (the count does not depend on the scores).
+    """
+    entropy = None
+    if cfg.strategy == 'entropy' and not count_only:
+        assert teachers is not None and teachers.ema.module is not None, 'entropy positions need the EMA teacher'
+        entropy = nothink_entropy(teachers.ema.module, batch['input_ids'], batch.get('segment_ids'), pad_id(template))
+    return select_positions(
+        batch['input_ids'],
+        batch.get('segment_ids'),
+        row_key(batch.get('sample_id'), batch['input_ids']),
+        cfg,
+        template.excluded_targets,
+        seed=key[0],
+        batch_index=key[1],
+        attention_mask=batch.get('attention_mask'),
+        entropy=entropy,
+    )
+
+
+def count_rollouts(batch: dict[str, torch.Tensor], cfg: RLPConfig, template: ThoughtTemplate, *, key: tuple[int, int]):
+    """``(N, rows)`` over ALL ranks (collective): the rollouts and rows of the global batch.
+
+    The RLP loss of a batch is the mean over all N rollouts of the global batch; a microbatch of ``n_m`` rows passes
+    ``normalizer = N * n_m / rows`` to :func:`rlp_loss` so that the update does not depend on the microbatch split
+    (Composer scales a microbatch's loss by ``n_m / C``, C the mean rows per rank, and DDP averages over W ranks).
+    """
+    pos = choose_positions(batch, cfg.positions, template, key=key, count_only=True)
+    n_pos, rows = dist.all_reduce([float(len(pos)), float(batch['input_ids'].shape[0])])
+    return n_pos * cfg.rollouts.group_size, rows
+
+
+def _dummy_position(input_ids: torch.Tensor, min_context: int) -> Positions:
+    """One throw-away position (row 0, last token) so a rank without positions joins the collective forwards."""
+    t = torch.tensor([input_ids.shape[1] - 1])
+    return Positions(
+        row=torch.tensor([0]), target=t, start=(t - min_context).clamp(min=0), num_rows=0, rows_without_position=0
+    )
+
+
+def rlp_loss(
+    model: Any,
+    teachers: Teachers,
+    batch: dict[str, torch.Tensor],
+    cfg: RLPConfig,
+    template: ThoughtTemplate,
+    *,
+    key: tuple[int, int],
+    normalizer: Optional[float] = None,
+    synced: bool = False,
+    keep_samples: bool = False,
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, RLPStats]:
+    """The RLP loss of one (micro)batch and its statistics.
+
+    Args:
+        model: the policy: an HF causal LM, or Composer's ``HuggingFaceModel`` around one (possibly DDP/FSDP
+            wrapped); called in its current (train) mode for the training forward, in eval mode for sampling.
+        teachers: the no-think baselines (:class:`rlp.teacher.Teachers`), already holding weights (``ensure``).
+        batch: ``input_ids`` (B, L), optional ``segment_ids`` (B, L), ``attention_mask`` (B, L) and ``sample_id``
+            (B,) (rows are keyed by a hash of their tokens without it).
+        cfg: the algorithm's configuration (:class:`rlp.config.RLPConfig`).
+        template: the resolved thought template (:func:`rlp.template.resolve_template`).
+        key: ``(seed, global batch index)``, the shared part of every generator key.
+        normalizer: denominator of the sum over rollouts; None = the rollouts of this call (their mean).
+        synced: several ranks with collective forwards: all ranks run the same decode steps, and a rank without
+            positions runs one rollout with weight 0.
+        keep_samples: also return what was sampled, on CPU, in ``stats.samples``.
+        autocast: a context factory around the model calls (e.g. Composer's precision context).
+
+    Returns:
+        ``(loss, stats)``: a scalar float32 loss with a graph to the thought tokens' log-probs (0 with a graph-free
+        zero when the batch has no eligible position and ``synced`` is off), and :class:`RLPStats`.
+    """
+    input_ids = batch['input_ids']
+    pos = choose_positions(batch, cfg.positions, template, key=key, teachers=teachers)
+    stats = RLPStats(rows=float(pos.num_rows), rows_skipped=float(pos.rows_without_position))
+    dummy = len(pos) == 0 and synced
+    if dummy:
+        pos = _dummy_position(input_ids, cfg.positions.min_context)
+    if len(pos) == 0:
+        return torch.zeros((), device=input_ids.device, dtype=torch.float32), stats
+
+    pad = pad_id(template)
+    keys = row_key(batch.get('sample_id'), input_ids)
+    prompts = build_prompts(input_ids, pos, template, pad)
+    rkeys = [(key[0], key[1], keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
+    ro_cfg = cfg.rollouts
+    u = rollout_uniforms(rkeys, ro_cfg.group_size, ro_cfg.max_thought_tokens)
+    with autocast():
+        ro = sample_thoughts(
+            model,
+            model,
+            prompts,
+            u,
+            temperature=ro_cfg.temperature,
+            top_p=ro_cfg.top_p,
+            close_id=template.close_id,
+            pad_id=pad,
+            synced=synced,
+        )
+        s_base, s_ema = teachers.nothink_logprobs(prompts, current=ro.nothink_logp)
+        logp_new, s_pred = policy_forward(
+            model, prompts, ro, temperature=ro_cfg.temperature, pad_id=pad, chunk_tokens=cfg.loss.logprob_chunk_tokens
+        )
+    rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
+    adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
+    logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
+    loss, m = clipped_surrogate(
+        logp_new, logp_old, adv, ro.mask, cfg.loss.eps_low, cfg.loss.eps_high, normalizer=normalizer
+    )
+    if dummy:
+        return loss * 0.0, stats
+    stats = stats + _rollout_stats(pos, ro, rewards, s_pred, s_ema, adv, m)
+    if keep_samples:
+        stats.samples = ThoughtSamples(
+            row=pos.row,
+            start=pos.start,
+            target=pos.target,
+            sample_keys=keys,
+            tokens=ro.tokens.cpu(),
+            lengths=ro.lengths.cpu(),
+            truncated=ro.truncated.cpu(),
+            rewards=rewards.cpu(),
+            s_pred=s_pred.cpu(),
+            s_ema=s_ema.cpu(),
+            advantages=adv.cpu(),
+        )
+    return loss, stats
+
+
+def _rollout_stats(
+    pos: Positions,
+    ro: Rollouts,
+    rewards: torch.Tensor,
+    s_pred: torch.Tensor,
+    s_ema: torch.Tensor,
+    adv: torch.Tensor,
+    m: dict[str, torch.Tensor],
+) -> RLPStats:
+    g = rewards.shape[1]
+    s_pred, s_ema, nothink = s_pred.float(), s_ema.float().unsqueeze(1), ro.nothink_logp.float().unsqueeze(1)
+    return RLPStats(
+        positions=float(len(pos)),
+        rollouts=float(rewards.numel()),
+        reward=float(rewards.sum()),
+        reward_sq=float((rewards**2).sum()),
+        s_pred=float(s_pred.sum()),
+        s_ema=float(s_ema.sum()) * g,
+        gain_ema=float((s_pred - s_ema).sum()),
+        s_nothink=float(nothink.sum()) * g,
+        gain_current=float((s_pred - nothink).sum()),
+        adv_sq=float((adv**2).sum()),
+        tokens=float(m['num_tokens']),
+        clip_tokens=float(m['clip_fraction'] * m['num_tokens']),
+        kl_tokens=float(m['approx_kl'] * m['num_tokens']),
+        length=float(ro.lengths.sum()),
+        truncated=float(ro.truncated.sum()),
+        ratio_min=float(m['ratio_min']),
+        ratio_max=float(m['ratio_max']),
+        len_max=float(ro.lengths.max()),
+    )

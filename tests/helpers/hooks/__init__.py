@@ -1,0 +1,16 @@
+"""Environment for a child process that should load the hooks of ``sitecustomize.py`` in this folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOOKS_DIR = Path(__file__).resolve().parent
+HANG_AFTER_BATCH = 'RLP_TEST_HANG_AFTER_BATCH'  # the names sitecustomize.py reads
+SLEEP_AFTER_UNIT = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
+
+
+def hook_env(env: dict[str, str], **hooks: str) -> dict[str, str]:
+    """A copy of ``env`` with this folder first on ``PYTHONPATH`` and the hook variables ``hooks`` set."""
+    path = os.pathsep.join([str(HOOKS_DIR)] + [p for p in [env.get('PYTHONPATH', '')] if p])
+    return {**env, 'PYTHONPATH': path, **hooks}

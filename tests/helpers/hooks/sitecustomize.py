@@ -1,0 +1,100 @@
+"""Fault-injection hooks for subprocess tests, kept out of the production modules.
+
+A test that wants a hook puts this folder first on the child's ``PYTHONPATH`` (:func:`tests.helpers.hooks.hook_env`)
+and sets the hook's environment variable; Python imports ``sitecustomize`` at start-up in every process (the
+``composer`` launcher and each rank alike). Each hook waits, through a ``sys.meta_path`` finder, until the module it
+patches is imported, then wraps one function of it. Without the variables nothing is patched.
+
+Hooks:
+  - ``RLP_TEST_HANG_AFTER_BATCH=N``: training (``rlp.run.train.build_trainer``) gets a callback that stops making
+    progress after batch N, so a crash test can SIGKILL it at a known point between two checkpoints.
+  - ``RLP_DATA_TEST_SLEEP_AFTER_UNIT=S``: ``rlp-data prepare`` sleeps S seconds after each finished unit of work,
+    so a crash test can kill it in the middle.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+import time
+from typing import Any, Callable
+
+HANG_ENV = 'RLP_TEST_HANG_AFTER_BATCH'
+SLEEP_ENV = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``patch(module)`` right after ``name`` has been executed for the first time."""
+
+    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            self.patch(module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def _patch_train(module: Any) -> None:
+    batches = int(os.environ[HANG_ENV])
+    build = module.build_trainer
+
+    def build_trainer(*args: Any, **kwargs: Any) -> Any:
+        from composer.core import Callback
+
+        class HangAfter(Callback):
+            def batch_end(self, state: Any, logger: Any) -> None:
+                if state.timestamp.batch.value == batches:
+                    print(f'{HANG_ENV}={batches}: waiting to be killed', file=sys.stderr, flush=True)
+                    while True:
+                        time.sleep(1)
+
+        trainer, output_dir = build(*args, **kwargs)
+        trainer.state.callbacks.append(HangAfter())
+        return trainer, output_dir
+
+    module.build_trainer = build_trainer
+
+
+def _patch_prepare_worker(module: Any) -> None:
+    """Make both units of work of ``pipeline.workers`` sleep after they return (their done marker is written last).
+
+    Pool workers get the wrapped functions too: forked ones inherit the patched module, spawned ones run this file
+    again (``PYTHONPATH`` is inherited); a task is pickled by name, which resolves to the wrapper.
+    """
+    import functools
+
+    delay = os.environ[SLEEP_ENV]
+
+    def sleep_after(unit: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(unit)
+        def unit_then_sleep(job: Any) -> Any:
+            marker = unit(job)
+            print(f'{SLEEP_ENV}={delay}: sleeping after {unit.__name__}', file=sys.stderr, flush=True)
+            time.sleep(float(delay))
+            return marker
+
+        return unit_then_sleep
+
+    for name in ('tokenize_unit', 'write_unit'):
+        setattr(module, name, sleep_after(getattr(module, name)))
+
+
+if os.environ.get(HANG_ENV):
+    sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train))
+
+if os.environ.get(SLEEP_ENV):
+    sys.meta_path.insert(0, _PatchOnImport('pipeline.workers', _patch_prepare_worker))

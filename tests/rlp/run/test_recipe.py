@@ -1,0 +1,159 @@
+"""Checks recipe validation (`rlp.run.recipe`) against the rules a user relies on: an unknown key at any depth is an
+error naming the key path and the allowed keys; a missing stream, mixed weighting families, a global batch not
+divisible by world size x microbatch and a missing save-folder bucket are refused with one-line errors; variables
+and `key.sub=value` overrides resolve as documented; `rlp: null` means next-token training only."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from rlp.config import RLPConfig
+from rlp.run.recipe import (
+    ConfigError,
+    apply_overrides,
+    load_recipe,
+    parse_recipe,
+    recipe_to_dict,
+    resolve_variables,
+    validate_for_world,
+)
+
+BASE = {
+    'run_name': 'unit',
+    'model': {'config': {'model_type': 'llama', 'hidden_size': 32}},
+    'data': {'seq_len': 16, 'streams': {'web': {'remote': 's3://bkt/web', 'proportion': 1.0}}},
+    'trainer': {'max_duration': '10ba', 'global_train_batch_size': 8, 'device_train_microbatch_size': 2},
+}
+
+
+def recipe(**changes):
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split('__')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
+def test_minimal_recipe_defaults():
+    """A minimal recipe validates; defaults: NTP only, autoresume on, fp32, seed 17."""
+    r = parse_recipe(recipe())
+    assert r.rlp is None and r.trainer.autoresume and r.trainer.precision == 'fp32' and r.seed == 17
+    assert recipe_to_dict(r)['data']['streams']['web']['remote'] == 's3://bkt/web'
+
+
+@pytest.mark.parametrize(
+    'where,key',
+    [
+        ('trainer__optimizer', 'lrr'),
+        ('data__streams__web', 'remotee'),
+        ('rlp__rollouts', 'grup_size'),
+        ('', 'trainr'),
+    ],
+)
+def test_unknown_key_at_any_depth(where, key):
+    """The error names the full key path and lists the allowed keys at that level."""
+    data = recipe()
+    node = data
+    for part in filter(None, where.split('__')):
+        node = node.setdefault(part, {})
+    node[key] = 1
+    path = '.'.join(filter(None, where.split('__') + [key]))
+    with pytest.raises(ConfigError, match=rf"unknown key '{path}'.*allowed keys"):
+        parse_recipe(data)
+
+
+def test_missing_streams():
+    """No stream, or a stream with neither remote nor local, is refused with a fix."""
+    with pytest.raises(ConfigError, match='data.streams is empty'):
+        parse_recipe(recipe(data__streams={}))
+    with pytest.raises(ConfigError, match='data.streams.web has neither remote nor local'):
+        parse_recipe(recipe(data__streams={'web': {'split': 'train'}}))
+
+
+def test_missing_local_stream_folder(tmp_path):
+    """A local-only stream whose folder holds no index.json fails when the loader is built, naming the folder."""
+    from rlp.run.data import build_streams
+
+    r = parse_recipe(recipe(data__streams={'web': {'local': str(tmp_path / 'nope')}}))
+    with pytest.raises(ConfigError, match='no index.json'):
+        build_streams(r.data, r.run_name)
+
+
+def test_mixed_weighting_families():
+    """proportion on one stream and repeat/choose (or nothing) on another is refused."""
+    streams = {'a': {'remote': 's3://b/a', 'proportion': 0.5}, 'b': {'remote': 's3://b/b', 'repeat': 2.0}}
+    with pytest.raises(ConfigError, match='mix weighting families'):
+        parse_recipe(recipe(data__streams=streams))
+    streams = {'a': {'remote': 's3://b/a', 'proportion': 0.5}, 'b': {'remote': 's3://b/b'}}
+    with pytest.raises(ConfigError, match='mix weighting families'):
+        parse_recipe(recipe(data__streams=streams))
+    with pytest.raises(ConfigError, match='one weighting family'):
+        parse_recipe(recipe(data__streams={'a': {'remote': 's3://b/a', 'proportion': 0.5, 'choose': 3}}))
+    ok = {'a': {'remote': 's3://b/a', 'repeat': 2.0}, 'b': {'remote': 's3://b/b', 'choose': 10}}
+    assert parse_recipe(recipe(data__streams=ok)).data.streams['b'].choose == 10
+
+
+def test_global_batch_divisibility():
+    """global batch 8 with microbatch 2 works on 1, 2, 4 ranks and is refused on 3 (and on 8: 8 x 2 > 8)."""
+    r = parse_recipe(recipe())
+    assert [validate_for_world(r, n) for n in (1, 2, 4)] == [8, 4, 2]
+    for n in (3, 8):
+        with pytest.raises(ConfigError, match=r'global_train_batch_size=8 is not divisible by world size'):
+            validate_for_world(r, n)
+
+
+def test_missing_save_folder_bucket(s3):
+    """An s3:// save folder whose bucket does not exist fails before training, naming the bucket."""
+    from rlp.run.checkpoint import check_save_folder
+
+    check_save_folder(f's3://{s3.bucket}/ckpt/{{run_name}}', 'unit')  # exists: fine
+    with pytest.raises(ConfigError, match="bucket 'no-such-bucket-xyz' is not usable"):
+        check_save_folder('s3://no-such-bucket-xyz/ckpt/{run_name}', 'unit')
+
+
+def test_other_field_rules():
+    """Bad durations, run names, model sections and non-positive weights give one-line errors."""
+    cases = [
+        (recipe(trainer__max_duration='10 steps'), 'not a Composer time'),
+        (recipe(run_name='a b/c'), 'run_name'),
+        (recipe(model={}), 'exactly one of name_or_path'),
+        (recipe(model={'config': {'hidden_size': 3}}), 'model_type'),
+        (recipe(data__streams={'a': {'remote': 's3://b/a', 'proportion': 0}}), 'must be > 0'),
+        (recipe(data__streams={'a': {'remote': 's3://b/a', 'token_dtype': 'float32'}}), 'token_dtype'),
+        (recipe(trainer__precision='fp64'), 'allowed values'),
+    ]
+    for data, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            parse_recipe(data)
+
+
+def test_rlp_section_is_typed():
+    """rlp: mapping -> RLPConfig (its own rules apply); rlp: null -> None (NTP only)."""
+    r = parse_recipe(recipe(rlp={'rollouts': {'group_size': 4}}))
+    assert isinstance(r.rlp, RLPConfig) and r.rlp.rollouts.group_size == 4
+    with pytest.raises(ConfigError, match='group_size must be >= 2'):
+        parse_recipe(recipe(rlp={'rollouts': {'group_size': 1}}))
+    assert parse_recipe(recipe(rlp=None)).rlp is None
+
+
+def test_variables_and_overrides(tmp_path):
+    """${variables.x} keeps the type when it is the whole value and is substituted inside strings; overrides are
+    YAML-parsed, create missing mappings, and apply before variables are resolved."""
+    data = recipe(variables={'seq': 64, 'bucket': 's3://bkt', 'root': '${variables.bucket}/data'})
+    data['data']['seq_len'] = '${variables.seq}'
+    data['data']['streams']['web']['remote'] = '${variables.root}/web'
+    resolved = resolve_variables(apply_overrides(data, ['variables.seq=128', 'trainer.optimizer.lr=1e-5', 'rlp=null']))
+    r = parse_recipe(resolved)
+    assert r.data.seq_len == 128 and r.data.streams['web'].remote == 's3://bkt/data/web'
+    assert r.trainer.optimizer.lr == 1e-5 and r.rlp is None
+    with pytest.raises(ConfigError, match='not defined'):
+        resolve_variables({'variables': {}, 'run_name': '${variables.nope}'})
+    with pytest.raises(ConfigError, match='key.sub=value'):
+        apply_overrides({}, ['trainer.max_duration'])
+    with pytest.raises(ConfigError, match='does not exist'):
+        load_recipe(tmp_path / 'missing.yaml')
