@@ -7,7 +7,7 @@ Kinds (``rlp.teacher.kind``):
 
 The EMA copy is kept for every kind, so the information gain against it is always logged: a policy can raise its
 gain over the *current* model by degrading its own no-think prediction, and only the EMA-based reward shows that
-collapse (``docs/design.md`` shows it measured).
+collapse (``docs/design.md``, "Which numbers to read").
 
 Note on what the teacher changes: S_EMA is the same for the G thoughts of a position, so it cancels exactly in the
 group-relative advantage A = G/(G-1)(r - mean r) (NVlabs/RLP#3): with the default options the teacher has NO effect
