@@ -122,11 +122,11 @@ def _run(args: argparse.Namespace) -> int:
         prepare(PrepareArgs(**fields))
         return 0
     if args.command == 'inspect':
-        from pipeline.inspect import inspect_dataset
+        from pipeline.dataset.inspect import inspect_dataset
 
         inspect_dataset(args.path, args.samples)
         return 0
-    from pipeline.verify import verify_dataset
+    from pipeline.dataset.verify import verify_dataset
 
     return verify_dataset(args.path)
 

@@ -1,17 +1,19 @@
 """``rlp-data prepare``: inputs -> tokenised, packed MDS shards + manifest, parallel, deterministic, resumable.
 
-Phases (every unit writes a done marker last; see :mod:`pipeline.store`):
+Phases (every unit writes a done marker last; see :mod:`pipeline.storage.staging`):
 
-1. tokenise: each group (see :mod:`pipeline.sources`) becomes a raw token stream with document lengths.
-   Groups run in a process pool of ``--workers``; the result of a group depends only on the group.
+1. tokenise: each group (see :mod:`pipeline.inputs.expand`) becomes a raw token stream with document lengths
+   (:mod:`pipeline.tokenize.group`). Groups run in a process pool of ``--workers`` (:mod:`pipeline.workers`); the
+   result of a group depends only on the group.
 2. pack + write: with every group's token count known, the global stream is cut into samples at multiples of
-   ``seq_len`` (concat) or into per-document pieces (none) (:mod:`pipeline.pack`), and the global sample sequence
-   into fixed ranges of ``samples_per_part`` (about one shard each). A part reads the tokens it needs from whatever
-   groups hold them, so parts are independent and written in parallel, and the result equals packing the whole
-   stream in one pass: only the final partial sample of the whole corpus is dropped, and neither ``--workers`` nor
-   the grouping of the inputs (``--chunk-mb``) changes a byte.
-3. publish: parts are moved (local) or uploaded (object store) beside each other, then the root ``index.json``,
-   then ``manifest.json``. ``manifest.json`` is the completion mark: an output without it is incomplete.
+   ``seq_len`` (concat) or into per-document pieces (none) (:mod:`pipeline.tokenize.pack`), and the global sample
+   sequence into fixed ranges of ``samples_per_part`` (about one shard each). A part reads the tokens it needs from
+   whatever groups hold them, so parts are independent and written in parallel, and the result equals packing the
+   whole stream in one pass: only the final partial sample of the whole corpus is dropped, and neither
+   ``--workers`` nor the grouping of the inputs (``--chunk-mb``) changes a byte.
+3. publish (:mod:`pipeline.mds.publish`): parts are moved (local) or uploaded (object store) beside each other,
+   then the root ``index.json``, then ``manifest.json``. ``manifest.json`` is the completion mark: an output
+   without it is incomplete.
 
 Same inputs + arguments => byte-identical shards, index and manifest for any ``--workers``; a killed run resumes
 from the markers. Throughput numbers stay in the printed summary, never in a published file.
@@ -24,64 +26,26 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xxhash
 
-from pipeline import remote
 from pipeline.errors import DataError, UsageError
-from pipeline.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
-from pipeline.pack import concat_layout, none_sample_counts, part_ranges, samples_per_part
-from pipeline.sources import expand_inputs
-from pipeline.store import Staging, TokenStream, read_json, write_json_atomic
-from pipeline.tokenize import choose_dtype, load_tokenizer, make_policy, tokenizer_hash
-from pipeline.work import TEST_SLEEP_ENV, Ctx, lock_staging, progress_bar, run_pool, tokenize_group, write_part
-from pipeline.writer import SIZE_LIMIT, columns_for, merged_index
+from pipeline.inputs.expand import expand_inputs
+from pipeline.mds.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
+from pipeline.mds.writer import SIZE_LIMIT, columns_for, merged_index
+from pipeline.prepare_args import PrepareArgs
+from pipeline.storage import remote
+from pipeline.storage.staging import Staging, TokenStream, lock_staging, read_json, write_json_atomic
+from pipeline.tokenize.pack import concat_layout, none_sample_counts, part_ranges, samples_per_part
+from pipeline.tokenize.tokenizer import choose_dtype, load_tokenizer, make_policy, tokenizer_hash
+from pipeline.workers import Ctx, progress_bar, run_pool, tokenize_unit, write_unit
 
-__all__ = ['PrepareArgs', 'prepare', 'TEST_SLEEP_ENV']
+__all__ = ['PrepareArgs', 'prepare']
 
 STAGING_DIRNAME = '.rlp-data'
 _MAX_SEQ_LEN = SIZE_LIMIT // 8  # a full sample of uint32 tokens must fit in a default shard twice over
-
-
-@dataclass
-class PrepareArgs:
-    """Arguments of ``rlp-data prepare`` (see ``rlp-data prepare --help``)."""
-
-    inputs: list[str]
-    tokenizer: str
-    seq_len: int
-    out: str
-    pack: str = 'concat'
-    dtype: str = 'auto'
-    text_field: str = 'text'
-    bos_text: str | None = None
-    eos_text: str | None = None
-    on_bad_record: str = 'fail'
-    workers: int = 1
-    overwrite: bool = False
-    staging: str | None = None
-    chunk_mb: float = 16.0
-    shard_mb: float = 64.0
-    progress: bool = True
-
-    def dataset_arguments(self) -> dict:
-        """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""
-        keys = (
-            'inputs',
-            'tokenizer',
-            'seq_len',
-            'pack',
-            'dtype',
-            'text_field',
-            'bos_text',
-            'eos_text',
-            'on_bad_record',
-            'shard_mb',
-        )
-        return {k: getattr(self, k) for k in keys}
 
 
 def _check_args(a: PrepareArgs) -> None:
@@ -134,7 +98,7 @@ def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
 
 def prepare(a: PrepareArgs, log=print) -> dict:
     """Run the whole preparation; return the summary dict (also printed through ``log``)."""
-    from pipeline import publish as pub
+    from pipeline.mds import publish as pub
 
     _check_args(a)
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
@@ -210,7 +174,7 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     done1 = {g.index for g in groups if (staging.group_marker(g.index) or {}).get('fingerprint') == run_key}
     todo1 = [g for g in groups if g.index not in done1]
     t1 = time.monotonic()
-    run_pool(tokenize_group, todo1, ctx, a.workers, bar, 'tokenise')
+    run_pool(tokenize_unit, todo1, ctx, a.workers, bar, 'tokenise')
     t_tok = time.monotonic() - t1
     markers = [staging.group_marker(g.index) for g in groups]
     counts = [m['tokens'] for m in markers]
@@ -257,7 +221,7 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     todo2 = [j for j in range(n_parts) if j not in done2]
     for j in todo2:
         staging.clear_part(j)
-    run_pool(write_part, todo2, ctx, a.workers, bar, 'write')
+    run_pool(write_unit, todo2, ctx, a.workers, bar, 'write')
     if bar is not None:
         bar.close()
     parts = [read_json(staging.part_marker(j)) for j in range(n_parts)]

@@ -4,9 +4,9 @@ Each document is a short paragraph of everyday word problems written in prose: r
 conversions, products, comparisons chained into a conclusion, and bare equations. In every problem the answer
 (the first digit of a total, the conclusion of a chain) is hard to predict in one forward pass and easy after a
 few worked steps, which is the situation RLP rewards. A fraction of the problems (``think_fraction``, 25% by
-default, as in the CPU experiment this corpus follows) carries its worked steps inline, between ``<think>`` and
-``</think>`` right before the answer, so that a small model trained on the corpus learns what a useful thought
-looks like; the other problems are plain text, where RLP must produce the thought itself.
+default) carries its worked steps inline, between ``<think>`` and ``</think>`` right before the answer, so that a
+small model trained on the corpus learns what a useful thought looks like; the other problems are plain text,
+where RLP must produce the thought itself.
 
 Documents are a pure function of ``(seed, index)``: ``generate_documents(n, seed)`` is a prefix of
 ``generate_documents(m, seed)`` for ``n < m``, on every platform (only :class:`random.Random` is used).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from pipeline.synthetic import write_jsonl
-from tests.pipeline.helpers import prepare, tree_bytes
+from tests.helpers.pipeline_data import prepare, tree_bytes
 
 
 def _corpus(tmp_path, n_files=4):

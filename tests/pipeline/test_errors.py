@@ -9,7 +9,7 @@ import os
 import pytest
 
 from pipeline.synthetic import write_jsonl
-from tests.pipeline.helpers import BASE, TOK, prepare, run
+from tests.helpers.pipeline_data import BASE, TOK, prepare, run
 
 
 def _assert_refused(rc, err, code, *fragments, out=None):
@@ -143,7 +143,7 @@ def test_seq_len_out_of_range(tmp_path, capsys, corpus, seq_len):
 
 def test_uint16_too_small_for_vocab():
     from pipeline.errors import UsageError
-    from pipeline.tokenize import choose_dtype
+    from pipeline.tokenize.tokenizer import choose_dtype
 
     assert choose_dtype('auto', 501) == 'uint16' and choose_dtype('auto', 128_256) == 'uint32'
     with pytest.raises(UsageError, match='uint16 cannot hold this vocabulary of 128256'):

@@ -1,9 +1,11 @@
 """Kill-and-resume: ``rlp-data prepare`` is SIGKILLed mid-run (in the tokenise phase, and in the write phase),
 re-run with the same command, and the result is compared byte for byte with an uninterrupted run.
 
-The test hook ``RLP_DATA_TEST_SLEEP_AFTER_UNIT`` makes every group/part sleep after its done marker, so the kill
-lands between markers deterministically enough; the re-run must report the completed groups as already done.
-Only the parent process is killed: its pool workers must die with it (PR_SET_PDEATHSIG), never racing the re-run.
+The test hook ``RLP_DATA_TEST_SLEEP_AFTER_UNIT`` (``tests/helpers/hooks/sitecustomize.py``, loaded by the child
+through ``PYTHONPATH``) makes every group/part sleep after its done marker, so the kill lands between markers
+deterministically enough; the child's stderr must show that the hook ran, and the re-run must report the completed
+groups as already done. Only the parent process is killed: its pool workers must die with it (PR_SET_PDEATHSIG),
+never racing the re-run.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.prepare import TEST_SLEEP_ENV
-from tests.pipeline.helpers import BASE, prepare, tree_bytes, write_corpus
+from tests.helpers.hooks import SLEEP_AFTER_UNIT, hook_env
+from tests.helpers.pipeline_data import BASE, prepare, tree_bytes, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,11 +67,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, cap
         '--chunk-mb',
         '0.006',
     ]
-    env = {**os.environ, TEST_SLEEP_ENV: '0.7', 'TOKENIZERS_PARALLELISM': 'false'}
+    env = hook_env({**os.environ, 'TOKENIZERS_PARALLELISM': 'false'}, **{SLEEP_AFTER_UNIT: '0.7'})
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(out / '.rlp-data' / sub, glob, 2, proc)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _, child_err = proc.communicate(timeout=30)  # EOF only once the workers, which share the pipe, are gone too
+    assert f'{SLEEP_AFTER_UNIT}=0.7: sleeping after' in child_err.decode(), child_err.decode()[-2000:]
     time.sleep(0.3)  # let the kernel deliver PDEATHSIG to the orphaned workers
     assert not (out / 'manifest.json').exists() and not (out / 'index.json').exists()
     done_before = sorted(p.name for p in (out / '.rlp-data' / sub).glob(glob))
@@ -91,7 +94,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase, sub, glob, tmp_path, cap
 def test_crash_while_publishing_then_rerun(tmp_path, capsys, monkeypatch):
     """A crash after the parts were moved into place but before index.json/manifest.json: nothing looks complete,
     and the re-run finishes to the same bytes as an uninterrupted run."""
-    import pipeline.publish as publish
+    import pipeline.mds.publish as publish
 
     corpus = write_corpus(tmp_path / 'corpus', 3)
     ref = tmp_path / 'ref'

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from pipeline.synthetic import generate_documents
-from tests.pipeline.helpers import check_concat, prepare, read_samples, reference_docs, tree_bytes
+from tests.helpers.pipeline_data import check_concat, prepare, read_samples, reference_docs, tree_bytes
 
 SEQ = 64
 

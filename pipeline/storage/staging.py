@@ -3,11 +3,13 @@
 Layout under the staging root (``OUT/.rlp-data`` for a local output, ``--staging`` for a remote one)::
 
     state.json                   fingerprint of the run (arguments + input identities); a resume must match it
+    lock                         held (``flock``) by the one run using this folder
+    hashes.json                  input file hashes, cached by (path, size, mtime)
     inputs/<hash>/<name>         s3:// inputs downloaded once
     tokens/g000007.tok           phase 1: the group's documents as one token stream (output dtype, raw)
     tokens/g000007.len           phase 1: per-document token counts (int64, raw)
     tokens/g000007.done.json     phase 1 marker: counts and content hash; written last, atomically
-    parts/part_000007/           phase 2: MDS shards of the samples that start inside group 7's token range
+    parts/part_000007/           phase 2: MDS shards of global samples [7*S, 8*S), S samples per part
     parts/part_000007.done.json  phase 2 marker (its shard entries); written last, atomically
 
 A file is trusted only when its marker exists; anything else is deleted and redone on resume. Markers are renamed
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ['Staging', 'GroupTokenWriter', 'TokenStream', 'write_json_atomic', 'read_json']
+from pipeline.errors import DataError
+
+__all__ = ['Staging', 'GroupTokenWriter', 'TokenStream', 'lock_staging', 'write_json_atomic', 'read_json']
 
 
 def write_json_atomic(path: Path, obj, indent: int | None = None) -> None:
@@ -46,6 +50,22 @@ def read_json(path: Path):
             return json.load(fh)
     except FileNotFoundError:
         return None
+
+
+def lock_staging(root: Path):
+    """Hold an exclusive lock on the staging folder for this run (released by the kernel when the process dies)."""
+    import fcntl
+
+    fh = open(root / 'lock', 'w')
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(
+            f'another rlp-data run is using the staging folder {str(root)!r}; rule: one run per output '
+            'at a time; fix: wait for it to finish or stop it'
+        ) from None
+    return fh
 
 
 class Staging:

@@ -1,4 +1,4 @@
-"""Shared helpers for the rlp-data tests: run the CLI in-process, read a prepared dataset back, reference streams."""
+"""Helpers for the rlp-data tests: run the CLI in-process, write corpora, read a prepared dataset back, references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir
 from pipeline.cli import main
-from pipeline.reader import decode_shard, decompress
+from pipeline.dataset.shards import decode_shard, decompress
 from pipeline.synthetic import write_jsonl
 
 TOK = str(bundled_tokenizer_dir())

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from pipeline.reader import DatasetFiles, decode_shard, decompress
+from pipeline.dataset.files import DatasetFiles
+from pipeline.dataset.shards import decode_shard, decompress
 
 __all__ = ['inspect_dataset']
 
 
 def _load_tokenizer(name: str):
     try:
-        from pipeline.tokenize import load_tokenizer
+        from pipeline.tokenize.tokenizer import load_tokenizer
 
         return load_tokenizer(name)
     except Exception:

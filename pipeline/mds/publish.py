@@ -19,9 +19,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline import remote
 from pipeline.errors import DataError
-from pipeline.store import read_json, write_json_atomic
+from pipeline.storage import remote
+from pipeline.storage.staging import read_json, write_json_atomic
 
 __all__ = ['existing_output', 'clear_output', 'publish']
 

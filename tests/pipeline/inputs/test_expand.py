@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.sources import expand_inputs
+from pipeline.inputs.expand import expand_inputs
 
 
 def _write(path, size):

@@ -1,20 +1,17 @@
-"""Object-store output and verification.
+"""Object-store output (publishing).
 
 * S3 output through the local moto server: read back with ``streaming.StreamingDataset(remote='s3://...')`` and
   compared sample by sample with the same preparation written to a local folder; ``inspect``/``verify`` on the URI.
-* ``verify`` passes on a fresh dataset and fails (exit 1, the shard named) after one byte of a shard is flipped,
-  after a shard is deleted, and on an output without ``manifest.json``.
+* An upload that dies after the first part resumes, on a re-run of the same command, to the same objects as an
+  uninterrupted upload.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from pipeline.bundled_tokenizer import EOS_TEXT
 from pipeline.synthetic import write_jsonl
-from tests.pipeline.helpers import TOK, prepare, read_samples, run, write_corpus
+from tests.helpers.pipeline_data import prepare, read_samples, run, write_corpus
 
 
 def test_s3_output_reads_back_with_streaming(s3, tmp_path, capsys):
@@ -47,47 +44,11 @@ def test_s3_output_reads_back_with_streaming(s3, tmp_path, capsys):
     assert rc == 0 and 'nothing to do' in stdout
 
 
-def test_verify_detects_corruption(tmp_path, capsys):
-    corpus = write_jsonl(tmp_path / 'c.jsonl', 80)
-    out = tmp_path / 'out'
-    assert prepare(capsys, [str(corpus)], out, 48)[0] == 0
-    rc, stdout, err = run(capsys, 'verify', out)
-    assert rc == 0 and 'verified' in stdout, err
-
-    index = json.loads((out / 'index.json').read_text())
-    shard = out / index['shards'][0]['zip_data']['basename']
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
-    rc, stdout, err = run(capsys, 'verify', out)
-    assert rc == 1 and 'size/xxh64 differ' in stdout and shard.name in stdout and 'verify found 1 problem' in err
-
-    shard.unlink()
-    rc, stdout, err = run(capsys, 'verify', out)
-    assert rc == 1 and 'missing' in stdout
-
-    (out / 'manifest.json').unlink()
-    rc, _, err = run(capsys, 'verify', out)
-    assert rc == 1 and 'has no manifest.json' in err
-
-
-def test_verify_checks_token_range(tmp_path, capsys):
-    """A manifest claiming a smaller vocabulary than the ids in the shards is reported as out of range."""
-    corpus = write_jsonl(tmp_path / 'c.jsonl', 40)
-    out = tmp_path / 'out'
-    assert prepare(capsys, [str(corpus)], out, 48)[0] == 0
-    manifest = json.loads((out / 'manifest.json').read_text())
-    manifest['tokenizer']['vocab_size'] = 10
-    (out / 'manifest.json').write_text(json.dumps(manifest))
-    rc, stdout, _ = run(capsys, 'verify', out)
-    assert rc == 1 and '>= vocab size 10' in stdout
-
-
 def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, monkeypatch):
     """An upload that dies after the first part: no index.json/manifest.json on the bucket; the re-run (same
     command, same staging) uploads the rest and the bucket ends with the same objects as an uninterrupted run."""
-    import pipeline.publish as publish
-    from pipeline import remote
+    import pipeline.mds.publish as publish
+    from pipeline.storage import remote
 
     corpus = write_corpus(tmp_path / 'corpus', 3, stem='p')
     ref_uri, uri = f's3://{s3.bucket}/ref', f's3://{s3.bucket}/ds'
@@ -118,24 +79,3 @@ def test_interrupted_upload_resumes_to_the_same_objects(s3, tmp_path, capsys, mo
         return {k[len(prefix) :]: s3.client.get_object(Bucket=s3.bucket, Key=k)['Body'].read() for k in s3.list(prefix)}
 
     assert objects('ds/') == objects('ref/')
-
-
-def test_progress_bar_shows_documents_tokens_and_rate(tmp_path, capsys):
-    corpus = write_jsonl(tmp_path / 'c.jsonl', 40)
-    rc = run(
-        capsys,
-        'prepare',
-        '-i',
-        corpus,
-        '--tokenizer',
-        TOK,
-        '--eos-text',
-        EOS_TEXT,
-        '--seq-len',
-        48,
-        '--out',
-        tmp_path / 'out',
-        '--progress',
-    )
-    assert rc[0] == 0
-    assert 'docs=40' in rc[2] and 'tokens=' in rc[2] and 'tok/s=' in rc[2]

@@ -1,5 +1,6 @@
 """Document readers, one per input kind: each yields ``(text, None)`` per document or ``(None, reason)`` per bad
-record of one :class:`~pipeline.sources.Group` (its pieces in order).
+record of one :class:`~pipeline.inputs.groups.Group` (its pieces in order). Also the loaders of ``save_to_disk``
+folders and streaming HF datasets, which the expander uses to count rows and shards.
 
 Rules shared by all readers: the text must be a string (anything else is a bad record); a text field missing from
 a group's first good record is a fatal :class:`DataError` that lists the available fields (it is almost certainly
@@ -9,12 +10,10 @@ the wrong ``--text-field``), later misses are bad records. The caller applies ``
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from pipeline.errors import DataError, one_line
-
-if TYPE_CHECKING:
-    from pipeline.sources import Group, Piece
+from pipeline.inputs.groups import Group, Piece
 
 __all__ = ['iter_records', 'load_disk', 'load_hf']
 
@@ -66,19 +65,19 @@ def iter_records(group: Group, text_field: str) -> Iterator[tuple[str | None, st
         yield from reader(piece, text_field)
 
 
-def _iter_jsonl(group: Piece, field: str):
+def _iter_jsonl(piece: Piece, field: str):
     seen_good = False
-    with open(group.path, 'rb') as fh:
-        pos = group.start
+    with open(piece.path, 'rb') as fh:
+        pos = piece.start
         if pos > 0:  # start at the first line that begins at or after `start`
             fh.seek(pos - 1)
             pos += len(fh.readline()) - 1
-        stop = group.stop if group.stop >= 0 else float('inf')
+        stop = piece.stop if piece.stop >= 0 else float('inf')
         while pos < stop:
             line = fh.readline()
             if not line:
                 break
-            where = f'{group.path} at byte {pos}'
+            where = f'{piece.path} at byte {pos}'
             pos += len(line)
             if not line.strip():
                 continue
@@ -103,17 +102,17 @@ def _iter_jsonl(group: Piece, field: str):
             yield (text, None) if err is None else (None, f'{where}: {err}')
 
 
-def _iter_json_array(group: Piece, field: str):
+def _iter_json_array(piece: Piece, field: str):
     try:
-        with open(group.path, 'rb') as fh:
+        with open(piece.path, 'rb') as fh:
             data = json.loads(fh.read().decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(
-            f'input {group.path!r} is not a valid UTF-8 JSON array ({one_line(exc)}); rule: .json files '
+            f'input {piece.path!r} is not a valid UTF-8 JSON array ({one_line(exc)}); rule: .json files '
             'hold one array of objects or JSON lines; fix: repair the file'
         ) from None
     for k, rec in enumerate(data):
-        where = f'{group.path} item {k}'
+        where = f'{piece.path} item {k}'
         if not isinstance(rec, dict):
             yield None, f'{where}: not an object'
             continue
@@ -126,37 +125,37 @@ def _iter_json_array(group: Piece, field: str):
         yield (text, None) if err is None else (None, f'{where}: {err}')
 
 
-def _iter_txt(group: Piece, field: str):
-    with open(group.path, 'rb') as fh:
+def _iter_txt(piece: Piece, field: str):
+    with open(piece.path, 'rb') as fh:
         data = fh.read()
     try:
         yield data.decode('utf-8'), None
     except UnicodeDecodeError as exc:
-        yield None, f'{group.path}: not valid UTF-8 (byte {exc.start})'
+        yield None, f'{piece.path}: not valid UTF-8 (byte {exc.start})'
 
 
-def _iter_parquet(group: Piece, field: str):
+def _iter_parquet(piece: Piece, field: str):
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(group.path)
+    pf = pq.ParquetFile(piece.path)
     if field not in pf.schema_arrow.names:
-        raise _field_error(field, group.path, pf.schema_arrow.names)
-    row_groups = range(pf.metadata.num_row_groups) if group.stop < 0 else range(group.start, group.stop)
+        raise _field_error(field, piece.path, pf.schema_arrow.names)
+    row_groups = range(pf.metadata.num_row_groups) if piece.stop < 0 else range(piece.start, piece.stop)
     for rg in row_groups:
         for k, value in enumerate(pf.read_row_group(rg, columns=[field]).column(0).to_pylist()):
             text, err = _check_text(value, field)
-            yield (text, None) if err is None else (None, f'{group.path} row group {rg} row {k}: {err}')
+            yield (text, None) if err is None else (None, f'{piece.path} row group {rg} row {k}: {err}')
 
 
-def _iter_disk(group: Piece, field: str):
-    ds = load_disk(group.path, dict(group.options).get('split'), group.path)
+def _iter_disk(piece: Piece, field: str):
+    ds = load_disk(piece.path, dict(piece.options).get('split'), piece.path)
     if field not in ds.column_names:
-        raise _field_error(field, group.path, ds.column_names)
-    stop = len(ds) if group.stop < 0 else group.stop
-    for a in range(group.start, stop, 1000):
+        raise _field_error(field, piece.path, ds.column_names)
+    stop = len(ds) if piece.stop < 0 else piece.stop
+    for a in range(piece.start, stop, 1000):
         for k, value in enumerate(ds[a : min(a + 1000, stop)][field]):
             text, err = _check_text(value, field)
-            yield (text, None) if err is None else (None, f'{group.path} row {a + k}: {err}')
+            yield (text, None) if err is None else (None, f'{piece.path} row {a + k}: {err}')
 
 
 def load_hf(name: str, opts: dict):
@@ -179,25 +178,25 @@ def load_hf(name: str, opts: dict):
         ) from None
 
 
-def _iter_hf(group: Piece, field: str):
-    ds = load_hf(group.path, dict(group.options))
-    if group.stop > 1:  # shard `start` of `stop` (contiguous: one data file per shard)
-        ds = ds.shard(num_shards=group.stop, index=group.start)
+def _iter_hf(piece: Piece, field: str):
+    ds = load_hf(piece.path, dict(piece.options))
+    if piece.stop > 1:  # shard `start` of `stop` (contiguous: one data file per shard)
+        ds = ds.shard(num_shards=piece.stop, index=piece.start)
     try:
         it = iter(ds)
         first = next(it, None)
     except Exception as exc:
         raise DataError(
-            f'cannot read HF dataset {group.path!r} ({one_line(exc)}); fix: check the dataset files and '
+            f'cannot read HF dataset {piece.path!r} ({one_line(exc)}); fix: check the dataset files and '
             'network access'
         ) from None
     if first is None:
         return
     if field not in first:
-        raise _field_error(field, f'hf:{group.path}', first)
+        raise _field_error(field, f'hf:{piece.path}', first)
     for k, rec in enumerate(_chain_first(first, it)):
         text, err = _check_text(rec.get(field), field)
-        yield (text, None) if err is None else (None, f'hf:{group.path} record {k}: {err}')
+        yield (text, None) if err is None else (None, f'hf:{piece.path} record {k}: {err}')
 
 
 def _chain_first(first, rest):
@@ -205,14 +204,14 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _iter_wds(group: Piece, field: str):
+def _iter_wds(piece: Piece, field: str):
     import webdataset as wds
 
     exts = [field, 'txt'] if field == 'text' else [field]
     try:
-        samples = wds.WebDataset(group.path, shardshuffle=False, nodesplitter=None, empty_check=False)
+        samples = wds.WebDataset(piece.path, shardshuffle=False, nodesplitter=None, empty_check=False)
         for k, sample in enumerate(samples):
-            where = f'{group.path} sample {sample.get("__key__", k)!r}'
+            where = f'{piece.path} sample {sample.get("__key__", k)!r}'
             raw = next((sample[e] for e in exts if e in sample), None)
             if raw is None and 'json' in sample:
                 try:
@@ -238,5 +237,5 @@ def _iter_wds(group: Piece, field: str):
         raise
     except Exception as exc:
         raise DataError(
-            f'cannot read webdataset shard {group.path!r} ({one_line(exc)}); fix: check the tar file'
+            f'cannot read webdataset shard {piece.path!r} ({one_line(exc)}); fix: check the tar file'
         ) from None

@@ -1,6 +1,6 @@
 """MDS writing: the column schema (one constant), one MDS folder per part, and the merged root ``index.json``.
 
-Schema (DESIGN.md): ``tokens`` as ``ndarray:<uint16|uint32>:<L>`` (static shape) in concat mode, or
+Schema: ``tokens`` as ``ndarray:<uint16|uint32>:<L>`` (static shape) in concat mode, or
 ``ndarray:<dtype>`` (variable length, at most L) in ``none`` mode; ``doc_starts`` as ``ndarray:int32``. Shards are
 zstd-compressed, at most ``--shard-mb`` (64 MiB) raw, with xxh64 hashes of both the raw and the compressed bytes
 recorded in the index. The root ``index.json`` lists the parts' shards in part order with their basenames prefixed
@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ['COMPRESSION', 'HASHES', 'SIZE_LIMIT', 'columns_for', 'write_part', 'merged_index']
+__all__ = ['COMPRESSION', 'HASHES', 'SIZE_LIMIT', 'columns_for', 'write_mds_folder', 'merged_index']
 
 COMPRESSION = 'zstd'
 HASHES = ['xxh64']
@@ -30,7 +30,7 @@ def columns_for(pack: str, dtype: str, seq_len: int) -> dict[str, str]:
     return {'tokens': f'ndarray:{dtype}{shape}', 'doc_starts': 'ndarray:int32'}
 
 
-def write_part(
+def write_mds_folder(
     out_dir: Path,
     columns: dict[str, str],
     samples: Iterable[tuple[np.ndarray, np.ndarray]],

@@ -1,4 +1,4 @@
-"""Tokeniser loading and the explicit BOS/EOS policy.
+"""Tokeniser loading, the explicit BOS/EOS policy, batch encoding and the choice of the token dtype.
 
 Each document becomes ``bos + tokenizer(text) + eos`` where ``tokenizer(text)`` uses the tokenizer's own
 special-token behaviour (``add_special_tokens=True``: Llama-style tokenizers add their BOS themselves) and
@@ -22,7 +22,15 @@ import xxhash
 
 from pipeline.errors import DataError, UsageError, one_line
 
-__all__ = ['TokenPolicy', 'load_tokenizer', 'make_policy', 'tokenizer_hash', 'encode_batch', 'choose_dtype']
+__all__ = [
+    'TokenPolicy',
+    'load_tokenizer',
+    'make_policy',
+    'tokenizer_hash',
+    'encode_batch',
+    'choose_dtype',
+    'to_array',
+]
 
 _PROBE = 'hello world'
 

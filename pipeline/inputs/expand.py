@@ -1,11 +1,12 @@
-"""Inputs of ``rlp-data prepare``: expand what the user typed into ordered groups, then read documents.
+"""Inputs of ``rlp-data prepare``: expand what the user typed into ordered groups of pieces.
 
-A *group* is the unit of parallel work and of resume: one per input file, per webdataset tar, per HF dataset shard
-(data file), per ``save_to_disk`` dataset; consecutive small whole files of one input are merged into one group of
-about ``chunk_bytes``. Large jsonl files and big parquet / ``save_to_disk`` datasets are cut into fixed-size chunks
-(``chunk_bytes``, ``chunk_rows``; line- or row-group-aligned), never by worker count, so the list of groups is a
-pure function of the inputs and the arguments. Documents are read in file order inside a group, groups in the order
-given on the command line (folders and globs sorted by name), so the concatenated document stream is deterministic.
+A *group* (:class:`~pipeline.inputs.groups.Group`) is the unit of parallel work and of resume: one per input file,
+per webdataset tar, per HF dataset shard (data file), per ``save_to_disk`` dataset; consecutive small whole files of
+one input are merged into one group of about ``chunk_bytes``. Large jsonl files and big parquet / ``save_to_disk``
+datasets are cut into fixed-size chunks (``chunk_bytes``, ``chunk_rows``; line- or row-group-aligned), never by
+worker count, so the list of groups is a pure function of the inputs and the arguments. Documents are read in file
+order inside a group, groups in the order given on the command line (folders and globs sorted by name), so the
+concatenated document stream is deterministic.
 
 Input syntax (mixable in one call):
   * local ``.jsonl``/``.ndjson``, ``.json`` (a JSON array, or JSON lines), ``.txt`` (one document per file),
@@ -14,9 +15,10 @@ Input syntax (mixable in one call):
   * a folder written by ``datasets.save_to_disk`` (``PATH`` or ``PATH?split=train`` for a DatasetDict);
   * a HF dataset loaded with ``datasets.load_dataset(..., streaming=True)``: ``hf:NAME`` with optional
     ``?name=CONFIG&split=SPLIT&revision=REV&data_files=GLOB`` (``NAME`` may be a hub id or a local folder);
-  * the same file formats on ``s3://`` (objects or prefixes; downloaded once into the staging folder).
+  * the same file formats on ``s3://`` (objects or prefixes; downloaded once into the staging folder by
+    :mod:`pipeline.inputs.s3`).
 
-Reading a group's documents is :func:`pipeline.readers.iter_records` (re-exported here).
+Reading a group's documents is :func:`pipeline.inputs.readers.iter_records`.
 """
 
 from __future__ import annotations
@@ -27,47 +29,13 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import remote
 from pipeline.errors import DataError, one_line
-from pipeline.readers import iter_records, load_disk, load_hf
+from pipeline.inputs.groups import SUPPORTED, Group, Piece, kind_of
+from pipeline.inputs.readers import load_disk, load_hf
+from pipeline.inputs.s3 import fetch_s3_inputs
+from pipeline.storage import remote
 
-__all__ = ['Group', 'Piece', 'InputSpec', 'expand_inputs', 'iter_records', 'FILE_KINDS']
-
-FILE_KINDS = {
-    '.jsonl': 'jsonl',
-    '.ndjson': 'jsonl',
-    '.json': 'json',
-    '.txt': 'txt',
-    '.parquet': 'parquet',
-    '.tar': 'wds',
-    '.tgz': 'wds',
-    '.tar.gz': 'wds',
-}
-_SUPPORTED = ', '.join(sorted(FILE_KINDS))
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A readable unit: ``kind`` in jsonl|json|txt|parquet|wds|disk|hf, a local path (or HF name), a range.
-
-    ``[start, stop)`` is a byte range (jsonl), row-group range (parquet), row range (disk) or, for hf, shard index
-    ``start`` of ``stop`` shards; ``stop = -1`` means to the end.
-    """
-
-    kind: str
-    path: str
-    start: int = 0
-    stop: int = -1
-    options: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Group:
-    """One unit of work and of resume: pieces read in order (several only when small whole files are merged)."""
-
-    index: int
-    input_index: int
-    pieces: tuple[Piece, ...]
+__all__ = ['InputSpec', 'expand_inputs']
 
 
 @dataclass
@@ -78,14 +46,6 @@ class InputSpec:
     kind: str
     files: list[str]
     groups: list[Group]
-
-
-def _kind_of(path: str) -> str | None:
-    name = path.lower()
-    for ext in ('.tar.gz',) + tuple(FILE_KINDS):
-        if name.endswith(ext):
-            return FILE_KINDS[ext]
-    return None
 
 
 def _parse_query(src: str) -> tuple[str, dict[str, str]]:
@@ -117,7 +77,7 @@ def _local_files(pattern: str, source: str) -> list[str]:
         out: list[str] = []
         for m in matches:
             out.extend(_local_files(m, source) if os.path.isdir(m) else [m])
-        return [m for m in out if _kind_of(m)] or _no_supported(source)
+        return [m for m in out if kind_of(m)] or _no_supported(source)
     path = Path(pattern)
     if not path.exists():
         raise DataError(
@@ -130,13 +90,13 @@ def _local_files(pattern: str, source: str) -> list[str]:
             dirs[:] = sorted(
                 d for d in dirs if not d.startswith('.') and os.path.abspath(os.path.join(root, d)) not in _EXCLUDE
             )
-            files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith('.') and _kind_of(n))
+            files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith('.') and kind_of(n))
         return files or _no_supported(source)
     if not os.access(path, os.R_OK):
         raise DataError(f'input {source!r} is not readable (permission denied); fix: check its permissions')
-    if _kind_of(str(path)) is None:
+    if kind_of(str(path)) is None:
         raise DataError(
-            f'input {source!r} has an unsupported extension; rule: files must end in one of {_SUPPORTED}; '
+            f'input {source!r} has an unsupported extension; rule: files must end in one of {SUPPORTED}; '
             'fix: rename it or convert it'
         )
     return [str(path)]
@@ -144,7 +104,7 @@ def _local_files(pattern: str, source: str) -> list[str]:
 
 def _no_supported(source: str) -> list[str]:
     raise DataError(
-        f'input {source!r} contains no supported files; rule: folders are searched for {_SUPPORTED}; '
+        f'input {source!r} contains no supported files; rule: folders are searched for {SUPPORTED}; '
         'fix: point at the data files'
     )
 
@@ -152,45 +112,6 @@ def _no_supported(source: str) -> list[str]:
 def _is_saved_dataset(path: str) -> bool:
     p = Path(path)
     return p.is_dir() and ((p / 'state.json').exists() or (p / 'dataset_dict.json').exists())
-
-
-def _remote_files(src: str, staging: Path) -> list[str]:
-    """List an s3:// object or prefix (with optional * globs), download each supported object to staging."""
-    import fnmatch
-    import hashlib
-
-    scheme, bucket, key = remote.split_uri(src)
-    if scheme != 's3':
-        raise DataError(
-            f'input {src!r}: remote inputs are supported on s3:// only; fix: copy the data locally '
-            'or to an S3-compatible store'
-        )
-    globbed = any(ch in key for ch in '*?[')
-    prefix = key.split('*')[0].split('?')[0].split('[')[0] if globbed else key
-    parent = prefix.rsplit('/', 1)[0] if '/' in prefix else ''
-    listing = remote.list_objects(f's3://{bucket}/{parent}')
-    names = sorted(f'{parent}/{n}' if parent else n for n in listing)
-    if globbed:
-        chosen = [n for n in names if fnmatch.fnmatchcase(n, key)]
-    elif key in names:
-        chosen = [key]
-    else:
-        chosen = [n for n in names if n.startswith(key.rstrip('/') + '/')]
-    chosen = [n for n in chosen if _kind_of(n)]
-    if not chosen:
-        raise DataError(
-            f'input {src!r} does not exist or holds no supported files ({_SUPPORTED}); fix: check the ' 'bucket and key'
-        )
-    out = []
-    for name in chosen:
-        uri = f's3://{bucket}/{name}'
-        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-        local = staging / 'inputs' / digest / os.path.basename(name)
-        size = listing.get(name[len(parent) + 1 :] if parent else name, -1)
-        if not (local.exists() and local.stat().st_size == size):
-            remote.download(uri, local)
-        out.append(str(local))
-    return out
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
@@ -241,12 +162,12 @@ def expand_inputs(
                 )
             for part in _brace_expand(base):
                 if remote.is_remote(part):
-                    files.extend(_remote_files(part, staging))
+                    files.extend(fetch_s3_inputs(part, staging))
                 else:
                     files.extend(_local_files(part, source))
             kind = 'files'
             for f in files:
-                fkind = _kind_of(f)
+                fkind = kind_of(f)
                 if fkind == 'jsonl' or (fkind == 'json' and not _is_json_array(f)):
                     ranges = _chunks(os.path.getsize(f), chunk_bytes)
                     raw_groups.extend(('jsonl', f, a, b, ()) for a, b in ranges)

@@ -1,7 +1,8 @@
-"""Reading a prepared dataset back without a StreamingDataset: fetch files, decode shards in memory.
+"""The files of a prepared dataset (``index.json``, ``manifest.json``, shards), local or on an object store.
 
 Used by ``inspect`` and ``verify``. A remote dataset (``s3://``, ``gs://``...) is downloaded into a temporary
-folder; a local one is read in place. Shards are decoded with streaming's own MDS column decoders.
+folder, file by file as asked for; a local one is read in place. Decoding the shards is
+:mod:`pipeline.dataset.shards`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
-from pipeline import remote
 from pipeline.errors import DataError
+from pipeline.storage import remote
 
-__all__ = ['DatasetFiles', 'decode_shard']
+__all__ = ['DatasetFiles']
 
 
 class DatasetFiles:
@@ -69,35 +67,3 @@ class DatasetFiles:
             raise DataError(
                 f'{self.path}/{name} is not valid JSON ({exc}); the dataset is corrupt; fix: prepare it ' 'again'
             ) from None
-
-
-def decompress(entry: dict, data: bytes) -> bytes:
-    """Raw MDS bytes of a shard from its stored bytes (zstd or uncompressed)."""
-    if entry.get('compression'):
-        from streaming.base.compression import decompress as sdecompress
-
-        return sdecompress(entry['compression'], data)
-    return data
-
-
-def decode_shard(entry: dict, raw: bytes) -> Iterator[dict]:
-    """Yield every sample dict of a raw MDS shard (format version 2, as written by ``MDSWriter``)."""
-    from streaming.base.format.mds.encodings import mds_decode
-
-    n = int(np.frombuffer(raw[:4], np.uint32)[0])
-    offsets = np.frombuffer(raw[4 : 4 + 4 * (n + 1)], np.uint32)
-    names, encodings, sizes = entry['column_names'], entry['column_encodings'], entry['column_sizes']
-    for i in range(n):
-        data = raw[int(offsets[i]) : int(offsets[i + 1])]
-        idx, col_sizes = 0, []
-        for size in sizes:
-            if size:
-                col_sizes.append(size)
-            else:
-                col_sizes.append(int(np.frombuffer(data[idx : idx + 4], np.uint32)[0]))
-                idx += 4
-        sample = {}
-        for name, enc, size in zip(names, encodings, col_sizes):
-            sample[name] = mds_decode(enc, data[idx : idx + size])
-            idx += size
-        yield sample

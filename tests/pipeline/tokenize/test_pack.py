@@ -1,8 +1,8 @@
-"""Packing arithmetic checked against hand-computed layouts (pure functions of pipeline.pack)."""
+"""Packing arithmetic checked against hand-computed layouts (pure functions of pipeline.tokenize.pack)."""
 
 import numpy as np
 
-from pipeline.pack import concat_layout, concat_samples_starting_in, doc_starts_in_window, split_document
+from pipeline.tokenize.pack import concat_layout, concat_samples_starting_in, doc_starts_in_window, split_document
 
 
 def test_concat_layout_counts_the_dropped_tail():

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from pipeline.dataset.files import DatasetFiles
+from pipeline.dataset.shards import decode_shard, decompress
 from pipeline.errors import DataError
-from pipeline.reader import DatasetFiles, decode_shard, decompress
 
 __all__ = ['verify_dataset']
 
