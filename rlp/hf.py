@@ -13,7 +13,17 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ['accepts', 'call_model', 'eval_mode', 'full_params', 'is_fsdp', 'is_fsdp2', 'keep_last_logits', 'unwrap_hf']
+__all__ = [
+    'accepts',
+    'active_dropout',
+    'call_model',
+    'eval_mode',
+    'full_params',
+    'is_fsdp',
+    'is_fsdp2',
+    'keep_last_logits',
+    'unwrap_hf',
+]
 
 
 def _composer_inner(model: Any) -> Any:
@@ -98,3 +108,21 @@ def full_params(model: torch.nn.Module) -> Iterator[None]:
 
     with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):
         yield
+
+
+_DROPOUT_ATTRS = ('attention_dropout', 'attn_dropout', 'dropout', 'hidden_dropout', 'resid_dropout')
+
+
+def active_dropout(model: Any) -> list[str]:
+    """Names of the dropout settings that are > 0 in ``model`` (``nn.Dropout`` modules, and float attributes such
+    as Llama's ``attention_dropout`` that HF attention layers apply functionally); empty when there is none."""
+    found = []
+    for name, module in unwrap_hf(model).named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            found.append(f'{name or "model"} (p={module.p:g})')
+            continue
+        for attr in _DROPOUT_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value > 0:
+                found.append(f'{name or "model"}.{attr}={value:g}')
+    return found

@@ -10,7 +10,8 @@ are saved; the (chunk, V) logits exist transiently, in the forward and again in 
 
 Peak extra memory ~ 3 * chunk * V * 4 bytes (fp32 logits, log_softmax, its gradient) instead of ~3 * N*(T+2)*V*4.
 Values: the same ops as the unchunked path on the same rows, so equal up to GEMM blocking (fp32: |diff| <~ 1e-6,
-tested at atol 1e-5; gradients likewise).
+tested at atol 1e-5; gradients likewise). Precision: the head and the log-softmax always run in fp32 (autocast off
+inside, h and W upcast), so under bf16 autocast only the transformer body is rounded to bf16, not the scores.
 
 How, without changing the model or its wrappers (DDP, FSDP1): :class:`HeadCapture` registers, for one forward,
 a pre-hook on ``get_output_embeddings()`` that runs the chunked scoring on the head's input (the kept positions,
@@ -32,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlp.hf import unwrap_hf
+from rlp.hf import call_model, unwrap_hf
 
-__all__ = ['HeadCapture', 'chunked_token_logprobs', 'linear_head']
+__all__ = ['HeadCapture', 'chunked_token_logprobs', 'fp32_linear', 'last_logits', 'linear_head']
 
 # config attributes of HF models whose logits are NOT lm_head(h) (scaled or soft-capped); None/1 means unused
 _LOGIT_TRANSFORMS = {
@@ -66,11 +67,12 @@ def linear_head(model: Any) -> Optional[torch.nn.Linear]:
 class HeadCapture:
     """Context: in forwards inside it, ``fn(h)`` runs on the head's input h (N, L_kept, D) INSIDE the head's call
     (where FSDP has the full weight), its value is kept in ``self.result``, and the head itself then runs on the
-    last position only (the model returns (N, 1, V) logits)."""
+    last position only (the model returns (N, 1, V) logits; ``truncate=False`` keeps all its positions)."""
 
-    def __init__(self, head: torch.nn.Linear, fn: Callable[[torch.Tensor], Any]) -> None:
+    def __init__(self, head: torch.nn.Linear, fn: Callable[[torch.Tensor], Any], truncate: bool = True) -> None:
         self.head = head
         self.fn = fn
+        self.truncate = truncate
         self.result: Any = None
         self._last: Optional[torch.Tensor] = None
         self._handle: Any = None
@@ -80,7 +82,7 @@ class HeadCapture:
         self.result = self.fn(h)
         with torch.no_grad():
             self._last = F.linear(h[:, -1], module.weight, module.bias)
-        return (h[:, -1:],) + tuple(args[1:])
+        return ((h[:, -1:],) + tuple(args[1:])) if self.truncate else None
 
     def __enter__(self) -> 'HeadCapture':
         self._handle = self.head.register_forward_pre_hook(self._hook)
@@ -99,12 +101,38 @@ class HeadCapture:
         return bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
 
 
+def fp32_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``W h + b`` in fp32 whatever the autocast state and the dtypes of h and W (the LM head of every score)."""
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return F.linear(h.float(), weight.float(), None if bias is None else bias.float())
+
+
 def _chunk_logp(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / T)[target], fp32."""
-    logits = F.linear(h, weight, bias)
-    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / T)[target], all in fp32."""
+    logits = fp32_linear(h, weight, bias)
+    return torch.log_softmax(logits / temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def last_logits(model: Any, n: int, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    """Run ``model(**kwargs)`` once (:func:`rlp.hf.call_model`; keeping at least the last ``n`` positions) and
+    return ``(outputs, logits)`` with the fp32 logits (N, n, V) of the last ``n`` positions.
+
+    With a plain Linear head (:func:`linear_head`) the logits are ``W h + b`` computed in fp32 from the final hidden
+    states inside the head's call (:class:`HeadCapture`), so bf16 autocast does not round them; otherwise (or if the
+    check fails) the model's own logits, upcast.
+    """
+    head = linear_head(model)
+    if head is not None:
+        fn = lambda h: fp32_linear(h[:, -n:].detach(), head.weight, head.bias)
+        with HeadCapture(head, fn, truncate=False) as cap:
+            out = call_model(model, **kwargs)
+        if cap.result is not None and cap.result.shape[1] == n and cap.matches(out.logits[:, -1]):
+            return out, cap.result
+    else:
+        out = call_model(model, **kwargs)
+    return out, out.logits[:, -n:].float()
 
 
 def chunked_token_logprobs(

@@ -28,8 +28,9 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from rlp.hf import call_model, eval_mode, keep_last_logits
+from rlp.hf import eval_mode, keep_last_logits
 from rlp.keys import keyed_generator
+from rlp.logprobs import last_logits
 from rlp.positions import Positions
 from rlp.template import ThoughtTemplate
 
@@ -179,8 +180,9 @@ def sample_thoughts(
     n = p * g
     with eval_mode(module):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
-        out = call_model(
+        out, last2 = last_logits(  # (P, 2, V) fp32
             model,
+            2,
             input_ids=prompts.ids,
             attention_mask=prompts.mask,
             position_ids=pos_ids,
@@ -188,7 +190,6 @@ def sample_thoughts(
             use_cache=True,
             **keep_last_logits(model, 2),
         )
-        last2 = out.logits[:, -2:].float()  # (P, 2, V)
         nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
         past = _expand_cache(out.past_key_values, g)
         logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
@@ -213,8 +214,9 @@ def sample_thoughts(
             if s == max_tokens - 1 or _all_done(done, synced):
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            out = call_model(
+            out, logits = last_logits(
                 model,
+                1,
                 input_ids=tokens[:, s : s + 1],
                 attention_mask=attn,
                 position_ids=(next_pos + s).view(-1, 1),
@@ -222,7 +224,7 @@ def sample_thoughts(
                 use_cache=True,
             )
             past = out.past_key_values
-            logits = out.logits[:, -1].float()
+            logits = logits[:, 0]
             steps += 1
         truncated = ~done
         tokens[truncated, max_tokens] = close_id  # forced close: in the sequence, not trained

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from rlp.hf import call_model, eval_mode, keep_last_logits, unwrap_hf
-from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head
+from rlp.logprobs import HeadCapture, chunked_token_logprobs, last_logits, linear_head
 from rlp.positions import segment_starts
 from rlp.rollouts import Prompts, Rollouts
 
@@ -142,16 +142,16 @@ def nothink_logprob(model: Any, prompts: Prompts, module: Optional[torch.nn.Modu
         return torch.zeros(0, device=prompts.ids.device)
     with eval_mode(module if module is not None else model):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
-        out = call_model(
+        _, logits = last_logits(
             model,
+            2,
             input_ids=prompts.ids,
             attention_mask=prompts.mask,
             position_ids=pos_ids,
             use_cache=False,
             **keep_last_logits(model, 2),
         )
-        logits = out.logits[:, -2].float()
-    return torch.log_softmax(logits, -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)
+    return torch.log_softmax(logits[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)
 
 
 @torch.no_grad()

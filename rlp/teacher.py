@@ -15,6 +15,11 @@ on the gradient. It changes the logged reward (its value and sign) and anything 
 rather than its within-group differences (e.g. reward clipping or filtering, none of which is implemented here;
 ``std_normalize`` also only sees within-group differences).
 
+Precision: the copies are kept in fp32 whatever the policy's dtype (its forward runs under the caller's autocast).
+In bf16, ``phi.lerp_(theta, 1 - tau)`` at tau = 0.999 mostly rounds to no change (the step is below half a bf16
+ulp of phi), so S_EMA and every logged reward would drift from their definition; fp32 keeps the EMA exact to
+fp32 rounding (tested against the closed form over 100 updates with a bf16 policy).
+
 Life cycle (one code path for one device, DDP and FSDP1):
   1. ``create`` (``Event.INIT``, before Composer wraps the model with FSDP): ``copy.deepcopy`` of the unwrapped HF
      module, eval mode, ``requires_grad=False``. If the module is on the meta device (``init_device: meta``) the
@@ -28,8 +33,8 @@ Life cycle (one code path for one device, DDP and FSDP1):
 FSDP (FSDP1, ``use_orig_params=True``, Composer's default): :func:`full_params` gathers the full θ on every rank
 with ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)``; a collective, so every
 rank must call ``ensure``/``update`` at the same event (they do: BEFORE_TRAIN_BATCH / BATCH_END run on all ranks).
-Memory cost: each rank holds ONE FULL (unsharded) copy of the model per teacher (two for ``kind: frozen``) in the
-model's parameter dtype, plus a transient full gather of θ during each update. Future work: a sharded teacher (an
+Memory cost: each rank holds ONE FULL (unsharded) copy of the model per teacher (two for ``kind: frozen``) in fp32,
+plus a transient full gather of θ during each update. Future work: a sharded teacher (an
 FSDP-wrapped shadow with the model's sharding, updated shard by shard with ``torch._foreach_lerp_``) would cut this
 to 1/world_size per rank, at the price of collective teacher forwards. FSDP2 (``fully_shard``) is refused.
 """
@@ -111,7 +116,7 @@ class FrozenCopy:
                 'RLP teacher: the copy must be created from the unwrapped model at '
                 'Event.INIT; add the RLP algorithm to the Trainer instead of wrapping first'
             )
-        self.module = copy.deepcopy(model)
+        self.module = copy.deepcopy(model).float()  # fp32 whatever the policy's dtype (see the module docstring)
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

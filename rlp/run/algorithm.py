@@ -26,7 +26,7 @@ from rlp import dist
 from rlp.config import RLPConfig
 from rlp.hf import is_fsdp, unwrap_hf
 from rlp.run.thought_log import ThoughtLog
-from rlp.step import RLPStats, count_rollouts, rlp_loss
+from rlp.step import RLPStats, check_no_dropout, count_rollouts, rlp_loss
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate, resolve_template
 
@@ -59,18 +59,24 @@ class RLP(Algorithm):
         self.totals = {'positions': 0, 'rows_skipped': 0, 'batches': 0}
         self.stats = RLPStats()
         self._norm = (0.0, 1.0)  # (rollouts of the global batch, rows of the global batch)
+        self._batch: Any = None
 
     def __repr__(self) -> str:
         return f'RLP(seed={self.seed}, config={self.config!r})'
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
+        skip_ntp = self.config.loss.ntp_weight == 0 and event in (Event.BEFORE_FORWARD, Event.AFTER_FORWARD)
+        return skip_ntp or event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> Optional[int]:
         if event == Event.INIT:
             self._init(state)
         elif event == Event.BEFORE_TRAIN_BATCH:
             self._start_batch(state)
+        elif event == Event.BEFORE_FORWARD:
+            self._batch, state.batch = state.batch, _stub(state.batch)
+        elif event == Event.AFTER_FORWARD:
+            state.batch = self._batch
         elif event == Event.AFTER_LOSS:
             self._microbatch(state)
         elif event == Event.BATCH_END:
@@ -82,6 +88,7 @@ class RLP(Algorithm):
             self.tokenizer = getattr(state.model, 'tokenizer', None)
         self.template = resolve_template(self.tokenizer, self.config.template)
         hf = unwrap_hf(state.model)
+        check_no_dropout(hf, training=True)  # refused before the first batch
         if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
             self.teachers.create(hf)
         rows = hf.get_input_embeddings().weight.shape[0]
@@ -123,6 +130,8 @@ class RLP(Algorithm):
             self.thought_log.collect(self.tokenizer, self.batch_index, batch['input_ids'], stats.samples)
         total = cfg.loss.ntp_weight * ntp + cfg.loss.rlp_weight * rlp
         state.loss = {'total': total, 'ntp': ntp.detach(), 'rlp': rlp.detach()}
+        if cfg.loss.ntp_weight == 0:  # the NTP forward ran on a stub (see BEFORE_FORWARD): nothing to report
+            del state.loss['ntp']
 
     def _end_batch(self, state: State, logger: Logger) -> None:
         self.teachers.update(unwrap_hf(state.model))
@@ -154,3 +163,10 @@ class RLP(Algorithm):
         self.teachers.load_state_dict(state.get('teacher', {}))
         self.totals.update({k: int(v) for k, v in state.get('totals', {}).items()})
         self.thought_log.written = int(state.get('thoughts_written', 0))
+
+
+def _stub(batch: dict[str, Any]) -> dict[str, Any]:
+    """The first two tokens of the first row, labelled with themselves: the cheapest forward Composer can run."""
+    stub = {k: (v[:1, :2] if v.dim() == 2 else v[:1]) for k, v in batch.items() if hasattr(v, 'dim')}
+    stub['labels'] = stub['input_ids'].clone()
+    return stub
