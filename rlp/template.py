@@ -90,11 +90,12 @@ def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -
     return tag_id
 
 
-def resolve_template(tokenizer: Any, cfg: TemplateConfig) -> ThoughtTemplate:
-    """Check ``cfg`` against ``tokenizer`` and return the template's token ids.
+def resolve_template(tokenizer: Any, cfg: TemplateConfig, model: Any = None) -> ThoughtTemplate:
+    """Check ``cfg`` against ``tokenizer`` (and the embeddings of ``model``, when given); return the token ids.
 
     Raises:
-        TemplateError: a tag is missing or split inconsistently (see :func:`tag_token_id`).
+        TemplateError: a tag is missing or split inconsistently (see :func:`tag_token_id`), or its id is beyond the
+            model's embedding rows.
     """
     if tokenizer is None:
         raise TemplateError(
@@ -104,6 +105,12 @@ def resolve_template(tokenizer: Any, cfg: TemplateConfig) -> ThoughtTemplate:
     open_id = tag_token_id(tokenizer, cfg.open_tag, 'rlp.template.open_tag')
     close_id = tag_token_id(tokenizer, cfg.close_tag, 'rlp.template.close_tag')
     instruction = tuple(_encode(tokenizer, cfg.instruction)) if cfg.instruction else ()
+    rows = model.get_input_embeddings().weight.shape[0] if model is not None else None
+    if rows is not None and max(open_id, close_id) >= rows:
+        raise TemplateError(
+            f'thought tags have ids {open_id}/{close_id} but the model has only {rows} embedding rows; resize the '
+            f'embeddings (rlp.template.add_tags=true)'
+        )
     return ThoughtTemplate(
         open_id=open_id,
         close_id=close_id,

@@ -1,18 +1,15 @@
 """RLP as a Composer ``Algorithm``: the event handlers around :func:`rlp.step.rlp_loss`, and little else.
 
-Events:
-  - ``INIT``: resolve the thought template against the tokenizer; allocate the teacher copies from the unwrapped
-    HF module (INIT runs before Composer's FSDP wrap; see :mod:`rlp.teacher`).
-  - ``BEFORE_TRAIN_BATCH`` (full device batch; reruns with auto-microbatching): record the global batch index; at
-    the first batch the teachers take phi <- theta (unless restored from a checkpoint); count the rollouts of the
-    whole global batch on all ranks (:func:`rlp.step.count_rollouts`, the loss normaliser).
-  - ``AFTER_LOSS`` (each microbatch): ``state.loss`` becomes ``{'total': ntp_weight*NTP + rlp_weight*RLP, 'ntp':
-    NTP, 'rlp': RLP}`` with RLP from :func:`rlp.step.rlp_loss`.
-  - ``BATCH_END`` (after the optimizer step): EMA update, ``rlp/...`` metrics, the thought JSONL, counters.
-
-Gradient accumulation is exact under Composer's default sample-based accumulation (not
-``accumulate_train_batch_on_tokens``): see :func:`rlp.step.count_rollouts`. The method's decisions are described
-in ``docs/design.md``; cost and memory in :mod:`rlp.step` and :mod:`rlp.logprobs`.
+- ``INIT``: resolve the thought template; refuse dropout; copy the teachers from the unwrapped HF module (INIT runs
+  before Composer's FSDP wrap; see :mod:`rlp.teacher`).
+- ``BEFORE_TRAIN_BATCH`` (the device batch; reruns with auto-microbatching): the batch index; phi <- theta at the
+  first batch; the rollouts of the whole global batch (:func:`rlp.step.count_rollouts`, the loss normaliser).
+- ``BEFORE_FORWARD`` / ``AFTER_FORWARD``, with ``ntp_weight: 0`` only: Composer's next-token forward runs on a
+  two-token stub and the real microbatch is put back at once, so no NTP forward or backward is wasted (the stub's
+  loss enters the total times 0, keeping every forward in the graph).
+- ``AFTER_LOSS`` (each microbatch): ``state.loss = {'total': ntp_weight*NTP + rlp_weight*RLP, 'ntp': NTP, 'rlp':
+  RLP}`` (no ``ntp`` when skipped).
+- ``BATCH_END`` (after the optimizer step): EMA update, ``rlp/...`` metrics, the thought JSONL, counters.
 """
 
 from __future__ import annotations
@@ -61,9 +58,6 @@ class RLP(Algorithm):
         self._norm = (0.0, 1.0)  # (rollouts of the global batch, rows of the global batch)
         self._batch: Any = None
 
-    def __repr__(self) -> str:
-        return f'RLP(seed={self.seed}, config={self.config!r})'
-
     def match(self, event: Event, state: State) -> bool:
         skip_ntp = self.config.loss.ntp_weight == 0 and event in (Event.BEFORE_FORWARD, Event.AFTER_FORWARD)
         return skip_ntp or event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
@@ -84,19 +78,12 @@ class RLP(Algorithm):
         return None
 
     def _init(self, state: State) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = getattr(state.model, 'tokenizer', None)
-        self.template = resolve_template(self.tokenizer, self.config.template)
         hf = unwrap_hf(state.model)
+        self.tokenizer = getattr(state.model, 'tokenizer', None) if self.tokenizer is None else self.tokenizer
+        self.template = resolve_template(self.tokenizer, self.config.template, model=hf)
         check_no_dropout(hf, training=True)  # refused before the first batch
         if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
             self.teachers.create(hf)
-        rows = hf.get_input_embeddings().weight.shape[0]
-        if max(self.template.open_id, self.template.close_id) >= rows:
-            raise ValueError(
-                f'thought tags have ids {self.template.open_id}/{self.template.close_id} but the model has only '
-                f'{rows} embedding rows; resize the embeddings (rlp.template.add_tags=true)'
-            )
 
     def _start_batch(self, state: State) -> None:
         if self.template is None:
@@ -139,24 +126,14 @@ class RLP(Algorithm):
         self.totals['positions'] += int(stats.positions)
         self.totals['rows_skipped'] += int(stats.rows_skipped)
         self.totals['batches'] += 1
-        logger.log_metrics(
-            {
-                **stats.metrics(),
-                'rlp/positions_total': float(self.totals['positions']),
-                'rlp/rows_skipped_total': float(self.totals['rows_skipped']),
-                'rlp/ema_updates': float(self.teachers.updates),
-            }
-        )
+        totals = {f'rlp/{k}_total': float(self.totals[k]) for k in ('positions', 'rows_skipped')}
+        logger.log_metrics({**stats.metrics(), **totals, 'rlp/ema_updates': float(self.teachers.updates)})
         self.thought_log.flush()
 
     def state_dict(self) -> dict[str, Any]:
         """Teacher weights (CPU tensors) and counters; no generators or custom classes (safe loader)."""
-        return {
-            'teacher': self.teachers.state_dict(),
-            'totals': dict(self.totals),
-            'thoughts_written': self.thought_log.written,
-            'seed': self.seed,
-        }
+        written, teacher = self.thought_log.written, self.teachers.state_dict()
+        return {'teacher': teacher, 'totals': dict(self.totals), 'thoughts_written': written, 'seed': self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created)."""
