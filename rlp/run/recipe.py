@@ -8,16 +8,38 @@ so an unknown key at any depth is an error naming the key path and the allowed k
 Values may reference ``${variables.NAME}``: a string that is exactly one reference takes the variable's value
 and type, a reference inside a longer string is substituted as text. Command-line overrides ``key.sub=value``
 are applied after loading and before resolution; values are parsed as YAML (``rlp=null``, ``trainer.lr=1e-5``).
+An override assigns: ``data.streams={...}`` replaces the whole mapping; ``KEY=$delete`` removes KEY.
 
-Checks that need the launch (world size) live in :func:`validate_for_world`; checks that need the network (the
-save folder's bucket) live in :mod:`rlp.run.checkpoint`. Nothing here loads weights, so every recipe in
-``recipes/`` validates on a laptop.
+Base recipes. A recipe may start from another one with the top-level key ``base: FILE`` (a path relative to the
+recipe's own folder, or absolute); the base may itself have a ``base`` (a chain; a cycle or a missing file is a
+one-line error). The child is deep-merged onto its base:
+
+* mapping onto mapping merges key by key, recursively; any other value (a scalar, a list, ``null``) replaces the
+  base's value whole. So lists replace, and ``rlp: null`` turns off a base's ``rlp`` section.
+* ``KEY: $delete`` removes the base's KEY, so the schema's default applies (use it for keys of free-form
+  mappings such as ``trainer.fsdp``, or where ``null`` is not the default); deleting a key the base does not
+  have is an error (a typo).
+* a mapping holding ``$replace: true`` replaces the base's mapping instead of merging into it (e.g. a mixture
+  child's ``data.streams``, so the base's streams are dropped, not kept beside the child's).
+
+The directives ``$delete`` and ``$replace`` are recognised in mappings only (not inside lists). The order is: read
+the base chain, merge, apply command-line overrides, resolve variables, build the typed objects; strict validation
+sees only the merged result (an unknown key a child adds is refused as in any recipe), and the written
+``resolved_config.yaml`` holds that merged result, without ``base``.
+
+Every check of one section lives in that section's ``__post_init__`` and cross-section checks in
+:class:`Recipe`'s, so ``load_recipe`` refuses everything that the recipe alone can tell is wrong. Checks that need
+the launch (world size) live in :func:`validate_for_world`; checks that need the machine (is there a GPU) are in
+:mod:`rlp.run.train`; checks that need the network (the save folder's bucket) live in :mod:`rlp.run.checkpoint`;
+checks that need the tokenizer, the model or the data files are made where those are built (:mod:`rlp.run.models`,
+:mod:`rlp.run.data`). Nothing here loads weights, so every recipe in ``recipes/`` validates on a laptop.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -28,6 +50,8 @@ from rlp.config import RLPConfig
 from rlp.strictcfg import ConfigError, build, to_dict
 
 __all__ = [
+    'DELETE',
+    'REPLACE',
     'CallbacksConfig',
     'ConfigError',
     'DataConfig',
@@ -41,7 +65,9 @@ __all__ = [
     'TrainerConfig',
     'apply_overrides',
     'load_recipe',
+    'merge_recipe_data',
     'parse_recipe',
+    'read_recipe_data',
     'recipe_to_dict',
     'resolve_variables',
     'validate_for_world',
@@ -49,25 +75,40 @@ __all__ = [
 
 TOKEN_DTYPES = ('uint8', 'uint16', 'uint32', 'int16', 'int32', 'int64')
 
+DELETE = '$delete'  # value that removes a key of the base recipe (in an override: of the recipe)
+REPLACE = '$replace'  # key of a mapping (`$replace: true`) that replaces the base's mapping instead of merging
+
 
 @dataclass
 class StreamConfig:
-    """One named MDS stream of the training mixture (a folder written by ``rlp-data prepare`` or llm-foundry)."""
+    """One named MDS stream of the training mixture (a folder written by ``rlp-data prepare`` or llm-foundry).
+
+    Attributes:
+        remote: where the shards live: ``s3://``/``gs://``/... or a local folder. None reads ``local`` directly.
+        local: local cache folder, distinct per stream. Default: ``{data.cache_dir}/{run_name}/{stream name}``.
+        split: sub-folder of ``remote``/``local`` holding ``index.json``; None = the folder itself.
+        proportion: relative weight of the stream (normalised over streams). Cannot be mixed with
+            ``repeat``/``choose``.
+        repeat: absolute weighting: each epoch sees the stream this many times.
+        choose: absolute weighting: each epoch sees exactly this many samples of the stream.
+        token_dtype: only for legacy llm-foundry datasets whose ``tokens`` column is raw ``bytes``: their dtype
+            (e.g. int32), one of ``uint8``, ``uint16``, ``uint32``, ``int16``, ``int32``, ``int64``.
+        download_retry: download re-attempts per shard before giving up. None = streaming's default (2).
+        download_timeout: seconds to wait for one shard's download before failing. None = streaming's default
+            (60).
+        validate_hash: hash algorithm the shards' checksums in ``index.json`` are verified with (e.g. ``sha1``,
+            ``xxh64``). None = no verification.
+        keep_zip: keep the compressed form of downloaded shards after decompressing them. None = streaming's
+            default (keep only when the remote is local).
+    """
 
     remote: Optional[str] = None
-    """Where the shards live: ``s3://``/``gs://``/... or a local folder. ``null`` reads ``local`` directly."""
     local: Optional[str] = None
-    """Local cache folder, distinct per stream. Default: ``{data.cache_dir}/{run_name}/{stream name}``."""
     split: Optional[str] = None
-    """Sub-folder of ``remote``/``local`` holding ``index.json``."""
     proportion: Optional[float] = None
-    """Relative weight of the stream (normalised over streams). Cannot be mixed with ``repeat``/``choose``."""
     repeat: Optional[float] = None
-    """Absolute weighting: each epoch sees the stream this many times."""
     choose: Optional[int] = None
-    """Absolute weighting: each epoch sees exactly this many samples of the stream."""
     token_dtype: Optional[str] = None
-    """Only for legacy llm-foundry datasets whose ``tokens`` column is raw ``bytes``: their dtype (e.g. int32)."""
     download_retry: Optional[int] = None
     download_timeout: Optional[float] = None
     validate_hash: Optional[str] = None
@@ -84,21 +125,52 @@ class StreamConfig:
 
 @dataclass
 class DataConfig:
-    """The training data: a StreamingDataset mixture of named streams plus loader settings."""
+    """The training data: a StreamingDataset mixture of named streams plus loader settings.
+
+    Attributes:
+        seq_len: tokens per sample fed to the model; longer samples are truncated, shorter ones padded (pack
+            mode none). At least 2.
+        streams: named streams; at least one. All use ``proportion`` or all use ``repeat``/``choose`` (or no
+            weight).
+        cache_dir: root of the default per-stream local caches.
+        shuffle: iterate the mixture in a seeded random order (false: sequential order).
+        shuffle_seed: seed of the shuffle. None = the recipe's ``seed``.
+        shuffle_algo: streaming's shuffling algorithm (``py1e``, ``py1br``, ``py1b``, ``py1s``, ``py2s``,
+            ``naive``).
+        shuffle_block_size: samples per shuffle block. None = streaming's default (4M / num_canonical_nodes,
+            at least 2^18).
+        num_canonical_nodes: keep it fixed across launches: the global sample order then does not depend on
+            the number of ranks. None = streaming derives it from the first launch's node count.
+        partition_algo: streaming's algorithm for partitioning samples over nodes, ranks and workers
+            (``relaxed`` or ``orig``).
+        epoch_size: samples per epoch over the whole mixture. None = the streams' total (weighted).
+        predownload: samples each worker downloads ahead. None = streaming's default (8 x device batch).
+        cache_limit: most bytes of shards kept in the local caches (e.g. ``100gb``); least recently used shards
+            are evicted beyond it. None = no eviction.
+        sampling_method: how a stream's partial repeat (e.g. ``repeat: 1.5``) picks its samples: ``balanced``
+            (different samples each epoch, spread over the shards) or ``fixed`` (the same samples every epoch).
+        batching_method: how streams are combined into batches: ``random`` (each batch from the whole
+            mixture), ``stratified`` (each batch holds every stream in proportion), ``per_stream`` (each global
+            batch from one stream) or ``device_per_stream`` (each device batch from one stream).
+        num_workers: DataLoader worker processes (0 = load in the training process); >= 0.
+        prefetch_factor: batches each worker loads ahead (with ``num_workers`` > 0). None = 2.
+        pin_memory: DataLoader ``pin_memory`` (page-locked host batches, faster copies to the GPU).
+        eos_token_id: EOS id used to derive document starts for streams without a ``doc_starts`` column.
+            None = the tokenizer's.
+        pad_token_id: padding id for samples shorter than ``seq_len``. None = the tokenizer's pad (else EOS).
+        clean_stale_shared_memory: call streaming's ``clean_stale_shared_memory()`` once at start-up (it is not
+            liveness-aware: turn it off when other streaming jobs run on the same host, e.g. parallel test
+            processes).
+    """
 
     seq_len: int
-    """Tokens per sample fed to the model; longer samples are truncated, shorter ones padded (pack mode none)."""
     streams: dict[str, StreamConfig] = field(default_factory=dict)
-    """Named streams; at least one. All use ``proportion`` or all use ``repeat``/``choose`` (or no weight)."""
     cache_dir: str = './cache/streams'
-    """Root of the default per-stream local caches."""
     shuffle: bool = True
     shuffle_seed: Optional[int] = None
-    """Default: the recipe's ``seed``."""
     shuffle_algo: str = 'py1e'
     shuffle_block_size: Optional[int] = None
     num_canonical_nodes: Optional[int] = 1
-    """Keep it fixed across launches: the global sample order then does not depend on the number of ranks."""
     partition_algo: str = 'relaxed'
     epoch_size: Optional[int] = None
     predownload: Optional[int] = None
@@ -109,12 +181,8 @@ class DataConfig:
     prefetch_factor: Optional[int] = None
     pin_memory: bool = False
     eos_token_id: Optional[int] = None
-    """EOS id used to derive document starts for streams without a ``doc_starts`` column. Default: tokenizer's."""
     pad_token_id: Optional[int] = None
-    """Padding id for samples shorter than ``seq_len``. Default: the tokenizer's pad (else EOS)."""
     clean_stale_shared_memory: bool = True
-    """Call streaming's ``clean_stale_shared_memory()`` once at start-up (it is not liveness-aware: turn it
-    off when other streaming jobs run on the same host, e.g. parallel test processes)."""
 
     def __post_init__(self):
         if self.seq_len < 2:
@@ -137,7 +205,7 @@ class DataConfig:
         for name, s in self.streams.items():
             if s.proportion is not None and (s.repeat is not None or s.choose is not None):
                 raise ConfigError(
-                    f'data.streams.{name} sets proportion together with repeat/choose; ' f'use one weighting family'
+                    f'data.streams.{name} sets proportion together with repeat/choose; use one weighting family'
                 )
             if s.remote is None and s.local is None:
                 raise ConfigError(
@@ -156,15 +224,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The HF causal LM: pretrained (``name_or_path``) or random-init from a config mapping (``config``)."""
+    """The HF causal LM: pretrained (``name_or_path``) or random-init from a config mapping (``config``).
+
+    Attributes:
+        name_or_path: hub name or local folder with weights, e.g. ``Qwen/Qwen3-1.7B``. Exactly one of
+            ``name_or_path`` and ``config``.
+        config: a transformers config as a mapping with ``model_type`` (random init); vocab size defaults to the
+            tokenizer's length.
+        pretrained: with ``name_or_path``: load its weights (true) or only its config and init randomly (false).
+        torch_dtype: dtype the weights are loaded or created in. None = transformers' default (float32).
+        attn_implementation: transformers' attention kernel. None = transformers' default for the model.
+        trust_remote_code: allow the checkpoint's own modeling code (models transformers does not ship).
+        revision: hub revision (branch, tag or commit) of ``name_or_path``. None = the default branch.
+    """
 
     name_or_path: Optional[str] = None
-    """Hub name or local folder with weights, e.g. ``Qwen/Qwen3-1.7B``."""
     config: Optional[dict[str, Any]] = None
-    """A transformers config as a mapping with ``model_type`` (random init); vocab size defaults to the
-    tokenizer's length."""
     pretrained: bool = True
-    """With ``name_or_path``: load its weights (true) or only its config and init randomly (false)."""
     torch_dtype: Optional[Literal['float32', 'bfloat16', 'float16']] = None
     attn_implementation: Optional[Literal['eager', 'sdpa', 'flash_attention_2']] = None
     trust_remote_code: bool = False
@@ -182,7 +258,13 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    """The tokenizer: hub name, local folder, or ``bundled`` (the small BPE shipped with the project)."""
+    """The tokenizer.
+
+    Attributes:
+        name_or_path: hub name, local folder, or ``bundled`` (the small BPE shipped with the project, in
+            ``pipeline/assets/tokenizer``).
+        kwargs: extra keyword arguments of ``AutoTokenizer.from_pretrained`` (e.g. ``trust_remote_code``).
+    """
 
     name_or_path: str = 'bundled'
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +272,17 @@ class TokenizerConfig:
 
 @dataclass
 class OptimizerConfig:
+    """The optimizer (``trainer.optimizer``).
+
+    Attributes:
+        name: ``decoupled_adamw`` (Composer's DecoupledAdamW: weight decay not scaled by the lr), ``adamw``
+            (torch.optim.AdamW) or ``sgd`` (torch.optim.SGD, no momentum; ``betas``/``eps`` unused).
+        lr: peak learning rate, > 0.
+        betas: Adam's two moment decays.
+        eps: Adam's denominator epsilon.
+        weight_decay: weight decay (decoupled for ``decoupled_adamw``).
+    """
+
     name: Literal['adamw', 'decoupled_adamw', 'sgd'] = 'decoupled_adamw'
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -205,19 +298,62 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """The learning-rate schedule (``trainer.scheduler``), a multiplier on ``trainer.optimizer.lr``.
+
+    Attributes:
+        name: ``constant``, ``cosine_with_warmup`` (cosine decay from 1 to ``alpha_f`` over the run) or
+            ``linear_with_warmup`` (linear decay from 1 to ``alpha_f``), each after a linear warmup.
+        t_warmup: Composer time of the linear warmup from 0, e.g. ``100ba`` or ``0.05dur``; ``0ba`` = none.
+        alpha_f: final multiplier of the decaying schedules (``cosine_with_warmup``: 0.1 ends at lr / 10).
+    """
+
     name: Literal['constant', 'cosine_with_warmup', 'linear_with_warmup'] = 'constant'
     t_warmup: str = '0ba'
     alpha_f: float = 0.0
 
+    def __post_init__(self):
+        if not re.fullmatch(r'\d+(\.\d*)?(ba|ep|sp|tok|dur)', self.t_warmup):
+            raise ConfigError(
+                f'trainer.scheduler.t_warmup={self.t_warmup!r} is not a Composer time; '
+                f'write e.g. 100ba, 0.05dur, or 0ba for no warmup'
+            )
+
 
 @dataclass
 class TrainerConfig:
-    """Composer Trainer settings: duration, batch sizes, optimisation, numerics, parallelism, checkpoints."""
+    """Composer Trainer settings: duration, batch sizes, optimisation, numerics, parallelism, checkpoints.
+
+    Attributes:
+        max_duration: Composer time string: ``100ba``, ``1ep``, ``2000000tok``.
+        global_train_batch_size: samples per optimizer step over all ranks; divisible by world size x device
+            microbatch size (:func:`validate_for_world`).
+        device_train_microbatch_size: samples per forward/backward on one rank (gradient accumulation covers
+            the rest of the rank's batch).
+        device: ``cpu``, ``gpu``, or ``auto`` (a GPU when CUDA is visible, else the CPU).
+        precision: Composer precision; ``amp_bf16``/``amp_fp16`` need a GPU (``device: cpu`` is refused here,
+            ``device: auto`` resolving to the CPU is refused at start-up).
+        optimizer: see :class:`OptimizerConfig`.
+        scheduler: see :class:`SchedulerConfig`.
+        grad_clip_norm: clip the global gradient norm to this value. None = no clipping.
+        fsdp: passed through to Composer's FSDP config (``parallelism_config={'fsdp': ...}``) on more than one
+            GPU; ignored (with a warning) otherwise. None = no FSDP (DDP on several GPUs).
+        save_folder: local folder or ``s3://``/``gs://`` URI; ``{run_name}`` is filled in. None = no checkpoints.
+        save_interval: Composer time between checkpoints, e.g. ``500ba`` or ``1ep``.
+        save_num_checkpoints_to_keep: checkpoints kept in the local save folder; -1 = all.
+        autoresume: resume from the newest complete checkpoint in ``save_folder`` (see :mod:`rlp.run.checkpoint`).
+        load_path: checkpoint to start from when ``save_folder`` holds none yet (first launch only).
+        load_weights_only: with ``load_path``: load only the model weights (fresh optimizer, schedule and data
+            position).
+        output_dir: local folder for ``metrics.jsonl``, the sampled-thoughts JSONL and ``resolved_config.yaml``;
+            ``{run_name}`` is filled in.
+        record_sample_ids: write the global batch's sample ids into each ``metrics.jsonl`` record (tests,
+            debugging); needs ``loggers.metrics_jsonl``.
+        dist_timeout: seconds a torch.distributed collective may wait before the run fails.
+        deterministic_mode: Composer's deterministic mode (deterministic CUDA kernels; slower).
+    """
 
     max_duration: str
-    """Composer time string: ``100ba``, ``1ep``, ``2000000tok``."""
     global_train_batch_size: int
-    """Samples per optimizer step over all ranks; divisible by world size x device microbatch size."""
     device_train_microbatch_size: int = 1
     device: Literal['auto', 'cpu', 'gpu'] = 'auto'
     precision: Literal['fp32', 'amp_bf16', 'amp_fp16'] = 'fp32'
@@ -225,20 +361,14 @@ class TrainerConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_clip_norm: Optional[float] = 1.0
     fsdp: Optional[dict[str, Any]] = None
-    """Passed through to Composer's FSDP config (``parallelism_config={'fsdp': ...}``) on more than one GPU."""
     save_folder: Optional[str] = None
-    """Local folder or ``s3://``/``gs://`` URI; ``{run_name}`` is filled in."""
     save_interval: str = '1000ba'
     save_num_checkpoints_to_keep: int = -1
     autoresume: bool = True
-    """Resume from the newest complete checkpoint in ``save_folder`` (see :mod:`rlp.run.checkpoint`)."""
     load_path: Optional[str] = None
-    """Checkpoint to start from when ``save_folder`` holds none yet (first launch only)."""
     load_weights_only: bool = False
     output_dir: str = './runs/{run_name}'
-    """Local folder for ``metrics.jsonl``, the sampled-thoughts JSONL and ``resolved_config.yaml``."""
     record_sample_ids: bool = False
-    """Write the global batch's sample ids into each ``metrics.jsonl`` record (tests, debugging)."""
     dist_timeout: float = 300.0
     deterministic_mode: bool = False
 
@@ -255,32 +385,65 @@ class TrainerConfig:
             )
         if not re.fullmatch(r'\d+(ba|ep|sp|tok)', self.save_interval):
             raise ConfigError(
-                f'trainer.save_interval={self.save_interval!r} is not a Composer time; ' f'write e.g. 500ba or 1ep'
+                f'trainer.save_interval={self.save_interval!r} is not a Composer time; write e.g. 500ba or 1ep'
+            )
+        if self.device == 'cpu' and self.precision != 'fp32':
+            raise ConfigError(
+                f'trainer.precision={self.precision} needs a GPU but trainer.device=cpu; '
+                f'on CPU use trainer.precision=fp32'
             )
 
 
 @dataclass
 class LoggersConfig:
+    """Where metrics go (``loggers``).
+
+    Attributes:
+        progress_bar: Composer's progress bar on the console.
+        console: print every logged scalar to the console.
+        console_interval: Composer time between console prints, e.g. ``1ba`` (every batch) or ``10ba``.
+        metrics_jsonl: write ``{output_dir}/metrics.jsonl``: one JSON object per batch.
+    """
+
     progress_bar: bool = True
     console: bool = True
-    """Print every logged scalar to the console."""
     console_interval: str = '1ba'
     metrics_jsonl: bool = True
-    """Write ``{output_dir}/metrics.jsonl``: one JSON object per batch."""
 
 
 @dataclass
 class CallbacksConfig:
+    """Composer callbacks (``callbacks``).
+
+    Attributes:
+        speed_monitor: window size (batches) of Composer's SpeedMonitor (throughput, wall clock); None = off.
+        lr_monitor: log the learning rate every batch (Composer's LRMonitor).
+        memory_monitor: GPU memory statistics (Composer's MemoryMonitor; GPU runs only, ignored on CPU).
+    """
+
     speed_monitor: Optional[int] = 10
-    """Window size of Composer's SpeedMonitor (throughput, wall clock), or null for none."""
     lr_monitor: bool = True
     memory_monitor: bool = False
-    """GPU memory statistics (GPU runs only)."""
 
 
 @dataclass
 class Recipe:
-    """A whole recipe; ``rlp`` is None (``rlp: null``) for next-token training only (the CPT baseline)."""
+    """A whole recipe, after merging its base chain (see the module docstring).
+
+    Attributes:
+        run_name: names the run's folders and object keys (``{run_name}`` in paths): letters, digits, ``.``,
+            ``_``, ``-``.
+        model: see :class:`ModelConfig`.
+        data: see :class:`DataConfig`.
+        trainer: see :class:`TrainerConfig`.
+        variables: free-form values referenced as ``${variables.NAME}`` elsewhere in the recipe.
+        seed: seeds model init, the data shuffle (unless ``data.shuffle_seed``) and the RLP algorithm's draws.
+        tokenizer: see :class:`TokenizerConfig`.
+        rlp: the RLP algorithm (:class:`rlp.config.RLPConfig`); None (``rlp: null``) for next-token training
+            only (the CPT baseline).
+        loggers: see :class:`LoggersConfig`.
+        callbacks: see :class:`CallbacksConfig`.
+    """
 
     run_name: str
     model: ModelConfig
@@ -298,6 +461,11 @@ class Recipe:
             raise ConfigError(
                 f'run_name={self.run_name!r} may only hold letters, digits, ".", "_" and "-" '
                 f'(it names folders and object keys)'
+            )
+        if self.trainer.record_sample_ids and not self.loggers.metrics_jsonl:
+            raise ConfigError(
+                'trainer.record_sample_ids needs loggers.metrics_jsonl=true (ids go into metrics.jsonl); '
+                'set loggers.metrics_jsonl=true or trainer.record_sample_ids=false'
             )
 
 
@@ -341,7 +509,7 @@ def resolve_variables(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of ``data``."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML; ``$delete`` removes the key) to a copy of ``data``."""
     data = copy.deepcopy(data)
     for item in overrides:
         if '=' not in item:
@@ -356,29 +524,132 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node[part], dict):
                 raise ConfigError(f'override {item!r}: {part!r} is not a mapping in the recipe')
             node = node[part]
-        node[parts[-1]] = value
+        if value == DELETE:
+            if parts[-1] not in node:
+                raise ConfigError(f'override {item!r}: the recipe has no {key.strip()!r} to delete; drop the override')
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
     return data
 
 
+def _join(where: str, key: Any) -> str:
+    return f'{where}.{key}' if where else str(key)
+
+
+def merge_recipe_data(base: dict[str, Any], child: dict[str, Any], where: str = '') -> dict[str, Any]:
+    """Deep-merge recipe mapping ``child`` onto ``base`` (new mapping; neither argument changes).
+
+    Mapping onto mapping merges key by key; any other child value (scalar, list, null) replaces the base's.
+    ``KEY: $delete`` removes the base's KEY; a child mapping with ``$replace: true`` replaces the base's mapping.
+
+    Args:
+        base: the base recipe's (merged) mapping.
+        child: the child's mapping, without its ``base`` key.
+        where: key path of the two mappings, for error messages.
+
+    Raises:
+        ConfigError: ``$delete`` of a key the base does not have, or ``$replace`` with a value other than true.
+
+    Example:
+        >>> merge_recipe_data({'a': {'x': 1, 'y': 2}, 'b': [1]}, {'a': {'y': '$delete', 'z': 3}, 'b': [2]})
+        {'a': {'x': 1, 'z': 3}, 'b': [2]}
+    """
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        path = _join(where, key)
+        if key == REPLACE:
+            raise ConfigError(  # inside mappings it was taken out by the caller: this is a file's top level
+                f'{REPLACE} at the top level of a recipe would drop its whole base; remove the base key instead, '
+                f'or put {REPLACE}: true inside the mapping to replace, e.g. data.streams'
+            )
+        if value == DELETE:
+            if key not in out:
+                raise ConfigError(
+                    f'{path}: {DELETE} removes a key of the base recipe, but the base has no {path!r}; '
+                    f'drop the line (or fix the key name)'
+                )
+            del out[key]
+        elif isinstance(value, dict):
+            replace = value.get(REPLACE, False)
+            if replace is not True and REPLACE in value:
+                raise ConfigError(
+                    f'{_join(path, REPLACE)}={replace!r}: {REPLACE} takes only true; drop it to merge with the base'
+                )
+            inner = {k: v for k, v in value.items() if k != REPLACE}
+            below = out.get(key) if not replace else None
+            out[key] = merge_recipe_data(below if isinstance(below, dict) else {}, inner, path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        data = yaml.safe_load(fh)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'recipe {str(path)!r}: a recipe is a YAML mapping of sections, got {type(data).__name__}')
+    return data
+
+
+def read_recipe_data(path: str | Path) -> dict[str, Any]:
+    """The recipe at ``path`` as one plain mapping: its base chain read and merged, no ``base`` key left.
+
+    Raises:
+        ConfigError: the file or a base in its chain does not exist, the chain has a cycle, a ``base`` is not a
+            file name, or a merge directive is misused (see :func:`merge_recipe_data`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'recipe {str(path)!r} does not exist; pass a YAML file such as recipes/smoke-cpu.yaml')
+    chain: list[Path] = []
+    datas: list[dict[str, Any]] = []
+    current = path
+    while True:
+        resolved = current.resolve()
+        if resolved in chain:
+            names = ' -> '.join(str(p) for p in [*chain, resolved])
+            raise ConfigError(f'recipe {str(path)!r}: the base chain {names} is a cycle; remove one of the base keys')
+        chain.append(resolved)
+        data = _read_yaml_mapping(current)
+        base = data.pop('base', None)
+        datas.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(
+                f'recipe {str(current)!r}: base={base!r} is not a file name; write e.g. base: qwen3-1.7b-rlp.yaml '
+                f"(relative to the recipe's folder)"
+            )
+        nxt = current.parent / base
+        if not nxt.is_file():
+            raise ConfigError(
+                f'recipe {str(current)!r}: base {base!r} does not exist (looked for {str(nxt)!r}); base is a path '
+                f"relative to the recipe's own folder, e.g. base: qwen3-1.7b-rlp.yaml"
+            )
+        current = nxt
+    merged: dict[str, Any] = {}
+    for data in reversed(datas):  # the root of the chain first, the named recipe last
+        merged = merge_recipe_data(merged, data)
+    return merged
+
+
 def parse_recipe(data: dict[str, Any]) -> Recipe:
-    """Validate a recipe mapping (variables already resolved) into a :class:`Recipe`."""
+    """Validate a recipe mapping (base chain merged, variables resolved) into a :class:`Recipe`."""
     if not isinstance(data, dict):
         raise ConfigError(f'a recipe is a YAML mapping of sections, got {type(data).__name__}')
     return build(Recipe, data)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``key=value`` overrides, resolve variables and validate it.
+    """Read a YAML recipe and its base chain, merge, apply ``key=value`` overrides, resolve variables, validate.
 
     Example:
         >>> recipe = load_recipe('recipes/smoke-cpu.yaml', ['trainer.max_duration=4ba'])  # doctest: +SKIP
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f'recipe {str(path)!r} does not exist; pass a YAML file such as recipes/smoke-cpu.yaml')
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    return parse_recipe(resolve_variables(apply_overrides(data, overrides or [])))
+    return parse_recipe(resolve_variables(apply_overrides(read_recipe_data(path), overrides or [])))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -401,3 +672,22 @@ def validate_for_world(recipe: Recipe, world_size: int) -> int:
             f'batch that is a multiple of {unit} (the same global batch on every world size keeps the data order)'
         )
     return t.global_train_batch_size // world_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlp.run.recipe RECIPE [key.sub=value ...]``: print the merged, resolved recipe as YAML."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ('-h', '--help'):
+        print('usage: python -m rlp.run.recipe RECIPE [key.sub=value ...]  (prints the merged, validated recipe)')
+        return 0 if args else 2
+    try:
+        recipe = load_recipe(args[0], args[1:])
+    except ConfigError as err:
+        print(f'rlp.run.recipe: invalid recipe {args[0]}: {err}', file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end='')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -2,8 +2,8 @@
 
 Start-up order (each step matters for determinism or for surviving a crash):
 
-1. Validate the recipe (unknown keys, weighting families, batch divisibility for this world size) and log the
-   resolved config (also written to ``{output_dir}/resolved_config.yaml``).
+1. Validate the recipe (its base chain merged; unknown keys, weighting families, batch divisibility for this
+   world size) and log the resolved config (also written to ``{output_dir}/resolved_config.yaml``).
 2. Check the save folder's bucket, initialise torch.distributed (gloo on CPU, NCCL on GPU).
 3. ``streaming.base.util.clean_stale_shared_memory()`` once per process, before any StreamingDataset, when
    ``data.clean_stale_shared_memory`` (a crashed run's shared memory otherwise blocks the restart).
@@ -131,8 +131,13 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     t = recipe.trainer
     device_batch = validate_for_world(recipe, world_size)
     device = _device_name(t.device)
+    # Recipe checks that need the machine stay here (this one and _device_name's); all others are in rlp.run.recipe.
+    # TrainerConfig refuses amp on device: cpu; device: auto turns into the CPU only where no CUDA device is visible.
     if device == 'cpu' and t.precision != 'fp32':
-        raise ConfigError(f'trainer.precision={t.precision} needs a GPU; on CPU use trainer.precision=fp32')
+        raise ConfigError(
+            f'trainer.precision={t.precision} needs a GPU but trainer.device={t.device} found none; '
+            f'on CPU use trainer.precision=fp32'
+        )
     if t.save_folder is not None:
         checkpoint.check_save_folder(t.save_folder, recipe.run_name)
     dist.initialize_dist(DeviceGPU() if device == 'gpu' else DeviceCPU(), timeout=t.dist_timeout)
@@ -159,10 +164,8 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     if recipe.loggers.metrics_jsonl:
         metrics_logger = MetricsJsonlLogger(os.path.join(output_dir, 'metrics.jsonl'))
         loggers.append(metrics_logger)
-        if t.record_sample_ids:
+        if t.record_sample_ids:  # Recipe refuses record_sample_ids without metrics_jsonl
             callbacks.append(SampleIdRecorder(metrics_logger))
-    elif t.record_sample_ids:
-        raise ConfigError('trainer.record_sample_ids needs loggers.metrics_jsonl=true (ids go into metrics.jsonl)')
     if recipe.callbacks.speed_monitor:
         callbacks.append(SpeedMonitor(window_size=recipe.callbacks.speed_monitor))
     if recipe.callbacks.lr_monitor:

@@ -35,7 +35,8 @@ from tests.helpers.tiny_models import build_tiny_model
 
 def test_trainer_runs_logs_metrics_that_move(tokenizer, tmp_path):
     """A few Adam steps of pure RLP (ntp_weight 0): every rlp/ metric is logged per batch and finite (no NTP loss is
-    logged: none is computed), the reward changes across batches, the EMA is updated each batch, and the thought JSONL holds readable rows."""
+    logged: none is computed), the reward changes across batches, the EMA is updated each batch, and the thought
+    JSONL holds readable rows."""
     data = skipping_batch(tokenizer, rows=32, skip_rows=(1,))
     trainer, algo, logger, _ = rlp_trainer(
         tokenizer, data, rlp_config(tokenizer, tmp_path), duration='4ba', optimizer='adam', lr=3e-2

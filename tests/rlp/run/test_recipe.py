@@ -1,11 +1,16 @@
 """Checks recipe validation (`rlp.run.recipe`) against the rules a user relies on: an unknown key at any depth is an
 error naming the key path and the allowed keys; a missing stream, mixed weighting families, a global batch not
 divisible by world size x microbatch and a missing save-folder bucket are refused with one-line errors; variables
-and `key.sub=value` overrides resolve as documented; `rlp: null` means next-token training only."""
+and `key.sub=value` overrides resolve as documented; `rlp: null` means next-token training only; cross-field and
+cross-section rules (amp precision on the CPU, sample ids without metrics.jsonl) are refused by the typed recipe
+itself; a recipe's `base:` chain deep-merges (mappings merge, null/scalars/lists replace, `$delete` removes a key,
+`$replace: true` replaces a mapping) before overrides and variables, and cycles, missing bases and unknown keys in
+the merged result are refused."""
 
 from __future__ import annotations
 
 import copy
+import textwrap
 
 import pytest
 
@@ -14,7 +19,9 @@ from rlp.run.recipe import (
     ConfigError,
     apply_overrides,
     load_recipe,
+    merge_recipe_data,
     parse_recipe,
+    read_recipe_data,
     recipe_to_dict,
     resolve_variables,
     validate_for_world,
@@ -126,6 +133,7 @@ def test_other_field_rules():
         (recipe(data__streams={'a': {'remote': 's3://b/a', 'proportion': 0}}), 'must be > 0'),
         (recipe(data__streams={'a': {'remote': 's3://b/a', 'token_dtype': 'float32'}}), 'token_dtype'),
         (recipe(trainer__precision='fp64'), 'allowed values'),
+        (recipe(trainer__scheduler={'t_warmup': '5 batches'}), 't_warmup'),
     ]
     for data, match in cases:
         with pytest.raises(ConfigError, match=match):
@@ -157,3 +165,139 @@ def test_variables_and_overrides(tmp_path):
         apply_overrides({}, ['trainer.max_duration'])
     with pytest.raises(ConfigError, match='does not exist'):
         load_recipe(tmp_path / 'missing.yaml')
+
+
+def test_cross_field_rules_live_in_the_typed_recipe():
+    """Rules that the recipe alone decides are refused by parse_recipe, not later by rlp.train."""
+    with pytest.raises(ConfigError, match=r'trainer.precision=amp_bf16 needs a GPU but trainer.device=cpu'):
+        parse_recipe(recipe(trainer__device='cpu', trainer__precision='amp_bf16'))
+    assert parse_recipe(recipe(trainer__device='auto', trainer__precision='amp_bf16')).trainer.precision == 'amp_bf16'
+    with pytest.raises(ConfigError, match=r'trainer.record_sample_ids needs loggers.metrics_jsonl=true'):
+        parse_recipe(recipe(trainer__record_sample_ids=True, loggers={'metrics_jsonl': False}))
+    assert parse_recipe(recipe(trainer__record_sample_ids=True)).trainer.record_sample_ids
+
+
+def write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE_YAML = """
+    variables: {bucket: s3://bkt}
+    run_name: base
+    model: {config: {model_type: llama, hidden_size: 32}}
+    data:
+      seq_len: 16
+      num_workers: 2
+      streams:
+        web: {remote: '${variables.bucket}/web', proportion: 0.5}
+        code: {remote: '${variables.bucket}/code', proportion: 0.5}
+    rlp:
+      rollouts: {group_size: 4}
+    trainer:
+      max_duration: 10ba
+      global_train_batch_size: 8
+      optimizer: {lr: 1.0e-4, betas: [0.8, 0.9]}
+      fsdp: {sharding_strategy: FULL_SHARD, use_orig_params: true}
+"""
+
+
+def test_base_deep_merge(tmp_path):
+    """The child's mappings merge into the base's key by key; its scalars, lists and nulls replace; variables of
+    the merged result resolve after overrides; `base` is gone from the result."""
+    write(tmp_path, 'base.yaml', BASE_YAML)
+    child = write(
+        tmp_path,
+        'child.yaml',
+        """
+        base: base.yaml
+        variables: {bucket: s3://other}
+        run_name: child
+        data:
+          streams:
+            web: {proportion: 0.75}
+        rlp: null
+        trainer:
+          optimizer: {betas: [0.7, 0.8]}
+        """,
+    )
+    merged = read_recipe_data(child)
+    assert 'base' not in merged
+    r = load_recipe(child, ['trainer.max_duration=4ba'])
+    assert r.run_name == 'child' and r.rlp is None and r.trainer.max_duration == '4ba'
+    assert r.data.num_workers == 2 and r.trainer.global_train_batch_size == 8  # kept from the base
+    assert r.data.streams['web'].remote == 's3://other/web' and r.data.streams['web'].proportion == 0.75
+    assert list(r.data.streams) == ['web', 'code'] and r.data.streams['code'].remote == 's3://other/code'
+    assert r.trainer.optimizer.betas == [0.7, 0.8] and r.trainer.optimizer.lr == 1e-4  # the list replaced
+    assert r.trainer.fsdp == {'sharding_strategy': 'FULL_SHARD', 'use_orig_params': True}
+    assert 'base' not in recipe_to_dict(r)
+
+
+def test_base_delete_and_replace(tmp_path):
+    """`KEY: $delete` removes a base key (the schema default applies); `$replace: true` replaces a mapping."""
+    write(tmp_path, 'base.yaml', BASE_YAML)
+    child = write(
+        tmp_path,
+        'child.yaml',
+        """
+        base: base.yaml
+        data:
+          num_workers: $delete
+          streams:
+            $replace: true
+            docs: {remote: s3://bkt/docs}
+        trainer:
+          fsdp: {use_orig_params: $delete}
+        """,
+    )
+    r = load_recipe(child)
+    assert list(r.data.streams) == ['docs'] and r.data.num_workers == 0
+    assert r.trainer.fsdp == {'sharding_strategy': 'FULL_SHARD'}
+    without = write(tmp_path, 'merged-names.yaml', 'base: base.yaml\ndata: {streams: {docs: {remote: s3://b/d}}}\n')
+    with pytest.raises(ConfigError, match='mix weighting families'):  # merged, not replaced: web, code and docs
+        load_recipe(without)
+    typo = write(tmp_path, 'typo.yaml', 'base: base.yaml\ndata: {num_workrs: $delete}\n')
+    with pytest.raises(ConfigError, match=r'data.num_workrs: \$delete removes a key of the base recipe'):
+        load_recipe(typo)
+    bad = write(tmp_path, 'bad.yaml', 'base: base.yaml\ndata: {streams: {$replace: yes-please}}\n')
+    with pytest.raises(ConfigError, match=r'\$replace takes only true'):
+        load_recipe(bad)
+    assert merge_recipe_data({'a': {'x': 1}}, {'a': {'$replace': True, 'y': 2}}) == {'a': {'y': 2}}
+    r = load_recipe(write(tmp_path, 'plain.yaml', BASE_YAML), ['trainer.fsdp=$delete'])
+    assert r.trainer.fsdp is None
+    with pytest.raises(ConfigError, match='has no'):
+        load_recipe(tmp_path / 'plain.yaml', ['trainer.nothing=$delete'])
+
+
+def test_base_chain_and_relative_paths(tmp_path):
+    """A chain of bases merges root first; each base is relative to the folder of the file that names it."""
+    write(tmp_path, 'shared/root.yaml', BASE_YAML)
+    write(tmp_path, 'shared/middle.yaml', 'base: root.yaml\nrun_name: middle\nseed: 3\n')
+    leaf = write(tmp_path, 'runs/leaf.yaml', 'base: ../shared/middle.yaml\nseed: 5\n')
+    r = load_recipe(leaf)
+    assert (r.run_name, r.seed, r.rlp.rollouts.group_size) == ('middle', 5, 4)
+
+
+def test_base_errors(tmp_path):
+    """Cycles, missing bases and unknown keys in the merged result are one-line errors naming the file/key."""
+    write(tmp_path, 'a.yaml', 'base: b.yaml\nrun_name: a\n')
+    write(tmp_path, 'b.yaml', 'base: a.yaml\nrun_name: b\n')
+    with pytest.raises(ConfigError, match='is a cycle') as err:
+        load_recipe(tmp_path / 'a.yaml')
+    assert '\n' not in str(err.value) and 'a.yaml -> ' in str(err.value)
+    write(tmp_path, 'self.yaml', 'base: self.yaml\n')
+    with pytest.raises(ConfigError, match='is a cycle'):
+        load_recipe(tmp_path / 'self.yaml')
+    write(tmp_path, 'orphan.yaml', 'base: gone.yaml\nrun_name: x\n')
+    with pytest.raises(ConfigError, match=r"base 'gone.yaml' does not exist") as err:
+        load_recipe(tmp_path / 'orphan.yaml')
+    assert '\n' not in str(err.value)
+    write(tmp_path, 'base.yaml', BASE_YAML)
+    write(tmp_path, 'typo.yaml', 'base: base.yaml\ntrainer: {optimizer: {lrr: 1.0}}\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer.optimizer.lrr'.*allowed keys"):
+        load_recipe(tmp_path / 'typo.yaml')
+    write(tmp_path, 'listbase.yaml', 'base: [base.yaml]\n')
+    with pytest.raises(ConfigError, match='is not a file name'):
+        load_recipe(tmp_path / 'listbase.yaml')

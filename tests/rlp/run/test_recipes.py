@@ -1,16 +1,19 @@
 """Checks every recipe in `recipes/` against the schema without loading any weights (each parses, validates for
 the world sizes it is meant for, and names a model and tokenizer), the paper settings of the paper recipe against
-the values the paper reports, and that the CPU smoke recipe really trains a few batches on the bundled corpus
-prepared with `pipeline.prepare` (RLP mixed with NTP, thoughts JSONL and summary produced)."""
+the values the paper reports, that each variant built on a base recipe (`base:`) differs from its base in exactly
+the keys it declares, and that the CPU smoke recipe really trains a few batches on the bundled corpus prepared with
+`pipeline.prepare` (RLP mixed with NTP, thoughts JSONL and summary produced)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from rlp.run.metrics import read_metrics
-from rlp.run.recipe import load_recipe, validate_for_world
+from rlp.run.recipe import load_recipe, recipe_to_dict, validate_for_world
 from tests.helpers.training import REPO, launch
 
 RECIPES = sorted((REPO / 'recipes').glob('*.yaml'))
@@ -55,6 +58,68 @@ def test_paper_recipe_matches_paper():
     assert load_recipe(REPO / 'recipes' / 'cpt-baseline.yaml').rlp is None
     mixture = load_recipe(REPO / 'recipes' / 'qwen3-1.7b-rlp-mixture.yaml').data.streams
     assert len(mixture) >= 3 and all(s.proportion for s in mixture.values())
+
+
+def _differences(base: Any, child: Any, path: str = '') -> dict[str, tuple[Any, Any]]:
+    """Leaf key paths where two plain recipe dicts differ: {path: (base value, child value)}."""
+    if isinstance(base, dict) and isinstance(child, dict):
+        out = {}
+        for key in [*base, *(k for k in child if k not in base)]:
+            sub = f'{path}.{key}' if path else key
+            out.update(_differences(base.get(key, '<absent>'), child.get(key, '<absent>'), sub))
+        return out
+    return {} if base == child else {path: (base, child)}
+
+
+CHILDREN = {
+    'qwen3-1.7b-rlp-ntp.yaml': (
+        'qwen3-1.7b-rlp.yaml',
+        {'run_name': 'qwen3-1.7b-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},
+    ),
+    'qwen3-1.7b-rlp-mixture.yaml': (
+        'qwen3-1.7b-rlp-ntp.yaml',
+        {
+            'run_name': 'qwen3-1.7b-rlp-mixture',
+            'data.streams.crossthink': '<absent>',
+            **{f'data.streams.{n}': '<stream>' for n in ('web', 'academic', 'reasoning')},
+        },
+    ),
+    'cpt-baseline.yaml': (
+        'qwen3-1.7b-rlp.yaml',
+        {
+            'run_name': 'qwen3-1.7b-cpt',
+            'rlp': None,
+            'trainer.max_duration': '1000ba',
+            'trainer.device_train_microbatch_size': 8,
+            'trainer.optimizer.name': 'decoupled_adamw',
+            'trainer.optimizer.weight_decay': 0.1,
+            'trainer.scheduler.name': 'cosine_with_warmup',
+            'trainer.scheduler.alpha_f': 0.1,
+            'trainer.fsdp.use_orig_params': '<absent>',
+            'trainer.save_interval': '100ba',
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize('child', sorted(CHILDREN))
+def test_variant_differs_from_its_base_only_where_declared(child: str):
+    """Each variant names its base and, merged, differs from it in exactly the keys listed here (what the
+    variant's header comment declares); everything else (model, data, batch, FSDP, ...) is the base's."""
+    base_name, expected = CHILDREN[child]
+    assert yaml.safe_load((REPO / 'recipes' / child).read_text())['base'] == base_name
+    base = recipe_to_dict(load_recipe(REPO / 'recipes' / base_name))
+    merged = recipe_to_dict(load_recipe(REPO / 'recipes' / child))
+    found = _differences(base, merged)
+    assert set(found) == set(expected), sorted(found)
+    for path, value in expected.items():
+        if value != '<stream>':
+            assert found[path][1] == value, path
+    if child == 'qwen3-1.7b-rlp-mixture.yaml':
+        streams = merged['data']['streams']
+        assert list(streams) == ['web', 'academic', 'reasoning']
+        assert [s['proportion'] for s in streams.values()] == [0.5, 0.3, 0.2]
+        assert all(s['remote'].startswith('s3://YOUR-BUCKET/rlp/data/') for s in streams.values())
 
 
 def test_smoke_recipe_trains_on_bundled_corpus(tmp_path):
