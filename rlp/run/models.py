@@ -60,6 +60,17 @@ def _config_from_mapping(mapping: dict[str, Any], tokenizer):
         ) from err
 
 
+def _override(hf_config: Any, overrides: dict[str, Any]) -> None:
+    """Set ``model.config_overrides`` on the config; a key the config does not have is a one-line error."""
+    for key, value in overrides.items():
+        if not hasattr(hf_config, key):
+            raise ConfigError(
+                f'model.config_overrides.{key}: the {type(hf_config).__name__} has no field {key!r}; use one of its '
+                f'fields (e.g. the *dropout* / *pdrop* keys named by the error that sent you here)'
+            )
+        setattr(hf_config, key, value)
+
+
 def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     """The HF causal LM; random init is seeded with ``seed`` so every rank builds the same weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -75,14 +86,22 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
         hf_config = AutoConfig.from_pretrained(
             cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
         )
+    elif cfg.config_overrides:
+        hf_config = AutoConfig.from_pretrained(
+            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+        )
     else:
         hf_config = None
     if hf_config is not None:
+        _override(hf_config, cfg.config_overrides)
+    if hf_config is not None and (cfg.config is not None or not cfg.pretrained):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=cfg.trust_remote_code, **common)
     else:
         try:
+            if hf_config is not None:  # pretrained weights with config_overrides
+                common['config'] = hf_config
             model = AutoModelForCausalLM.from_pretrained(
                 cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, **common
             )

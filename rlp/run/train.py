@@ -113,6 +113,10 @@ def _algorithms(recipe: Recipe, tokenizer, output_dir: str) -> list:
                 rlp_cfg, log=dataclasses.replace(rlp_cfg.log, path=os.path.join(output_dir, 'thoughts.jsonl'))
             )
         algorithms.append(RLP(rlp_cfg, seed=recipe.seed, tokenizer=tokenizer))
+    from rlp.run.guards import FiniteSteps
+
+    # last in the list: Composer runs AFTER_* events in reverse order, so it sees the NTP loss before RLP does
+    algorithms.append(FiniteSteps(max_consecutive=recipe.trainer.max_nonfinite_steps))
     return algorithms
 
 
@@ -299,7 +303,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f'rlp.train: nothing to do: {done}', flush=True)
             print(summarize(output_dir), flush=True)
         return 0
-    trainer.fit()
+    from rlp.run.guards import NonFiniteError
+
+    try:
+        trainer.fit()
+    except NonFiniteError as err:
+        print(f'rlp.train: stopped: {err}', file=sys.stderr, flush=True)
+        trainer.close()
+        return 1
     trainer.close()
     if rank == 0:
         print(summarize(output_dir, time.time() - start), flush=True)
