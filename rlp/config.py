@@ -39,8 +39,10 @@ class PositionsConfig:
     """Which target tokens x_t get thoughts.
 
     Attributes:
-        strategy: ``uniform`` (the paper: positions drawn uniformly among the eligible ones) or ``entropy``
-            (the k eligible positions of highest no-think entropy under the teacher, RPT-style filtering).
+        strategy: ``uniform`` (the paper: positions drawn uniformly among the eligible ones), ``entropy``
+            (the k eligible positions of highest no-think entropy under the teacher, RPT-style filtering) or
+            ``after`` (uniformly among the eligible positions that directly follow one of the ``after`` texts,
+            e.g. ``['Answer: ', '=']``: a fixed choice of answer spans, not the paper's).
         unit: ``document`` (the paper: k positions per document segment) or ``sample`` (k per packed row).
         k: positions per unit. Default 1 (the paper).
         min_context: a position is eligible only if its own document offers at least this many prefix tokens.
@@ -48,16 +50,26 @@ class PositionsConfig:
             the document's prefix (the paper caps context at 2048).
         max_per_sample: cap on positions per packed row (documents beyond it are dropped at random, keyed);
             None = no cap.
+        after: the texts a target must directly follow (tokenised without special tokens, matched as token ids
+            inside the target's own document); only with ``strategy: after``.
     """
 
-    strategy: Literal['uniform', 'entropy'] = 'uniform'
+    strategy: Literal['uniform', 'entropy', 'after'] = 'uniform'
     unit: Literal['document', 'sample'] = 'document'
     k: int = 1
     min_context: int = 16
     max_context: Optional[int] = 2048
     max_per_sample: Optional[int] = None
+    after: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if (self.strategy == 'after') != bool(self.after):
+            raise ConfigError(
+                f'rlp.positions.after={self.after!r} with strategy={self.strategy!r}: the after texts are used by, '
+                f'and needed by, strategy after only; e.g. strategy: after, after: ["=", "Answer: "]'
+            )
+        if any(not text for text in self.after):
+            raise ConfigError('rlp.positions.after holds an empty text; every entry must be a non-empty string')
         _positive('rlp.positions.k', self.k, "use 1 for the paper's one position per document")
         if self.min_context < 1:
             raise ConfigError(

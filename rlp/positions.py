@@ -7,7 +7,9 @@ A position t of row b is *eligible* when
 
 Among eligible positions, per unit (each document segment, or each packed row) the ``k`` with the highest score are
 used. The score is a keyed uniform draw (``uniform``, the paper's choice) or the teacher's no-think entropy
-(``entropy``, RPT-style filtering). ``max_per_sample`` then caps a row's positions (again by score). All draws come
+(``entropy``, RPT-style filtering); ``after`` draws uniformly among eligible positions that directly follow given
+texts (answer spans, e.g. after ``=``: a fixed choice of positions for data where answers are known to follow a
+marker). ``max_per_sample`` then caps a row's positions (again by score). All draws come
 from generators keyed on (seed, batch index, sample id), so selection is a pure function of the row: the same on
 any microbatch split and after resume. Runs on CPU (the tensors involved are ids, not activations).
 """
@@ -22,7 +24,7 @@ import torch
 from rlp.config import PositionsConfig
 from rlp.keys import keyed_generator
 
-__all__ = ['Positions', 'eligible_mask', 'segment_starts', 'select_positions']
+__all__ = ['Positions', 'eligible_mask', 'follows_mask', 'segment_starts', 'select_positions']
 
 
 @dataclass
@@ -74,6 +76,26 @@ def eligible_mask(
     return ok
 
 
+def follows_mask(input_ids: torch.Tensor, segment_ids: torch.Tensor, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, L) bool: True at t when ``input_ids[t - n : t]`` equals one of the ``contexts`` (n = its length) and all
+    those tokens lie in x_t's own document."""
+    b, length = input_ids.shape
+    out = torch.zeros((b, length), dtype=torch.bool)
+    starts = segment_starts(segment_ids)
+    idx = torch.arange(length).expand(b, length)
+    for ctx in contexts:
+        n = len(ctx)
+        if n == 0 or n >= length:
+            continue
+        hit = torch.ones((b, length - n), dtype=torch.bool)  # hit[:, j]: the context occupies j .. j+n-1
+        for i, tok in enumerate(ctx):
+            hit &= input_ids[:, i : length - n + i] == int(tok)
+        follows = torch.zeros((b, length), dtype=torch.bool)
+        follows[:, n:] = hit
+        out |= follows & (idx - n >= starts)
+    return out
+
+
 def _top_k_per_segment(scores: torch.Tensor, segments: torch.Tensor, k: int) -> torch.Tensor:
     """(L,) scores with -inf for ineligible, (L,) segment ids -> sorted indices of the k best per segment."""
     order = torch.argsort(scores, descending=True, stable=True)
@@ -98,6 +120,7 @@ def select_positions(
     batch_index: int,
     attention_mask: Optional[torch.Tensor] = None,
     entropy: Optional[torch.Tensor] = None,
+    after_ids: Sequence[Sequence[int]] = (),
 ) -> Positions:
     """Choose the target positions of a (micro)batch.
 
@@ -111,6 +134,7 @@ def select_positions(
         attention_mask: (B, L) optional; zeros are never targets.
         entropy: (B, L) no-think entropy of x_t's prediction; required for ``strategy='entropy'``. Pass None with
             the entropy strategy only to *count* positions (the count does not depend on the scores).
+        after_ids: for ``strategy='after'``: token-id sequences a target must directly follow (:func:`follows_mask`).
 
     Returns:
         :class:`Positions` on CPU.
@@ -123,6 +147,8 @@ def select_positions(
     if attention_mask is not None:
         attention_mask = attention_mask.detach().cpu()
     eligible = eligible_mask(input_ids, segment_ids, attention_mask, excluded_targets, cfg.min_context)
+    if cfg.strategy == 'after':
+        eligible &= follows_mask(input_ids, segment_ids, after_ids)
     starts = segment_starts(segment_ids)
     rows, targets, skipped = [], [], 0
     for i in range(b):

@@ -228,6 +228,7 @@ def choose_positions(
         batch_index=key[1],
         attention_mask=batch.get('attention_mask'),
         entropy=entropy,
+        after_ids=template.after_ids,
     )
 
 

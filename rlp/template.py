@@ -16,7 +16,7 @@ Decisions (the paper shows only the layout ``prefix <think> ... </think> x_t`` o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from rlp.config import TemplateConfig
 
@@ -37,6 +37,7 @@ class ThoughtTemplate:
         open_id / close_id: the single token ids of the opening and closing tags.
         instruction_ids: ids of the instruction text (empty tuple when none).
         eos_id / pad_id: never chosen as targets x_t (None when the tokenizer has none).
+        after_ids: token ids of ``rlp.positions.after`` (strategy ``after``): targets directly follow one of them.
     """
 
     open_id: int
@@ -44,6 +45,7 @@ class ThoughtTemplate:
     instruction_ids: tuple[int, ...] = ()
     eos_id: Optional[int] = None
     pad_id: Optional[int] = None
+    after_ids: tuple[tuple[int, ...], ...] = ()
 
     @property
     def excluded_targets(self) -> tuple[int, ...]:
@@ -90,8 +92,11 @@ def tag_token_id(tokenizer: Any, tag: str, key: str = 'rlp.template.open_tag') -
     return tag_id
 
 
-def resolve_template(tokenizer: Any, cfg: TemplateConfig, model: Any = None) -> ThoughtTemplate:
-    """Check ``cfg`` against ``tokenizer`` (and the embeddings of ``model``, when given); return the token ids.
+def resolve_template(
+    tokenizer: Any, cfg: TemplateConfig, model: Any = None, after: Sequence[str] = ()
+) -> ThoughtTemplate:
+    """Check ``cfg`` against ``tokenizer`` (and the embeddings of ``model``, when given); return the token ids,
+    with those of the position texts ``after`` (``rlp.positions.after``).
 
     Raises:
         TemplateError: a tag is missing or split inconsistently (see :func:`tag_token_id`), or its id is beyond the
@@ -117,6 +122,7 @@ def resolve_template(tokenizer: Any, cfg: TemplateConfig, model: Any = None) -> 
         instruction_ids=instruction,
         eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
+        after_ids=tuple(tuple(_encode(tokenizer, text)) for text in after),
     )
 
 

@@ -80,7 +80,7 @@ class RLP(Algorithm):
     def _init(self, state: State) -> None:
         hf = unwrap_hf(state.model)
         self.tokenizer = getattr(state.model, 'tokenizer', None) if self.tokenizer is None else self.tokenizer
-        self.template = resolve_template(self.tokenizer, self.config.template, model=hf)
+        self.template = resolve_template(self.tokenizer, self.config.template, hf, self.config.positions.after)
         check_no_dropout(hf, training=True)  # refused before the first batch
         if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
             self.teachers.create(hf)

@@ -53,3 +53,16 @@ def test_bad_values_are_refused(section, values, message):
     """Each out-of-range value raises ConfigError with a message naming the key and the rule."""
     with pytest.raises(ConfigError, match=message):
         RLPConfig.from_dict({section: values})
+
+
+def test_after_texts_go_with_the_after_strategy():
+    """positions.after is required by, and only allowed with, strategy after; empty texts are refused."""
+    import pytest
+
+    from rlp.config import RLPConfig
+    from rlp.strictcfg import ConfigError
+
+    assert RLPConfig.from_dict({'positions': {'strategy': 'after', 'after': ['=']}}).positions.after == ['=']
+    for bad in ({'strategy': 'after'}, {'after': ['=']}, {'strategy': 'after', 'after': ['']}):
+        with pytest.raises(ConfigError, match='after'):
+            RLPConfig.from_dict({'positions': bad})

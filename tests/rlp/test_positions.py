@@ -133,3 +133,25 @@ def test_positions_config_errors():
         PositionsConfig(min_context=0)
     with pytest.raises(ConfigError, match='max_context'):
         PositionsConfig(min_context=10, max_context=5)
+
+
+def test_after_strategy_picks_only_targets_that_follow_a_context():
+    """strategy after: every chosen target directly follows one of the contexts, inside its own document, and
+    every such position is reachable; checked against a loop over the row."""
+    from rlp.config import PositionsConfig
+    from rlp.positions import follows_mask, select_positions
+
+    ids = torch.tensor([[5, 7, 9, 5, 7, 3, 4, 5, 7, 8, 5, 7, 6]])
+    seg = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2]])  # a context split by a document start is no match
+    contexts = [(5, 7), (4,)]
+    mask = follows_mask(ids, seg, contexts)
+    want = torch.zeros_like(mask)
+    for t in range(ids.shape[1]):
+        for c in contexts:
+            n = len(c)
+            if t >= n and ids[0, t - n : t].tolist() == list(c) and len(set(seg[0, t - n : t + 1].tolist())) == 1:
+                want[0, t] = True
+    assert torch.equal(mask, want) and torch.nonzero(want[0]).flatten().tolist() == [2, 5, 7, 9]
+    cfg = PositionsConfig(strategy='after', after=['x'], unit='sample', k=10, min_context=1, max_context=None)
+    pos = select_positions(ids, seg, ['0'], cfg, (), seed=0, batch_index=0, after_ids=contexts)
+    assert sorted(pos.target.tolist()) == torch.nonzero(want[0]).flatten().tolist()
