@@ -1,0 +1,62 @@
+"""The ``rlp`` command: tools around training runs and checkpoints (training itself is ``composer -m rlp.train``).
+
+Each subcommand lives in its own module, which provides ``add_parser(subparsers)`` and ``run(args) -> int``;
+they are imported lazily so ``rlp --help`` stays fast. User errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional
+
+__all__ = ['CliError', 'main']
+
+SUBCOMMANDS = {
+    'export': 'rlp.run.export',
+    'eval': 'rlp.run.evaluate',
+    'plot': 'rlp.run.plot',
+    'thoughts': 'rlp.run.thoughts',
+}
+
+EPILOG = """examples:
+  rlp export runs/demo/checkpoints hf/demo            # newest checkpoint of a save folder -> Hugging Face folder
+  rlp eval --model hf/demo --data demo/heldout --baseline hf/base --json eval.json
+  rlp plot runs/rlp runs/cpt --out plots/
+  rlp thoughts runs/rlp --top 5 --worst 5
+
+training: composer -n N -m rlp.train RECIPE [key=value ...]   data: rlp-data prepare|inspect|verify
+"""
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='rlp',
+        description='Evaluate, export, plot and read RLP runs.',
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for module in SUBCOMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(SUBCOMMANDS[args.command]).run(args) or 0)
+    except CliError as err:
+        print(f'rlp {args.command}: {err}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':  # `python -m rlp.run.cli`: run the imported module, whose CliError the subcommands raise
+    from rlp.run.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,304 @@
+"""``rlp eval``: does thinking help this model on this data? No-think NLL, and information gain at chosen positions.
+
+For a model (a Hugging Face folder, or a Composer checkpoint / save folder, exported on the fly) and an MDS dataset
+(a folder or an object-store URI written by ``rlp-data prepare``):
+
+1. **No-think NLL / perplexity** over every next-token label of the first ``--samples`` samples.
+2. **Positions** chosen as in training (:func:`rlp.step.choose_positions`, keyed on ``--seed`` and the sample ids;
+   ``--after TEXT`` selects answer spans, as ``positions.strategy: after`` does), the first ``--positions`` of them.
+   At each, ``--group-size`` G thoughts are sampled with the training sampler (keyed, temperature ``--temperature``,
+   at most ``--max-thought-tokens``), then scored by a plain forward of ``prompt + thought`` (right-aligned):
+
+   - ``nll_nothink`` = −log p(x_t | prefix); ``acc_nothink``: argmax = x_t;
+   - ``nll_think_mean`` = −mean_g log p(x_t | prefix, c_g); ``nll_think_mix`` = −log mean_g p(x_t | prefix, c_g);
+     ``acc_think``: the share of (position, thought) whose argmax after the thought is x_t;
+   - ``gain_vs_self`` = mean of log p(x_t | prefix, c_g) − log p(x_t | prefix), both from this model (with its
+     10/50/90th percentiles over positions), and ``gain_vs_baseline`` with the no-think log-prob of
+     ``--baseline`` instead (e.g. the starting checkpoint);
+   - ``best_of_g_helps``: the share of positions where the best of the G thoughts beats no-think;
+   - ``thought_len_mean`` (closing tag included) and ``truncation_rate``.
+
+Everything is a pure function of (model, data, settings, seed): the same command prints the same numbers. A table
+goes to the console; ``--json OUT`` writes the same numbers (``{"model", "baseline", "data", "settings",
+"metrics"}``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+
+from rlp.config import PositionsConfig, TemplateConfig
+from rlp.hf import eval_mode
+from rlp.logprobs import last_logits
+from rlp.rollouts import build_prompts, rollout_uniforms, sample_thoughts
+from rlp.scoring import nothink_logprob
+from rlp.step import choose_positions, pad_id
+from rlp.template import resolve_template
+
+__all__ = ['EvalSettings', 'add_parser', 'evaluate', 'run']
+
+
+@dataclass
+class EvalSettings:
+    """What ``rlp eval`` measures (the command-line flags)."""
+
+    positions: int = 256
+    group_size: int = 8
+    seed: int = 0
+    max_thought_tokens: int = 24
+    temperature: float = 0.7
+    samples: int = 256
+    batch_size: int = 8
+    min_context: int = 8
+    max_context: Optional[int] = 2048
+    after: tuple[str, ...] = ()
+
+
+def _cli_error(message: str) -> Exception:
+    from rlp.run.cli import CliError
+
+    return CliError(message)
+
+
+def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a Hugging Face folder, or a Composer checkpoint (file, folder or save folder,
+    local or object store) exported to a temporary Hugging Face folder first."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
+        return _load_folder(path, path, tokenizer)
+    from rlp.run import export
+
+    with tempfile.TemporaryDirectory(prefix='rlp-eval-') as tmp:
+        export.export_checkpoint(path, os.path.join(tmp, 'model'), tokenizer=tokenizer)
+        return _load_folder(path, os.path.join(tmp, 'model'), None)
+
+
+def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(tokenizer or folder)
+    except (OSError, ValueError) as err:
+        message = f'{path}: cannot load a model and tokenizer ({err}); give a folder written by rlp export'
+        raise _cli_error(message) from err
+    return model.eval(), tok
+
+
+def _dataset(data: str, seq_len: int, eos_id: Optional[int]) -> Any:
+    from streaming import Stream
+
+    from rlp.run.data import TokenSampleDataset
+
+    remote = '://' in data
+    if not remote and not os.path.isfile(os.path.join(data, 'index.json')):
+        raise _cli_error(f'--data {data}: no index.json there; give a folder or URI written by rlp-data prepare')
+    stream = Stream(remote=data, local=tempfile.mkdtemp(prefix='rlp-eval-data-')) if remote else Stream(local=data)
+    try:
+        ds = TokenSampleDataset(
+            streams=[stream], token_dtypes=[None], seq_len=seq_len, eos_token_id=eos_id, shuffle=False, batch_size=1
+        )
+    except Exception as err:  # streaming raises many kinds for an unreadable index
+        raise _cli_error(f'--data {data}: cannot read the dataset ({type(err).__name__}: {err})') from err
+    if len(ds) == 0:
+        raise _cli_error(f'--data {data}: the dataset holds no samples')
+    return ds
+
+
+def _batches(ds: Any, pad: int, batch_size: int, limit: int):
+    """Batches of the batch contract over the first ``limit`` samples, in order, padded to their longest sample."""
+    from rlp.run.data import collate_samples
+
+    n = min(len(ds), limit)
+    for start in range(0, n, batch_size):
+        samples = [ds[i] for i in range(start, min(start + batch_size, n))]
+        yield collate_samples(samples, max(len(x['tokens']) for x in samples), pad)
+
+
+@torch.no_grad()
+def _ntp_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """(sum of -log p over next-token labels, their count) of one batch."""
+    logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits.float()
+    labels = batch['labels'][:, 1:]
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    keep = labels != -100
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return float(-(picked[keep]).sum()), int(keep.sum())
+
+
+@torch.no_grad()
+def _after_thought(model: Any, prompts: Any, ro: Any, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, G) fp32 logits' log p(x_t) and argmax after ``prompt thought``, from a plain right-aligned forward."""
+    p, g, _ = ro.tokens.shape
+    seqs = []
+    for i in range(p):
+        prompt = prompts.ids[i][prompts.mask[i].bool()].tolist()
+        for j in range(g):
+            seqs.append(prompt + ro.tokens[i, j, : int(ro.lengths[i, j])].tolist())
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, s in enumerate(seqs):
+        ids[k, width - len(s) :] = torch.tensor(s)
+        mask[k, width - len(s) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    _, logits = last_logits(model, 1, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    logp = torch.log_softmax(logits[:, 0], -1)
+    target = prompts.target.repeat_interleave(g)
+    return logp.gather(-1, target.view(-1, 1)).view(p, g), (logp.argmax(-1) == target).view(p, g)
+
+
+def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, baseline: Any = None) -> dict[str, Any]:
+    """The metrics of the module docstring for ``model`` on ``data`` (``baseline`` optional)."""
+    from tqdm import tqdm
+
+    template = resolve_template(tokenizer, TemplateConfig(), model, settings.after)
+    pad = pad_id(template)
+    max_len = int(getattr(model.config, 'max_position_embeddings', 2048) or 2048)
+    ds = _dataset(data, max_len, tokenizer.eos_token_id)
+    cfg = PositionsConfig(
+        strategy='after' if settings.after else 'uniform',
+        after=list(settings.after),
+        unit='document',
+        k=1,
+        min_context=settings.min_context,
+        max_context=settings.max_context,
+    )
+    nll = count = 0.0
+    for batch in _batches(ds, pad, settings.batch_size, settings.samples):
+        s, n = _ntp_nll(model, batch)
+        nll, count = nll + s, count + n
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ('nothink', 'base', 'acc0', 'think', 'acc', 'len', 'trunc')}
+    done = 0
+    bar = tqdm(total=settings.positions, desc='rlp eval: positions', unit='pos', disable=None)
+    for index, batch in enumerate(_batches(ds, pad, settings.batch_size, len(ds))):
+        if done >= settings.positions:
+            break
+        pos = choose_positions(batch, cfg, template, key=(settings.seed, index))
+        keep = min(len(pos), settings.positions - done)
+        if keep == 0:
+            continue
+        pos.row, pos.target, pos.start = pos.row[:keep], pos.target[:keep], pos.start[:keep]
+        prompts = build_prompts(batch['input_ids'], pos, template, pad)
+        keys = [(settings.seed, index, int(batch['sample_id'][r]), int(t)) for r, t in zip(pos.row, pos.target)]
+        u = rollout_uniforms(keys, settings.group_size, settings.max_thought_tokens)
+        ro = sample_thoughts(model, model, prompts, u, temperature=settings.temperature, top_p=1.0,
+                             close_id=template.close_id, pad_id=pad)  # fmt: skip
+        with eval_mode(model):
+            _, last = last_logits(model, 2, input_ids=prompts.ids, attention_mask=prompts.mask,
+                                  position_ids=(prompts.mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)  # fmt: skip
+            logp0 = torch.log_softmax(last[:, 0], -1)
+            think, acc = _after_thought(model, prompts, ro, pad)
+        rows['nothink'].append(logp0.gather(-1, prompts.target.view(-1, 1)).squeeze(-1))
+        rows['acc0'].append((logp0.argmax(-1) == prompts.target).float())
+        rows['base'].append(nothink_logprob(baseline, prompts) if baseline is not None else rows['nothink'][-1])
+        rows['think'].append(think)
+        rows['acc'].append(acc.float())
+        rows['len'].append(ro.lengths.float())
+        rows['trunc'].append(ro.truncated.float())
+        done += keep
+        bar.update(keep)
+    bar.close()
+    if done == 0:
+        raise _cli_error(
+            f'--data {data}: no eligible position in {len(ds)} samples; lower --min-context or check --after'
+        )
+    cat = {k: torch.cat(v) for k, v in rows.items()}
+    gain = cat['think'] - cat['nothink'].unsqueeze(1)  # (P, G)
+    per_pos = gain.mean(1)
+    q = torch.quantile(per_pos.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    mix = torch.logsumexp(cat['think'], 1) - math.log(cat['think'].shape[1])
+    metrics = {
+        'ntp_nll': nll / max(count, 1.0),
+        'ntp_perplexity': math.exp(nll / max(count, 1.0)),
+        'positions': float(done),
+        'nll_nothink': float(-cat['nothink'].mean()),
+        'nll_think_mean': float(-cat['think'].mean()),
+        'nll_think_mix': float(-mix.mean()),
+        'acc_nothink': float(cat['acc0'].mean()),
+        'acc_think': float(cat['acc'].mean()),
+        'gain_vs_self': float(gain.mean()),
+        'gain_vs_self_p10': q[0],
+        'gain_vs_self_p50': q[1],
+        'gain_vs_self_p90': q[2],
+        'gain_vs_baseline': float((cat['think'] - cat['base'].unsqueeze(1)).mean()),
+        'best_of_g_helps': float((gain.max(1).values > 0).float().mean()),
+        'thought_len_mean': float(cat['len'].mean()),
+        'truncation_rate': float(cat['trunc'].mean()),
+    }
+    return {'data': data, 'settings': asdict(settings), 'metrics': metrics}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The console table of one evaluation."""
+    lines = [f'rlp eval: {results.get("model")} on {results["data"]}' + (
+        f' (baseline {results["baseline"]})' if results.get('baseline') else '')]  # fmt: skip
+    for key, value in results['metrics'].items():
+        lines.append(f'  {key:22s} {value: .4f}')
+    return '\n'.join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        'eval',
+        help='no-think NLL and information gain of thoughts for a model on held-out data',
+        description=__doc__.split('\n\n')[0],
+        epilog='example: rlp eval --model hf/rlp --data demo/heldout --baseline hf/base --after = --json eval.json',
+    )
+    p.add_argument('--model', required=True, help='Hugging Face folder, Composer checkpoint or save folder')
+    p.add_argument('--data', required=True, help='MDS folder or URI written by rlp-data prepare')
+    p.add_argument('--baseline', help='a second model whose no-think log-prob is the gain baseline')
+    p.add_argument('--tokenizer', help='tokenizer folder, for checkpoints that do not carry one')
+    p.add_argument('--positions', type=int, default=256, help='positions to evaluate (default: %(default)s)')
+    p.add_argument('--group-size', type=int, default=8, help='thoughts per position (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='seed of positions and thoughts (default: %(default)s)')
+    p.add_argument('--max-thought-tokens', type=int, default=24, help='thought budget (default: %(default)s)')
+    p.add_argument('--temperature', type=float, default=0.7, help='sampling temperature (default: %(default)s)')
+    p.add_argument('--samples', type=int, default=256, help='samples for the no-think NLL (default: %(default)s)')
+    p.add_argument('--min-context', type=int, default=8, help='prefix tokens a position needs (default: %(default)s)')
+    p.add_argument('--after', action='append', default=[], metavar='TEXT',
+                   help='only positions right after TEXT (repeatable), e.g. --after = for answers')  # fmt: skip
+    p.add_argument('--json', help='also write the results as JSON to this file')
+
+
+def run(args: Any) -> int:
+    for name in ('positions', 'group_size', 'max_thought_tokens', 'samples', 'min_context'):
+        if getattr(args, name) < 1:
+            raise _cli_error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be >= 1')
+    if args.group_size < 2:
+        raise _cli_error(f'--group-size {args.group_size}: must be >= 2')
+    if args.temperature <= 0:
+        raise _cli_error(f'--temperature {args.temperature}: must be > 0')
+    settings = EvalSettings(
+        positions=args.positions,
+        group_size=args.group_size,
+        seed=args.seed,
+        max_thought_tokens=args.max_thought_tokens,
+        temperature=args.temperature,
+        samples=args.samples,
+        min_context=args.min_context,
+        after=tuple(args.after),
+    )
+    model, tokenizer = load_model(args.model, args.tokenizer)
+    baseline = load_model(args.baseline, args.tokenizer)[0] if args.baseline else None
+    results = {
+        'model': args.model,
+        'baseline': args.baseline,
+        **evaluate(model, tokenizer, args.data, settings, baseline),
+    }
+    print(format_table(results))
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        tmp = args.json + '.tmp'
+        with open(tmp, 'w', encoding='utf-8') as fh:
+            json.dump(results, fh, indent=2)
+        os.replace(tmp, args.json)
+        print(f'  json: {os.path.abspath(args.json)}')
+    return 0

@@ -1,0 +1,426 @@
+"""``rlp export``: a Composer checkpoint -> a Hugging Face folder (safetensors, tokenizer, generation config).
+
+CHECKPOINT is a monolithic checkpoint file (``ep0-ba4-rank0.pt``), an FSDP-sharded checkpoint folder
+(torch.distributed.checkpoint layout with a ``.metadata`` file), an ``s3://`` (or other Composer object store)
+URI of either, or a save folder, meaning the newest complete checkpoint in it (found by
+:func:`rlp.run.checkpoint.find_latest_checkpoint`).
+
+What a checkpoint of ``composer.models.HuggingFaceModel`` holds (Composer 0.32.1): ``state.model``, the wrapper's
+state dict (keys ``model.<HF key>``); ``state.integrations['huggingface']``, the HF config (content and model
+class) and the tokenizer's files (empty when the wrapper had no tokenizer); ``state.algorithms``, a list of
+``(name, state_dict)`` where RLP's holds ``{'teacher': {'ema': {HF key: tensor}, ...}, ...}``. The model class is
+rebuilt from the saved config without random init, the weights are loaded strictly (only tied weights may be
+absent) and the folder is written with ``save_pretrained`` into a temporary sibling that is renamed at the end.
+``rlp_export.json`` in the folder records the source and a digest of the weights: re-exporting the same weights
+into it is allowed, a different model is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from typing import Any, Optional
+
+import torch
+
+from rlp.run.cli import CliError
+
+__all__ = ['MARKER', 'add_parser', 'export_checkpoint', 'load_checkpoint', 'resolve_checkpoint', 'run']
+
+MARKER = 'rlp_export.json'
+_KEYS = {'state.model', 'state.integrations', 'state.algorithms'}  # what a sharded load reads (no optimizer)
+_LAYOUTS = 'a checkpoint file (ep<E>-ba<B>-rank0.pt), a sharded folder (ep<E>-ba<B>/ with .metadata) or a save folder'
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str]:
+    """``(kind, location)`` of the checkpoint ``path`` names: kind ``monolithic`` or ``sharded``.
+
+    A save folder resolves to its newest complete checkpoint. Raises :class:`CliError` when nothing is there.
+    """
+    from rlp.run.checkpoint import _split_remote
+
+    remote = _split_remote(path)
+    if remote is None:
+        if os.path.isfile(path):
+            return 'monolithic', path
+        if os.path.isfile(os.path.join(path, '.metadata')):
+            return 'sharded', path.rstrip('/')
+        if not os.path.isdir(path):
+            raise CliError(f'CHECKPOINT {path!r} does not exist; give {_LAYOUTS}')
+        return _newest_in(path, exists=True)
+    backend, bucket, key = remote
+    store = _store(path)
+    try:
+        store.get_object_size(key)
+        return 'monolithic', path
+    except Exception:  # not an object (or unreadable: the listing below reports why)
+        pass
+    names = _list(backend, bucket, key)
+    if '.metadata' in names:
+        return 'sharded', path.rstrip('/')
+    return _newest_in(path, exists=bool(names))
+
+
+def _newest_in(folder: str, exists: bool) -> tuple[str, str]:
+    from rlp.run.checkpoint import find_latest_checkpoint
+
+    if not exists:
+        raise CliError(f'CHECKPOINT {folder!r} does not exist; give {_LAYOUTS}')
+    latest = find_latest_checkpoint(folder, '')
+    if latest is None:
+        raise CliError(
+            f'CHECKPOINT {folder!r} is a folder without a complete checkpoint (looked for ep<E>-ba<B>-rank0.pt '
+            f'files and ep<E>-ba<B>/ folders with a .metadata file); point at the folder training saved to, or at '
+            f'one checkpoint'
+        )
+    return ('monolithic', latest) if latest.endswith('.pt') else ('sharded', latest)
+
+
+def _store(uri: str) -> Any:
+    from composer.utils.file_helpers import maybe_create_object_store_from_uri
+
+    try:
+        return maybe_create_object_store_from_uri(uri)
+    except Exception as err:  # unknown backend, missing client library
+        raise CliError(f'CHECKPOINT {uri!r}: cannot open its object store ({err}); use s3:// or gs://') from err
+
+
+def _list(backend: str, bucket: str, key: str) -> list[str]:
+    from rlp.run.checkpoint import _list_remote
+
+    try:
+        return _list_remote(backend, bucket, key)
+    except Exception as err:  # a store that cannot list, no such bucket, no credentials, unreachable endpoint
+        raise CliError(
+            f'CHECKPOINT {backend}://{bucket}/{key} cannot be listed ({type(err).__name__}: {err}); check the '
+            f'bucket name, S3_ENDPOINT_URL and the AWS credentials'
+        ) from err
+
+
+def load_checkpoint(kind: str, location: str, workdir: str, progress: bool = True) -> dict[str, Any]:
+    """The checkpoint's ``state`` mapping (at least ``model`` and ``integrations``; the optimizer is not read)."""
+    from rlp.run.checkpoint import _split_remote
+
+    remote = _split_remote(location)
+    if kind == 'monolithic':
+        path = location
+        if remote is not None:
+            path = os.path.join(workdir, 'checkpoint.pt')
+            _download(_store(location), remote[2], path, progress)
+        if not zipfile.is_zipfile(path):
+            raise CliError(
+                f'{location!r} is not a Composer checkpoint: not a torch zip archive (truncated, or another format)'
+            )
+        try:  # Composer's own loader uses weights_only=False too: checkpoints hold Composer objects
+            ck = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        except Exception as err:
+            raise CliError(f'{location!r} is not a Composer checkpoint: torch.load failed ({err})') from err
+    else:
+        folder = location
+        if remote is not None:
+            folder = os.path.join(workdir, 'sharded')
+            backend, bucket, key = remote
+            store = _store(location)
+            names = [n for n in _list(backend, bucket, key) if '/' not in n]
+            for name in names:
+                _download(store, f'{key}/{name}', os.path.join(folder, name), progress)
+        ck = _load_sharded(location, folder)
+    state = ck.get('state') if isinstance(ck, dict) else None
+    hf = (state or {}).get('integrations', {}).get('huggingface') if isinstance(state, dict) else None
+    if not isinstance(hf, dict) or 'content' not in hf.get('model', {}).get('config', {}) or 'model' not in state:
+        raise CliError(
+            f'{location!r} is not a Composer checkpoint of a Hugging Face model (no state.integrations.huggingface '
+            f'config); export needs a checkpoint saved by a Trainer around composer.models.HuggingFaceModel'
+        )
+    return state
+
+
+def _download(store: Any, key: str, dest: str, progress: bool) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f'download {os.path.basename(key)}', unit='B', unit_scale=True, disable=not progress, leave=False)
+
+    def callback(done: int, total: int) -> None:
+        bar.total, _ = total, bar.update(done - bar.n)
+
+    try:
+        store.download_object(key, dest, callback=callback if progress else None)
+    except Exception as err:
+        raise CliError(f'cannot download {store.get_uri(key)} ({type(err).__name__}: {err})') from err
+    finally:
+        bar.close()
+
+
+def _load_sharded(location: str, folder: str) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    # the loader torch's own dcp_to_torch_save uses: the state dict is rebuilt from .metadata, no model needed
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    try:
+        return _load_state_dict_from_keys(_KEYS, storage_reader=dcp.FileSystemReader(folder))
+    except Exception as err:
+        raise CliError(f'{location!r}: cannot read the sharded checkpoint ({type(err).__name__}: {err})') from err
+
+
+def _weights(state: dict[str, Any], which: str, location: str) -> dict[str, torch.Tensor]:
+    """The HF state dict of the policy (``state.model`` without Composer's ``model.`` prefix) or the EMA teacher."""
+    if which == 'policy':
+        sd = state['model']
+        if not sd or not all(k.startswith('model.') for k in sd):
+            raise CliError(f'{location!r}: state.model is not a HuggingFaceModel state dict (keys model.*)')
+        return {k[len('model.') :]: v for k, v in sd.items()}
+    rlp = _rlp_state(state)
+    if rlp is None:
+        raise CliError(f'{location!r} holds no RLP algorithm state, hence no EMA teacher; use --weights policy')
+    ema = rlp.get('teacher', {}).get('ema') or {}
+    if not ema:
+        raise CliError(
+            f'{location!r}: the EMA teacher is empty (saved before its first batch); use --weights policy or a '
+            f'later checkpoint'
+        )
+    return dict(ema)
+
+
+def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: str) -> Any:
+    import importlib
+
+    from composer.models.huggingface import get_hf_config_from_composer_state_dict
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_utils import no_init_weights
+
+    hf_model = state['integrations']['huggingface']['model']
+    try:
+        config = get_hf_config_from_composer_state_dict(
+            {'state': {'integrations': copy.deepcopy(state['integrations'])}}
+        )
+    except Exception as err:
+        raise CliError(f'{location!r}: the saved Hugging Face config cannot be rebuilt ({err})') from err
+    module, _, name = str(hf_model['config'].get('class', '')).rpartition('.')
+    with no_init_weights():
+        try:
+            model = getattr(importlib.import_module(module), name)(config)
+        except (ImportError, AttributeError, ValueError):
+            try:
+                model = AutoModelForCausalLM.from_config(config)
+            except ValueError as err:
+                raise CliError(
+                    f'{location!r}: model class {module}.{name} cannot be imported and transformers has no causal '
+                    f'LM for model_type {config.model_type!r}'
+                ) from err
+    dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+        model.config.torch_dtype = next(model.parameters()).dtype
+    result = model.load_state_dict(sd, strict=False)
+    tied = set(getattr(model, '_tied_weights_keys', None) or ()) if getattr(config, 'tie_word_embeddings', 0) else ()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise CliError(
+            f'{location!r}: the weights do not fit {type(model).__name__} (missing {missing[:5]}, unexpected '
+            f'{result.unexpected_keys[:5]}); the trained module was changed beyond its config (e.g. a new head '
+            f'bias), so save_pretrained cannot represent it'
+        )
+    model.tie_weights()
+    return model.eval()
+
+
+def _tokenizer(state: dict[str, Any], name: Optional[str], model: Any, workdir: str, location: str) -> Any:
+    from composer.models import HuggingFaceModel
+    from transformers import AutoTokenizer
+
+    from pipeline.bundled_tokenizer import bundled_tokenizer_dir
+    from rlp.config import TemplateConfig
+    from rlp.template import TemplateError, tag_token_id
+
+    hf_state = state['integrations']['huggingface']
+    if name is not None:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(bundled_tokenizer_dir()) if name == 'bundled' else name)
+        except (OSError, ValueError) as err:
+            raise CliError(
+                f'--tokenizer {name!r} cannot be loaded ({err}); give a tokenizer folder or "bundled"'
+            ) from err
+    elif not hf_state.get('tokenizer'):
+        raise CliError(
+            f'{location!r} carries no tokenizer (its HuggingFaceModel had none); pass --tokenizer NAME_OR_DIR with '
+            f'the tokenizer the run trained with'
+        )
+    else:
+        tok = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(
+            hf_state, tokenizer_save_dir=os.path.join(workdir, 'tokenizer')
+        )
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # as training sets it (rlp.run.models.build_tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        raise CliError(
+            f'tokenizer {name or "of the checkpoint"!r} has {len(tok)} tokens but the model has {rows} embeddings; '
+            f'pass the tokenizer the run trained with'
+        )
+    if name is not None and _rlp_state(state) is not None:
+        cfg = TemplateConfig()
+        try:
+            tag_token_id(tok, cfg.open_tag)
+            tag_token_id(tok, cfg.close_tag)
+        except TemplateError as err:
+            raise CliError(
+                f'--tokenizer {name!r} lacks the think tags {cfg.open_tag} {cfg.close_tag} as single tokens, which '
+                f'this RLP checkpoint was trained with; pass the tokenizer the run trained with'
+            ) from err
+    return tok
+
+
+def _rlp_state(state: dict[str, Any]) -> Optional[dict]:
+    """The RLP algorithm's state dict in ``state.algorithms`` (a list of ``(name, state_dict)``), or None."""
+    algorithms = state.get('algorithms') or []
+    items = algorithms.items() if isinstance(algorithms, dict) else algorithms
+    return next((sd for name, sd in items if name == 'RLP' or (isinstance(sd, dict) and 'teacher' in sd)), None)
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes, bytes): equal digests = the same model."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f'{name}|{t.dtype}|{tuple(t.shape)}\n'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> Optional[dict]:
+    """The existing folder's marker (None when the folder is new or empty); refuses what may never be replaced."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CliError(f'OUT_DIR {out_dir!r} is a file; give a folder path')
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return None
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding='utf-8') as fh:
+            marker = json.load(fh)
+    except (OSError, ValueError):
+        marker = None
+    if marker is None and not overwrite:
+        raise CliError(
+            f'OUT_DIR {out_dir!r} is not empty and was not written by rlp export; pass --overwrite to replace it, '
+            f'or choose a new folder'
+        )
+    return marker or {}
+
+
+def export_checkpoint(
+    checkpoint: str,
+    out_dir: str,
+    *,
+    tokenizer: Optional[str] = None,
+    weights: str = 'policy',
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the Hugging Face folder ``out_dir`` from ``checkpoint``; returns what ``rlp_export.json`` records."""
+    from tqdm import tqdm
+    from transformers import GenerationConfig
+
+    from rlp.run.checkpoint import checkpoint_batch
+
+    if weights not in ('policy', 'ema'):
+        raise CliError(f'--weights {weights!r}: use policy (the trained model) or ema (the RLP EMA teacher)')
+    if '://' in out_dir:
+        raise CliError(f'OUT_DIR {out_dir!r} must be a local folder; export locally, then upload the folder')
+    out_dir = os.path.abspath(out_dir)
+    marker = _check_out_dir(out_dir, overwrite)
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(out_dir)}.tmp-')
+    except OSError as err:
+        raise CliError(f'OUT_DIR {out_dir!r}: cannot write in {parent!r} ({err}); choose a writable folder') from err
+    stages = tqdm(total=4, desc='rlp export', disable=not progress, leave=False)
+    try:
+        with tempfile.TemporaryDirectory(dir=parent, prefix=f'.{os.path.basename(out_dir)}.work-') as work:
+            kind, location = resolve_checkpoint(checkpoint)
+            stages.update()
+            state = load_checkpoint(kind, location, work, progress)
+            stages.update()
+            model = _build_model(state, _weights(state, weights, location), location)
+            tok = _tokenizer(state, tokenizer, model, work, location)
+            digest = weights_digest(model)
+            stages.update()
+            if marker is not None and not overwrite and marker.get('weights_sha256') != digest:
+                raise CliError(
+                    f'OUT_DIR {out_dir!r} already holds a different model (from {marker.get("checkpoint")!r}, '
+                    f'weights {marker.get("weights")}); pass --overwrite to replace it, or choose another folder'
+                )
+            gen = GenerationConfig.from_model_config(model.config)
+            for key in ('eos_token_id', 'pad_token_id', 'bos_token_id'):  # the tokenizer's EOS is what was trained
+                value = getattr(tok, key, None)
+                if value is not None and (key != 'bos_token_id' or gen.bos_token_id is None):
+                    setattr(gen, key, value)
+            model.generation_config = gen
+            model.save_pretrained(staging, safe_serialization=True)
+            gen.save_pretrained(staging)
+            tok.save_pretrained(staging)
+            batch = checkpoint_batch(location) if re.search(r'ep\d+-ba\d+(?:-rank0\.pt)?/?$', location) else None
+            params = sum(p.numel() for p in model.parameters())
+            record = dict(checkpoint=location, kind=kind, batch=batch, weights=weights, parameters=params)
+            record.update(model_class=type(model).__name__, tokenizer=tokenizer or 'checkpoint', weights_sha256=digest)
+            with open(os.path.join(staging, MARKER), 'w', encoding='utf-8') as fh:
+                json.dump(record, fh, indent=2)
+        _swap(staging, out_dir)
+        stages.update()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        stages.close()
+    return record
+
+
+def _swap(staging: str, out_dir: str) -> None:
+    """Put ``staging`` at ``out_dir``; a previous folder there is moved aside first and removed last."""
+    old = f'{staging}.old' if os.path.exists(out_dir) else None
+    if old is not None:
+        os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        'export',
+        help='a Composer checkpoint -> a Hugging Face folder (from_pretrained gives the trained model)',
+        description=__doc__.split('\n\n')[0].replace('``', ''),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n  rlp export runs/demo/checkpoints hf/demo\n'
+        '  rlp export s3://bucket/run/ep0-ba400-rank0.pt hf/run-ema --weights ema',
+    )
+    p.add_argument('checkpoint', metavar='CHECKPOINT', help='checkpoint file, sharded folder or save folder (or URI)')
+    p.add_argument('out_dir', metavar='OUT_DIR', help='the Hugging Face folder to write (local)')
+    p.add_argument('--tokenizer', metavar='NAME_OR_DIR', help="tokenizer to write (default: the checkpoint's own)")
+    p.add_argument('--weights', choices=('policy', 'ema'), default='policy',
+                   help='the trained policy (default) or the RLP EMA teacher')  # fmt: skip
+    p.add_argument('--overwrite', action='store_true', help='replace an OUT_DIR holding a different model')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+
+
+def run(args: Any) -> int:
+    options = dict(tokenizer=args.tokenizer, weights=args.weights, overwrite=args.overwrite)
+    record = export_checkpoint(args.checkpoint, args.out_dir, progress=not args.no_progress, **options)
+    print(
+        f'rlp export: {record["checkpoint"]} ({record["kind"]}, batch {record["batch"]}, {record["weights"]} '
+        f'weights) -> {os.path.abspath(args.out_dir)} ({record["model_class"]}, {record["parameters"]:,} '
+        f'parameters, tokenizer: {record["tokenizer"]})'
+    )
+    return 0

@@ -1,0 +1,184 @@
+"""rlp eval on a tiny Llama saved as a Hugging Face folder and synthetic documents prepared by rlp-data.
+
+Checked: every per-position figure against a reference written here with loops — positions re-chosen by
+``select_positions``, thoughts re-sampled token by token with full forwards and no KV cache (inverse CDF on the same
+keyed uniforms), no-think and after-thought log-probs from plain forwards of unpadded sequences; the no-think NLL
+over all labels by hand; determinism (same seed, same JSON; another seed, other thoughts); answer positions
+(``--after =``) all follow ``=``; a baseline equal to the model gives gain_vs_baseline == gain_vs_self; bad input
+(missing model, missing data, empty dataset, bad flags) is one line and exit code 2 with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlp.config import PositionsConfig, TemplateConfig
+from rlp.keys import row_key
+from rlp.positions import select_positions
+from rlp.rollouts import rollout_uniforms
+from rlp.run.cli import main
+from rlp.run.evaluate import EvalSettings, _batches, _dataset, evaluate
+from rlp.template import resolve_template
+from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased
+from tests.helpers.tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory, tokenizer):
+    from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir
+    from pipeline.prepare import PrepareArgs, prepare
+    from pipeline.synthetic import write_jsonl
+
+    root = tmp_path_factory.mktemp('eval')
+    write_jsonl(root / 'corpus.jsonl', 30, seed=5, think_fraction=0.0)
+    prepare(
+        PrepareArgs(
+            inputs=[str(root / 'corpus.jsonl')],
+            tokenizer=str(bundled_tokenizer_dir()),
+            seq_len=64,
+            out=str(root / 'data'),
+            eos_text=EOS_TEXT,
+            progress=False,
+        ),
+        log=lambda *a: None,
+    )
+    model = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 3.0).eval()
+    model.save_pretrained(root / 'model')
+    tokenizer.save_pretrained(root / 'model')
+    return root, model
+
+
+def _sample_by_loop(model, prompt, u, temperature, close_id):
+    """One thought: full forward over prompt + tokens so far at every step, inverse-CDF on the keyed uniforms."""
+    tokens = []
+    for step in range(len(u)):
+        logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0, -1].float()
+        cdf = torch.softmax(logits / temperature, -1).cumsum(-1)
+        tok = int(torch.searchsorted(cdf, (u[step] * cdf[-1]).view(1), right=True).clamp(max=len(cdf) - 1))
+        tokens.append(tok)
+        if tok == close_id:
+            return tokens, False
+    return tokens + [close_id], True
+
+
+def _logp_last(model, seq, target):
+    logits = model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+    logp = torch.log_softmax(logits, -1)
+    return float(logp[target]), int(logp.argmax()) == target
+
+
+@torch.no_grad()
+def test_figures_match_a_loop_reference(prepared, tokenizer):
+    root, model = prepared
+    s = EvalSettings(positions=5, group_size=2, seed=3, max_thought_tokens=4, temperature=0.9, samples=6, batch_size=4)
+    got = evaluate(model, tokenizer, str(root / 'data'), s)['metrics']
+
+    template = resolve_template(tokenizer, TemplateConfig())
+    pad = tokenizer.pad_token_id
+    ds = _dataset(str(root / 'data'), 512, tokenizer.eos_token_id)
+    cfg = PositionsConfig(k=1, min_context=s.min_context, max_context=s.max_context)
+    nothink, think, acc0, acc, lengths, trunc = [], [], [], [], [], []
+    nll = count = 0.0
+    for batch in _batches(ds, pad, s.batch_size, s.samples):
+        for r in range(batch['input_ids'].shape[0]):
+            ids = batch['input_ids'][r][batch['attention_mask'][r].bool()].tolist()
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            nll -= float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
+            count += len(ids) - 1
+    for index, batch in enumerate(_batches(ds, pad, s.batch_size, len(ds))):
+        keys = row_key(batch['sample_id'], batch['input_ids'])
+        pos = select_positions(batch['input_ids'], batch['segment_ids'], keys, cfg, template.excluded_targets,
+                               seed=s.seed, batch_index=index, attention_mask=batch['attention_mask'])  # fmt: skip
+        for r, st, t in zip(pos.row.tolist(), pos.start.tolist(), pos.target.tolist()):
+            if len(nothink) == s.positions:
+                break
+            prefix, target = batch['input_ids'][r, st:t].tolist(), int(batch['input_ids'][r, t])
+            lp, ok = _logp_last(model, prefix, target)
+            nothink.append(lp)
+            acc0.append(ok)
+            u = rollout_uniforms([(s.seed, index, int(batch['sample_id'][r]), t)], s.group_size, s.max_thought_tokens)
+            for g in range(s.group_size):
+                thought, cut = _sample_by_loop(model, prefix + [template.open_id], u[0, g], s.temperature, CLOSE_ID)
+                lp, ok = _logp_last(model, prefix + [template.open_id] + thought, target)
+                think.append(lp - nothink[-1])
+                acc.append(ok)
+                lengths.append(len(thought))
+                trunc.append(cut)
+    assert got['positions'] == s.positions == len(nothink)
+    assert got['ntp_nll'] == pytest.approx(nll / count, abs=1e-4)
+    assert got['nll_nothink'] == pytest.approx(-sum(nothink) / len(nothink), abs=1e-4)
+    assert got['gain_vs_self'] == pytest.approx(sum(think) / len(think), abs=1e-4)
+    assert got['gain_vs_baseline'] == pytest.approx(got['gain_vs_self'], abs=1e-6)  # no baseline: the model itself
+    assert got['acc_nothink'] == pytest.approx(sum(acc0) / len(acc0))
+    assert got['acc_think'] == pytest.approx(sum(acc) / len(acc))
+    assert got['thought_len_mean'] == pytest.approx(sum(lengths) / len(lengths))
+    assert got['truncation_rate'] == pytest.approx(sum(trunc) / len(trunc))
+    gains = torch.tensor(think).view(-1, s.group_size)
+    assert got['best_of_g_helps'] == pytest.approx(float((gains.max(1).values > 0).float().mean()))
+    assert got['nll_think_mix'] == pytest.approx(
+        float(-(torch.logsumexp(gains + torch.tensor(nothink).unsqueeze(1), 1) - math.log(s.group_size)).mean()),
+        abs=1e-4,
+    )
+
+
+def test_cli_is_deterministic_and_after_selects_answers(prepared, tmp_path, capsys):
+    root, _ = prepared
+    base = ['eval', '--model', str(root / 'model'), '--data', str(root / 'data'), '--positions', '6']
+    base += ['--group-size', '2', '--max-thought-tokens', '3', '--samples', '4']
+    outs = []
+    for seed, name in ((0, 'a'), (0, 'b'), (1, 'c')):
+        assert main(base + ['--seed', str(seed), '--json', str(tmp_path / f'{name}.json')]) == 0
+        outs.append(json.loads((tmp_path / f'{name}.json').read_text())['metrics'])
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    assert 'gain_vs_self' in capsys.readouterr().out
+    assert main(base + ['--after', '=', '--baseline', str(root / 'model'), '--json', str(tmp_path / 'd.json')]) == 0
+    answers = json.loads((tmp_path / 'd.json').read_text())
+    assert answers['settings']['after'] == ['='] and answers['metrics']['positions'] == 6
+    assert answers['metrics']['gain_vs_baseline'] == pytest.approx(answers['metrics']['gain_vs_self'], abs=1e-5)
+
+
+def test_answer_positions_follow_the_marker(prepared, tokenizer):
+    root, model = prepared
+    template = resolve_template(tokenizer, TemplateConfig(), model, ['='])
+    eq = tokenizer('=', add_special_tokens=False)['input_ids']
+    ds = _dataset(str(root / 'data'), 512, tokenizer.eos_token_id)
+    cfg = PositionsConfig(strategy='after', after=['='], k=1, min_context=8)
+    seen = 0
+    for index, batch in enumerate(_batches(ds, tokenizer.pad_token_id, 8, len(ds))):
+        keys = row_key(batch['sample_id'], batch['input_ids'])
+        pos = select_positions(batch['input_ids'], batch['segment_ids'], keys, cfg, template.excluded_targets,
+                               seed=0, batch_index=index, after_ids=template.after_ids)  # fmt: skip
+        for r, t in zip(pos.row.tolist(), pos.target.tolist()):
+            assert batch['input_ids'][r, t - len(eq) : t].tolist() == eq
+            seen += 1
+    assert seen > 5
+
+
+@pytest.mark.parametrize(
+    'flags, message',
+    [
+        (['--model', 'missing-model'], 'missing-model'),
+        (['--data', 'missing-data'], 'no index.json'),
+        (['--group-size', '1'], '--group-size 1'),
+        (['--positions', '0'], '--positions 0'),
+        (['--after', 'zzqqxx-never'], 'no eligible position'),
+    ],
+)
+def test_bad_input_is_one_line(prepared, tmp_path, capsys, flags, message):
+    root, _ = prepared
+    args = {'--model': str(root / 'model'), '--data': str(root / 'data'), '--json': str(tmp_path / 'out.json')}
+    extra = []
+    for i in range(0, len(flags), 2):
+        if flags[i] in args and flags[i] != '--after':
+            args[flags[i]] = flags[i + 1]
+        else:
+            extra += flags[i : i + 2]
+    argv = ['eval', '--samples', '2', '--positions', '3'] + [x for kv in args.items() for x in kv] + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and '\n' not in err
+    assert not (tmp_path / 'out.json').exists()
