@@ -9,7 +9,8 @@ our own loop over the HF model with ``past_key_values`` (not ``generate``), so t
   keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
   ``token = min{j : CDF_j > u * CDF_V}`` over softmax(logits / T) (top-p: over the renormalised nucleus). This is
   exact categorical sampling, fully batched, independent of the global RNG and of the microbatch split;
-- a rollout stops at the closing tag; the loop stops when all rollouts have stopped. Under torch.distributed
+- a rollout stops at the closing tag, and its row leaves the decoded batch and the KV cache (finished thoughts cost
+  no compute); the loop stops when all rollouts have stopped. Under torch.distributed
   (``synced=True``) the stop decision is all-reduced, so every rank runs the same number of decode steps
   (HF's ``synced_gpus`` semantics; needed by FSDP, whose forwards are collective);
 - a thought that reaches ``max_thought_tokens`` sampled tokens without closing is force-closed: the closing tag
@@ -141,6 +142,13 @@ def _expand_cache(past: Any, repeats: int) -> Any:
     return tuple(tuple(t.repeat_interleave(repeats, dim=0) for t in layer) for layer in past)  # legacy tuples
 
 
+def _select_cache(past: Any, idx: torch.Tensor) -> Any:
+    if hasattr(past, 'batch_select_indices'):
+        past.batch_select_indices(idx)
+        return past
+    return tuple(tuple(t[idx] for t in layer) for layer in past)  # legacy tuples
+
+
 def _all_done(done: torch.Tensor, synced: bool) -> bool:
     flag = (~done).any().to(torch.int32).view(1)
     if synced:
@@ -202,24 +210,32 @@ def sample_thoughts(
         lengths = torch.zeros(n, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         steps = 0
+        rows = torch.arange(n, device=dev)  # the rollout each row of the decoded batch belongs to
         for s in range(max_tokens):
-            tok, lp = sample_from_logits(logits, u[:, s], temperature, top_p)
-            live = ~done
-            tokens[:, s] = torch.where(live, tok, pad_id)
-            logp[:, s] = torch.where(live, lp, 0.0)
-            trained[:, s] = live
-            closed = live & (tok == close_id)
+            tok, lp = sample_from_logits(logits, u[rows, s], temperature, top_p)
+            live = ~done[rows]  # False only for a ghost row (below)
+            tokens[rows[live], s] = tok[live]
+            logp[rows[live], s] = lp[live]
+            trained[rows[live], s] = True
+            closed = rows[live & (tok == close_id)]
             lengths[closed] = s + 1
-            done |= closed
+            done[closed] = True
             if s == max_tokens - 1 or _all_done(done, synced):
                 break
+            keep = ~done[rows]
+            if not keep.any():  # finished here but not on another rank: one ghost row keeps the forwards in step
+                keep[0] = True
+            if not keep.all():  # closed thoughts stop costing compute: drop their rows from the batch and cache
+                idx = keep.nonzero().squeeze(1)
+                rows, attn = rows[idx], attn[idx]
+                past = _select_cache(past, idx)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out, logits = last_logits(
                 model,
                 1,
-                input_ids=tokens[:, s : s + 1],
+                input_ids=tokens[rows, s : s + 1],
                 attention_mask=attn,
-                position_ids=(next_pos + s).view(-1, 1),
+                position_ids=(next_pos[rows] + s).view(-1, 1),
                 past_key_values=past,
                 use_cache=True,
             )

@@ -228,3 +228,19 @@ def test_synced_decoding_keeps_ranks_in_step(tokenizer, tmp_path):
     r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
     assert r0['steps'] == r1['steps'] == 4
     assert (r0['lengths'] == 1).all() and (r1['lengths'] == 6).all()
+
+
+def test_closed_thoughts_leave_the_decoded_batch(tokenizer):
+    """Each decode step runs only the rows whose thought is still open: the batch size of every decoder forward
+    equals the number of rollouts that had not closed before it (counted from the returned lengths)."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=4.0)
+    g, steps = 4, 10
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw['input_ids'].shape), with_kwargs=True)
+    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, g, steps), temperature=1.0, top_p=1.0,
+                         close_id=tpl.close_id, pad_id=0)  # fmt: skip
+    hook.remove()
+    lengths = ro.lengths.flatten()
+    decode = [s[0] for s in sizes[1:]]  # sizes[0] is the prefill of the P prompts
+    assert decode == [int((lengths > s + 1).sum()) for s in range(len(decode))]
+    assert decode[0] < len(prompts) * g  # some thoughts closed after one token, so the batch did shrink
