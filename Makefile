@@ -41,6 +41,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py
+	TOKENIZERS_PARALLELISM=false $(PY) bench/rollouts.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
