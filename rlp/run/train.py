@@ -240,6 +240,25 @@ def _trend(records: list[dict[str, Any]], key: str) -> Optional[tuple[float, flo
     return sum(values[:k]) / k, sum(values[-k:]) / k, len(values)
 
 
+def _verdict(ema: Optional[tuple], current: Optional[tuple]) -> list[str]:
+    """What the reward trend says, read from the gain against the EMA teacher; a warning when the gain against the
+    current model rises while the gain against the EMA falls (the policy games the reward by damaging its own
+    no-think prediction: typical of a learning rate that is too high)."""
+    if ema is None:
+        return []
+    first, last, _ = ema
+    trend = 'rose' if last > first else 'did not rise'
+    level = 'thoughts help' if last > 0 else 'a thought still costs more than it gains'
+    lines = [f'  the reward against the EMA teacher {trend}: rlp/gain_vs_ema {first:.4f} -> {last:.4f} '
+             f'(first -> last quarter; {level})']  # fmt: skip
+    if current is not None and current[1] > current[0] and last < first:
+        lines.append(
+            f'  WARNING: rlp/gain_vs_current rose ({current[0]:.4f} -> {current[1]:.4f}) while rlp/gain_vs_ema '
+            f'fell: the policy is degrading its own no-think prediction; lower the learning rate or add NTP loss'
+        )
+    return lines
+
+
 def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
     """Human summary of a run from its ``metrics.jsonl``: first vs last quarter of each loss and reward."""
     from rlp.run.metrics import read_metrics
@@ -255,13 +274,7 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
         if trend:
             first, last, n = trend
             lines.append(f'  {key:40s} first quarter {first: .4f} -> last quarter {last: .4f}  ({n} values)')
-    gain = _trend(records, 'rlp/gain_vs_current')
-    if gain:
-        verdict = 'help' if gain[1] > 0 else 'do not help (yet)'
-        lines.append(
-            f'  thoughts {verdict} the current model: rlp/gain_vs_current = {gain[1]:.4f} in the last quarter '
-            f'(rlp/gain_vs_ema also rises when plain next-token prediction improves faster than the EMA)'
-        )
+    lines += _verdict(_trend(records, 'rlp/gain_vs_ema'), _trend(records, 'rlp/gain_vs_current'))
     lines.append(f'  metrics (one JSON object per batch): {os.path.abspath(metrics_path)}')
     thoughts = os.path.join(output_dir, 'thoughts.jsonl')
     if os.path.exists(thoughts):

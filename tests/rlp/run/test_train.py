@@ -105,3 +105,15 @@ def test_missing_bucket_stops_before_training(local_run, s3, capsys, monkeypatch
     assert main([str(make()), 'trainer.save_folder=s3://no-such-bucket-rlp/ckpt']) == 2
     assert "bucket 'no-such-bucket-rlp' is not usable" in capsys.readouterr().err
     assert not (tmp_path / 'runs' / 'tiny' / 'metrics.jsonl').exists()
+
+
+def test_summary_verdict_reads_the_ema_gain_and_warns_on_gaming():
+    """The verdict follows rlp/gain_vs_ema; a rising gain against the current model with a falling gain against the
+    EMA (a gamed reward) prints a warning, and a healthy run does not."""
+    from rlp.run.train import _verdict
+
+    healthy = _verdict((-2.7, -2.2, 100), (-2.7, -2.1, 100))
+    assert 'rose' in healthy[0] and '-2.7000 -> -2.2000' in healthy[0] and len(healthy) == 1
+    gamed = _verdict((-3.5, -4.6, 50), (-3.4, 0.04, 50))
+    assert 'did not rise' in gamed[0] and 'WARNING' in gamed[1] and 'lower the learning rate' in gamed[1]
+    assert _verdict(None, None) == []
