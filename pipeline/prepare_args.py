@@ -1,14 +1,60 @@
 """The arguments of ``rlp-data prepare`` as one dataclass, shared by :mod:`pipeline.prepare` and its workers.
 
 Kept apart from :mod:`pipeline.prepare` so that :mod:`pipeline.workers` can name the type without importing the
-orchestration. The checks of the values are in :func:`pipeline.prepare.prepare`.
+orchestration. Constructing one checks the URI schemes of ``--out`` and of the inputs (nothing is read or written
+yet, so a typo such as ``ftp://`` fails before any tokenising); the other checks of the values are in
+:func:`pipeline.prepare.prepare`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ['PrepareArgs']
+from pipeline.errors import UsageError
+
+__all__ = ['INPUT_SCHEMES', 'OUTPUT_SCHEMES', 'PrepareArgs', 'check_schemes']
+
+# --out: s3:// through boto3, the others through streaming 0.13's CloudUploader (its UPLOADERS registry; dbfs
+# covers dbfs:/Volumes too). Remote inputs: s3:// only (hf:NAME has no "//" and is not a URI here).
+OUTPUT_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'azure-dl', 'dbfs', 'hf', 'alipan')
+INPUT_SCHEMES = ('s3',)
+_URI = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*)://')
+_HINTS = {  # common spellings of a supported scheme
+    'az': 'azure://',
+    'abfs': 'azure-dl://',
+    'abfss': 'azure-dl://',
+    'gcs': 'gs://',
+    's3a': 's3://',
+    's3n': 's3://',
+    'file': 'a plain local path',
+}
+
+
+def _scheme_error(flag: str, value: str, scheme: str, rule: str, fix: str) -> UsageError:
+    hint = f'write {_HINTS[scheme]} instead, or ' if scheme in _HINTS else ''
+    return UsageError(f'{flag} {value!r}: the scheme {scheme}:// is not supported; rule: {rule}; fix: {hint}{fix}')
+
+
+def check_schemes(out: str, inputs: list[str]) -> None:
+    """Refuse an ``--out`` or ``--input`` URI whose scheme ``rlp-data`` cannot read or write.
+
+    Raises:
+        UsageError: naming the value, the supported schemes and the fix (exit code 2).
+    """
+    m = _URI.match(str(out))
+    if m and m.group(1).lower() not in OUTPUT_SCHEMES:
+        names = ', '.join(f'{s}://' for s in OUTPUT_SCHEMES)
+        rule = f'--out is a local folder or an object-store URI ({names})'
+        raise _scheme_error(
+            '--out', str(out), m.group(1).lower(), rule, 'write to a local folder or one of those stores'
+        )
+    for src in inputs:
+        m = _URI.match(str(src))
+        if m and m.group(1).lower() not in INPUT_SCHEMES:
+            rule = 'an input is a local path, glob or folder, an s3:// URI, or hf:NAME'
+            fix = 'copy the data to a local folder or to s3://, or name a Hugging Face dataset as hf:NAME'
+            raise _scheme_error('--input', str(src), m.group(1).lower(), rule, fix)
 
 
 @dataclass
@@ -31,6 +77,9 @@ class PrepareArgs:
     chunk_mb: float = 16.0
     shard_mb: float = 64.0
     progress: bool = True
+
+    def __post_init__(self):
+        check_schemes(self.out, self.inputs)
 
     def dataset_arguments(self) -> dict:
         """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""

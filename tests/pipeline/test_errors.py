@@ -194,3 +194,57 @@ def test_unknown_hf_dataset(tmp_path, capsys):
     out = tmp_path / 'out'
     rc, _, err = prepare(capsys, ['hf:no-such-org-xyz/no-such-dataset-xyz'], out)
     _assert_refused(rc, err, 1, "cannot load HF dataset 'no-such-org-xyz/no-such-dataset-xyz'", 'fix:', out=out)
+
+
+@pytest.mark.parametrize(
+    'where,value,line',
+    [
+        (
+            'out',
+            'ftp://host/x',
+            "rlp-data: error: --out 'ftp://host/x': the scheme ftp:// is not supported; rule: --out is a local "
+            'folder or an object-store URI (s3://, gs://, oci://, azure://, azure-dl://, dbfs://, hf://, alipan://); '
+            'fix: write to a local folder or one of those stores',
+        ),
+        (
+            'out',
+            'az://container/x',
+            "rlp-data: error: --out 'az://container/x': the scheme az:// is not supported; rule: --out is a local "
+            'folder or an object-store URI (s3://, gs://, oci://, azure://, azure-dl://, dbfs://, hf://, alipan://); '
+            'fix: write azure:// instead, or write to a local folder or one of those stores',
+        ),
+        (
+            'input',
+            'ftp://host/c.jsonl',
+            "rlp-data: error: --input 'ftp://host/c.jsonl': the scheme ftp:// is not supported; rule: an input is "
+            'a local path, glob or folder, an s3:// URI, or hf:NAME; fix: copy the data to a local folder or to '
+            's3://, or name a Hugging Face dataset as hf:NAME',
+        ),
+    ],
+)
+def test_unsupported_scheme_refused_before_any_work(tmp_path, where, value, line):
+    """The real ``rlp-data prepare`` in a subprocess, with an ``ftp://`` (or ``az://``) ``--out`` or input: exit
+    code 2, stderr is exactly the expected line (value, supported schemes, fix), and the working folder holds
+    only the corpus afterwards (before the fix, tokenising ran and left ``./ftp:/host/x/.rlp-data/``)."""
+    from tests.helpers.commands import error_line, run_command, tree
+
+    write_jsonl(tmp_path / 'c.jsonl', 30)
+    inputs, out = ('c.jsonl', value) if where == 'out' else (value, 'out')
+    argv = ['-m', 'pipeline.cli', 'prepare', '-i', inputs, *BASE, '--seq-len', 64, '--out', out]
+    proc = run_command(argv, cwd=tmp_path)
+    assert error_line(proc, 2) == line
+    assert tree(tmp_path) == ['c.jsonl']
+
+
+def test_output_schemes_are_what_streaming_can_write():
+    """The ``--out`` schemes named in the message are streaming 0.13's uploaders (its ``UPLOADERS`` registry,
+    where ``dbfs:/Volumes`` is a ``dbfs://`` URI) and nothing else, and remote inputs are those
+    ``pipeline.storage.remote`` treats as remote; remote inputs are what ``pipeline.inputs.s3`` reads: ``s3://``."""
+    from streaming.base.storage.upload import UPLOADERS
+
+    from pipeline.prepare_args import INPUT_SCHEMES, OUTPUT_SCHEMES
+    from pipeline.storage.remote import is_remote
+
+    assert set(OUTPUT_SCHEMES) == {k.split(':')[0] for k in UPLOADERS} - {''}  # '' is the local writer
+    assert all(is_remote(f'{s}://bucket/x') for s in OUTPUT_SCHEMES)
+    assert INPUT_SCHEMES == ('s3',)
