@@ -182,6 +182,13 @@ class LossConfig:
             many tokens at a time, each chunk checkpointed, so (N, T, V) logits are never stored
             (``rlp.logprobs``; transient memory ~3 * chunk * vocab * 4 bytes). None = materialise all logits
             (the fallback anyway for models whose logits are not a plain Linear head).
+        packed_forward_tokens: the training forward runs each prompt ONCE followed by its thoughts, in rows of at
+            most this many tokens (prompt + whole thoughts, at least one thought per row) under a block attention
+            mask (``rlp.packing``): L + G*T tokens per position instead of G*(L + T + 1), the same values and
+            gradients. The mask is dense, (rows, W, W), so this caps its memory and the attention's quadratic work.
+            Used where the model takes a custom 4D mask (Llama, Qwen2/3, Mistral without sliding window, GPT-2 with
+            eager or sdpa attention); other models (flash attention, other architectures) keep the unpacked
+            forward. None = always unpacked (one sequence per rollout).
     """
 
     ntp_weight: float = 0.0
@@ -191,8 +198,15 @@ class LossConfig:
     std_normalize: bool = False
     behaviour_logprobs: Literal['sampler', 'detached'] = 'sampler'
     logprob_chunk_tokens: Optional[int] = 2048
+    packed_forward_tokens: Optional[int] = 4096
 
     def __post_init__(self) -> None:
+        _positive(
+            'rlp.loss.packed_forward_tokens',
+            self.packed_forward_tokens,
+            'use e.g. 4096, or null for one unpacked sequence per rollout',
+            allow_none=True,
+        )
         _positive(
             'rlp.loss.logprob_chunk_tokens',
             self.logprob_chunk_tokens,

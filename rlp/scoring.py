@@ -8,6 +8,8 @@
   current mode: with dropout > 0 both terms carry dropout noise (RLP recipes should set dropout to 0). With
   ``chunk_tokens`` the log-probs come from the final hidden states in checkpointed chunks (``rlp.logprobs``): no
   (N, T+2, V) logits are stored; models whose logits are not a plain Linear head fall back (warned once per class).
+  With ``packed_tokens`` the prompt is run once with its thoughts in one sequence under a block attention mask
+  (:mod:`rlp.packing`) where the model accepts one; otherwise (and as the fallback) one sequence per rollout.
 - :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
   prompts (the logit before the opening tag), no grad, eval mode.
 - :func:`nothink_entropy` gives H(p_teacher(. | x_<t)) at every token of a batch, with each document's context
@@ -23,6 +25,7 @@ import torch
 
 from rlp.hf import call_model, eval_mode, keep_last_logits, unwrap_hf
 from rlp.logprobs import HeadCapture, chunked_token_logprobs, last_logits, linear_head
+from rlp.packing import packed_policy_forward, supports_block_mask
 from rlp.positions import segment_starts
 from rlp.rollouts import Prompts, Rollouts
 
@@ -44,6 +47,7 @@ def policy_forward(
     temperature: float,
     pad_id: int,
     chunk_tokens: Optional[int] = None,
+    packed_tokens: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training forward over ``prompt thought x_t`` for all P*G rollouts.
 
@@ -56,11 +60,27 @@ def policy_forward(
         chunk_tokens: score the thought tokens from the final hidden states ``chunk_tokens`` at a time without
             keeping full-vocabulary logits for backward (``rlp.logprobs``); None = materialise the last T+2
             logits of every rollout (also the fallback for models whose logits are not ``lm_head(h)``).
+        packed_tokens: run each prompt once, followed by its thoughts, in rows of at most this many tokens with a
+            block attention mask (:func:`rlp.packing.packed_policy_forward`; the same values and gradients), for
+            models that accept a custom 4D mask (:func:`rlp.packing.supports_block_mask`); None, or a model that
+            does not, = one unpacked sequence per rollout.
 
     Returns:
         ``logp_new`` (P, G, T) tempered log-probs of the thought tokens (with grad; 0 beyond each length) and
         ``s_pred`` (P, G) log p(x_t | prompt, thought) at temperature 1, detached.
     """
+    if packed_tokens and supports_block_mask(model):
+        packed = packed_policy_forward(
+            model,
+            prompts,
+            rollouts,
+            temperature=temperature,
+            pad_id=pad_id,
+            chunk_tokens=chunk_tokens,
+            max_tokens=packed_tokens,
+        )
+        if packed is not None:
+            return packed
     p, g, width = rollouts.tokens.shape
     n = p * g
     dev = prompts.ids.device

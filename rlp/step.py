@@ -51,6 +51,7 @@ from rlp.scoring import nothink_entropy, policy_forward
 from rlp.strictcfg import ConfigError
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate
+from rlp.timing import StepTimer, untimed
 
 __all__ = ['RLPStats', 'ThoughtSamples', 'check_no_dropout', 'choose_positions', 'count_rollouts', 'rlp_loss']
 
@@ -264,6 +265,7 @@ def rlp_loss(
     synced: bool = False,
     keep_samples: bool = False,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    timer: Optional[StepTimer] = None,
 ) -> tuple[torch.Tensor, RLPStats]:
     """The RLP loss of one (micro)batch and its statistics.
 
@@ -281,6 +283,8 @@ def rlp_loss(
             positions runs one rollout with weight 0.
         keep_samples: also return what was sampled, on CPU, in ``stats.samples``.
         autocast: a context factory around the model calls (e.g. Composer's precision context).
+        timer: adds the seconds of the parts (positions, rollout, teacher, policy_forward, objective) to it
+            (:class:`rlp.timing.StepTimer`; benchmarks).
 
     Raises:
         ConfigError: the model is in train mode with dropout > 0 (:func:`check_no_dropout`).
@@ -290,8 +294,10 @@ def rlp_loss(
         zero when the batch has no eligible position and ``synced`` is off), and :class:`RLPStats`.
     """
     check_no_dropout(model)
+    part = timer if timer is not None else untimed
     input_ids = batch['input_ids']
-    pos = choose_positions(batch, cfg.positions, template, key=key, teachers=teachers)
+    with part('positions'):
+        pos = choose_positions(batch, cfg.positions, template, key=key, teachers=teachers)
     stats = RLPStats(rows=float(pos.num_rows), rows_skipped=float(pos.rows_without_position))
     dummy = len(pos) == 0 and synced
     if dummy:
@@ -300,36 +306,48 @@ def rlp_loss(
         return torch.zeros((), device=input_ids.device, dtype=torch.float32), stats
 
     pad = pad_id(template)
-    keys = row_key(batch.get('sample_id'), input_ids)
-    prompts = build_prompts(input_ids, pos, template, pad)
-    rkeys = [(key[0], key[1], keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
     ro_cfg = cfg.rollouts
-    u = rollout_uniforms(rkeys, ro_cfg.group_size, ro_cfg.max_thought_tokens)
+    with part('positions'):
+        keys = row_key(batch.get('sample_id'), input_ids)
+        prompts = build_prompts(input_ids, pos, template, pad)
+        rkeys = [(key[0], key[1], keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
+        u = rollout_uniforms(rkeys, ro_cfg.group_size, ro_cfg.max_thought_tokens)
     with autocast():
-        ro = sample_thoughts(
-            model,
-            model,
-            prompts,
-            u,
-            temperature=ro_cfg.temperature,
-            top_p=ro_cfg.top_p,
-            close_id=template.close_id,
-            pad_id=pad,
-            synced=synced,
+        with part('rollout'):
+            ro = sample_thoughts(
+                model,
+                model,
+                prompts,
+                u,
+                temperature=ro_cfg.temperature,
+                top_p=ro_cfg.top_p,
+                close_id=template.close_id,
+                pad_id=pad,
+                synced=synced,
+            )
+        with part('teacher'):
+            s_base, s_ema = teachers.nothink_logprobs(prompts, current=ro.nothink_logp)
+        with part('policy_forward'):
+            logp_new, s_pred = policy_forward(
+                model,
+                prompts,
+                ro,
+                temperature=ro_cfg.temperature,
+                pad_id=pad,
+                chunk_tokens=cfg.loss.logprob_chunk_tokens,
+                packed_tokens=cfg.loss.packed_forward_tokens,
+            )
+    with part('objective'):
+        rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
+        adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
+        logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
+        loss, m = clipped_surrogate(
+            logp_new, logp_old, adv, ro.mask, cfg.loss.eps_low, cfg.loss.eps_high, normalizer=normalizer
         )
-        s_base, s_ema = teachers.nothink_logprobs(prompts, current=ro.nothink_logp)
-        logp_new, s_pred = policy_forward(
-            model, prompts, ro, temperature=ro_cfg.temperature, pad_id=pad, chunk_tokens=cfg.loss.logprob_chunk_tokens
-        )
-    rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
-    adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
-    logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
-    loss, m = clipped_surrogate(
-        logp_new, logp_old, adv, ro.mask, cfg.loss.eps_low, cfg.loss.eps_high, normalizer=normalizer
-    )
     if dummy:
         return loss * 0.0, stats
-    stats = stats + _rollout_stats(pos, ro, rewards, s_pred, s_ema, adv, m)
+    with part('objective'):
+        stats = stats + _rollout_stats(pos, ro, rewards, s_pred, s_ema, adv, m)
     if keep_samples:
         stats.samples = ThoughtSamples(
             row=pos.row,
