@@ -14,6 +14,9 @@ event at which the checkpoint saver runs: every batch covered by a checkpoint is
 exists. Metrics logged after the last batch (final timestamps) belong to no batch and are dropped. On start the file
 keeps the records of batches before the resume point and drops the rest (a killed run may have written batches the
 resumed run redoes), so a finished run holds exactly one record per batch. Only global rank 0 writes.
+
+The console gets one short line per logged batch from :class:`ConsoleLine` (``loggers.console``), instead of
+Composer's ConsoleLogger, which prints every scalar (``loggers.console_verbose``).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Optional, TextIO
 
-from composer.core import Callback, State
+from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
-__all__ = ['MetricsJsonlLogger', 'SampleIdRecorder', 'read_metrics']
+__all__ = ['ConsoleLine', 'MetricsJsonlLogger', 'SampleIdRecorder', 'read_metrics']
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -142,6 +146,101 @@ class SampleIdRecorder(Callback):
         ids = state.batch['sample_id'].tolist() if isinstance(state.batch, dict) else []
         gathered = dist.all_gather_object(ids)
         self.destination.add_fields(state.timestamp.batch.value, {'sample_ids': [i for r in gathered for i in r]})
+
+
+class ConsoleLine(LoggerDestination):
+    """One short console line per logged batch (global rank 0), e.g.::
+
+        [batch 40/100] loss 3.1416 (ntp 3.1402, rlp 0.0014) | reward -2.3100 gain_vs_ema 0.0420 clip 0.031
+        thought_len 12.5 trunc 0.125 | 5.2 samples/s
+
+    (one line; the part after each ``|`` only when those metrics are logged: the RLP part needs ``rlp``, the
+    throughput Composer's SpeedMonitor, after its first window). Each value is the latest logged.
+
+    Args:
+        interval: ``Nba`` (every N batches) or ``Nep`` (every N epochs); the last batch always gets a line.
+        stream: where the lines go (default stdout); written through ``tqdm.write`` so a progress bar stays intact.
+    """
+
+    LOSSES = (('loss/train/ntp', 'ntp'), ('loss/train/rlp', 'rlp'))
+    RLP = (
+        ('rlp/reward_mean', 'reward', '.4f'),
+        ('rlp/gain_vs_ema', 'gain_vs_ema', '.4f'),
+        ('rlp/clip_fraction', 'clip', '.3f'),
+        ('rlp/thought_len_mean', 'thought_len', '.1f'),
+        ('rlp/truncation_rate', 'trunc', '.3f'),
+    )
+    THROUGHPUT = (
+        ('throughput/tokens_per_sec', 'tokens/s'),
+        ('throughput/samples_per_sec', 'samples/s'),
+        ('throughput/batches_per_sec', 'batches/s'),
+    )
+
+    def __init__(self, interval: str = '1ba', stream: Optional[TextIO] = None):
+        super().__init__()
+        self.interval = Time.from_timestring(interval)
+        if self.interval.unit not in (TimeUnit.BATCH, TimeUnit.EPOCH) or self.interval.value < 1:
+            raise ValueError(f'ConsoleLine interval {interval!r}: write Nba or Nep with N >= 1')
+        self.stream = stream
+        self._latest: dict[str, float] = {}
+        self._printed_batch = -1
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        """Keep the latest value of each scalar metric."""
+        for name, value in metrics.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                self._latest[name] = scalar
+
+    def format_line(self, batch: int, total: Optional[int]) -> str:
+        """The line for ``batch`` (1-based count of batches done) out of ``total`` (None when not in batches)."""
+        m = self._latest
+        head = f'[batch {batch}/{total}]' if total else f'[batch {batch}]'
+        parts = [head]
+        if 'loss/train/total' in m:
+            parts.append(f'loss {m["loss/train/total"]:.4f}')
+            inner = [f'{short} {m[key]:.4f}' for key, short in self.LOSSES if key in m]
+            if inner:
+                parts[-1] += f' ({", ".join(inner)})'
+        line = ' '.join(parts)
+        rlp = [f'{short} {m[key]:{fmt}}' for key, short, fmt in self.RLP if key in m]
+        if rlp:
+            line += ' | ' + ' '.join(rlp)
+        for key, short in self.THROUGHPUT:
+            if key in m:
+                line += f' | {m[key]:.1f} {short}'
+                break
+        return line
+
+    def _print(self, state: State) -> None:
+        batch = int(state.timestamp.batch)
+        if batch == self._printed_batch or not self._latest or dist.get_global_rank() != 0:
+            return
+        self._printed_batch = batch
+        duration = state.max_duration
+        total = int(duration.value) if duration is not None and duration.unit == TimeUnit.BATCH else None
+        line = self.format_line(batch, total)
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=self.stream or sys.stdout)
+        except ImportError:  # pragma: no cover - tqdm comes with Composer
+            print(line, file=self.stream or sys.stdout, flush=True)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        """Print at every ``Nba`` interval (logger destinations run after the algorithms and callbacks, so the
+        batch's RLP and throughput metrics have arrived)."""
+        if self.interval.unit == TimeUnit.BATCH and int(state.timestamp.batch) % self.interval.value == 0:
+            self._print(state)
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        """Print at every ``Nep`` interval."""
+        if self.interval.unit == TimeUnit.EPOCH and int(state.timestamp.epoch) % self.interval.value == 0:
+            self._print(state)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        """The last batch always gets a line."""
+        self._print(state)
 
 
 def read_metrics(path: str) -> dict[int, dict[str, Any]]:

@@ -9,6 +9,7 @@ the HF module as ``state.model.model`` and the tokenizer as ``state.model.tokeni
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -18,6 +19,50 @@ from rlp.run.recipe import ConfigError, ModelConfig, TokenizerConfig
 __all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer']
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for what can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x/``), False for what may be a
+    hub id (``name`` or ``org/name``)."""
+    return name.startswith(('.', '/', '~')) or name.endswith('/') or '\\' in name or name.count('/') > 1
+
+
+def _check_local(key: str, name: str, what: str) -> None:
+    """Refuse a local path that does not exist (or is a file) before transformers takes it for a hub id."""
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        raise ConfigError(
+            f'{key}={name!r} is a file; rule: {what} is a folder (as written by save_pretrained) or a hub id; fix: '
+            f'name the folder that holds it'
+        )
+    if _looks_like_path(name) and not os.path.isdir(path):
+        raise ConfigError(
+            f'{key}={name!r}: the folder {os.path.abspath(path)} does not exist; rule: {what} is an existing local '
+            f'folder or a hub id; fix: check the path (a relative path starts from the working folder {os.getcwd()})'
+        )
+
+
+def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigError:
+    """A failed load of ``name``: a local folder missing files, or a hub id that cannot be fetched (offline?)."""
+    detail = ' '.join(str(err).split())[:200]
+    if os.path.isdir(os.path.expanduser(name)):
+        return ConfigError(
+            f'{key}={name!r}: the folder holds no loadable {what} ({detail}); fix: point at a folder written by '
+            f'save_pretrained'
+        )
+    from transformers.utils import is_offline_mode
+
+    if is_offline_mode():
+        reason = (
+            'cannot be downloaded: this machine is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set) and the '
+            'Hugging Face cache does not hold it'
+        )
+    else:
+        reason = f'could not be fetched from the Hugging Face hub ({detail})'
+    return ConfigError(
+        f'{key}={name!r} is not a local folder and {reason}; fix: check the name (HF_TOKEN for a gated model), or '
+        f'fetch it where the hub is reachable (save_pretrained to a folder, or copy the HF cache) and point at it'
+    )
 
 
 def build_tokenizer(cfg: TokenizerConfig):
@@ -30,13 +75,12 @@ def build_tokenizer(cfg: TokenizerConfig):
         from pipeline.bundled_tokenizer import bundled_tokenizer_dir
 
         name = str(bundled_tokenizer_dir())
+    else:
+        _check_local('tokenizer.name_or_path', name, 'a tokenizer')
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **cfg.kwargs)
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f'tokenizer.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
-            f'tokenizer folder, a reachable hub name, or "bundled"'
-        ) from err
+        raise _load_error('tokenizer.name_or_path', cfg.name_or_path, 'tokenizer', err) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -75,6 +119,8 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     """The HF causal LM; random init is seeded with ``seed`` so every rank builds the same weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if cfg.name_or_path is not None:
+        _check_local('model.name_or_path', cfg.name_or_path, 'a model')
     common: dict[str, Any] = {}
     if cfg.attn_implementation is not None:
         common['attn_implementation'] = cfg.attn_implementation
@@ -82,14 +128,13 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
         common['torch_dtype'] = _DTYPES[cfg.torch_dtype]
     if cfg.config is not None:
         hf_config = _config_from_mapping(cfg.config, tokenizer)
-    elif not cfg.pretrained:
-        hf_config = AutoConfig.from_pretrained(
-            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
-        )
-    elif cfg.config_overrides:
-        hf_config = AutoConfig.from_pretrained(
-            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
-        )
+    elif not cfg.pretrained or cfg.config_overrides:
+        try:
+            hf_config = AutoConfig.from_pretrained(
+                cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+            )
+        except (OSError, ValueError) as err:
+            raise _load_error('model.name_or_path', cfg.name_or_path, 'model config (config.json)', err) from err
     else:
         hf_config = None
     if hf_config is not None:
@@ -106,10 +151,7 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
                 cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, **common
             )
         except (OSError, ValueError) as err:  # missing files, unreachable hub, malformed name
-            raise ConfigError(
-                f'model.name_or_path={cfg.name_or_path!r} cannot be loaded ({err}); give a local '
-                f'folder with config.json and weights, or a reachable hub name'
-            ) from err
+            raise _load_error('model.name_or_path', cfg.name_or_path, 'model (config.json and weights)', err) from err
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ConfigError(
             f'the model has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer '
@@ -128,8 +170,13 @@ def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig,
 
     tokenizer = build_tokenizer(tokenizer_cfg)
     hf_model = build_hf_model(model_cfg, tokenizer, seed=seed)
-    if template is not None and template.add_tags:
-        from rlp.template import add_think_tokens
+    if template is not None:
+        from rlp.template import TemplateError, add_think_tokens, resolve_template
 
-        add_think_tokens(tokenizer, hf_model, template)
+        if template.add_tags:
+            add_think_tokens(tokenizer, hf_model, template)
+        try:  # the algorithm resolves it again at the start of fit; refuse here, before Composer starts
+            resolve_template(tokenizer, template, model=hf_model)
+        except TemplateError as err:
+            raise ConfigError(f'tokenizer {tokenizer_cfg.name_or_path!r}: {err}') from None
     return HuggingFaceModel(hf_model, tokenizer=tokenizer, use_logits=True), tokenizer

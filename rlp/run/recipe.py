@@ -47,6 +47,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from rlp.config import RLPConfig
+from rlp.run.recipe_checks import check_save_folder_scheme, check_stream_locations, load_yaml_file, parse_override
 from rlp.strictcfg import ConfigError, build, to_dict
 
 __all__ = [
@@ -207,6 +208,7 @@ class DataConfig:
                 raise ConfigError(
                     f'data.streams.{name} sets proportion together with repeat/choose; use one weighting family'
                 )
+            check_stream_locations(name, s.remote, s.local)
             if s.remote is None and s.local is None:
                 raise ConfigError(
                     f'data.streams.{name} has neither remote nor local; set remote (s3://... or a '
@@ -406,6 +408,7 @@ class TrainerConfig:
                 f'trainer.precision={self.precision} needs a GPU but trainer.device=cpu; '
                 f'on CPU use trainer.precision=fp32'
             )
+        check_save_folder_scheme(self.save_folder)
         if self.max_nonfinite_steps < 1:
             raise ConfigError(
                 f'trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1 (the number of skipped '
@@ -419,15 +422,27 @@ class LoggersConfig:
 
     Attributes:
         progress_bar: Composer's progress bar on the console.
-        console: print every logged scalar to the console.
-        console_interval: Composer time between console prints, e.g. ``1ba`` (every batch) or ``10ba``.
+        console: print one short line per logged batch (batch, losses, reward, gain vs EMA, clip fraction,
+            thought length, throughput; :class:`rlp.run.metrics.ConsoleLine`).
+        console_interval: Composer time between console prints, e.g. ``1ba`` (every batch), ``10ba`` or ``1ep``.
+        console_verbose: the full output instead: the resolved config printed at start (else only written to
+            ``{output_dir}/resolved_config.yaml``) and, with ``console``, Composer's ConsoleLogger printing every
+            logged scalar (about 35 lines per batch).
         metrics_jsonl: write ``{output_dir}/metrics.jsonl``: one JSON object per batch.
     """
 
     progress_bar: bool = True
     console: bool = True
     console_interval: str = '1ba'
+    console_verbose: bool = False
     metrics_jsonl: bool = True
+
+    def __post_init__(self):
+        if not re.fullmatch(r'[1-9]\d*(ba|ep)', self.console_interval):
+            raise ConfigError(
+                f'loggers.console_interval={self.console_interval!r} is not a batch or epoch count; write e.g. '
+                f'1ba, 10ba or 1ep'
+            )
 
 
 @dataclass
@@ -537,11 +552,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``key.sub=value`` overrides (values parsed as YAML; ``$delete`` removes the key) to a copy of ``data``."""
     data = copy.deepcopy(data)
     for item in overrides:
-        if '=' not in item:
-            raise ConfigError(f'override {item!r} is not key.sub=value (e.g. trainer.max_duration=20ba)')
-        key, raw = item.split('=', 1)
-        value = yaml.safe_load(raw) if raw.strip() else ''
-        parts = key.strip().split('.')
+        key, value = parse_override(item)  # one-line errors: no '=', bad YAML
+        parts = key.split('.')
         node = data
         for part in parts[:-1]:
             if node.get(part) is None:
@@ -610,8 +622,7 @@ def merge_recipe_data(base: dict[str, Any], child: dict[str, Any], where: str = 
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -30,18 +30,29 @@ import yaml
 
 from rlp.run.recipe import ConfigError, Recipe, load_recipe, recipe_to_dict, validate_for_world
 
-__all__ = ['build_trainer', 'main', 'summarize']
+__all__ = ['build_trainer', 'main', 'shown_location', 'summarize']
 
 log = logging.getLogger('rlp.train')
 
 
+_USAGE = 'python -m rlp.train RECIPE [key.sub=value ...]  (or: composer -n N -m rlp.train RECIPE [key.sub=value ...])'
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (usage and fix included) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f'rlp.train: error: {message}; usage: {_USAGE}; e.g. python -m rlp.train recipes/smoke-cpu.yaml\n')
+
+
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog='rlp.train', description='Train from a recipe. Launch with: composer -n N -m rlp.train RECIPE k=v ...'
-    )
-    parser.add_argument('recipe', help='YAML recipe, e.g. recipes/smoke-cpu.yaml')
-    parser.add_argument('overrides', nargs='*', help='key.sub=value overrides (values parsed as YAML)')
-    return parser.parse_args(argv)
+    parser = _Parser(prog='rlp.train', usage=_USAGE, description='Train from a recipe.')
+    parser.add_argument('recipe', nargs='?', help='YAML recipe (required), e.g. recipes/smoke-cpu.yaml')
+    parser.add_argument('overrides', nargs='*', help='optional key.sub=value overrides (values parsed as YAML)')
+    args = parser.parse_args(argv)
+    if args.recipe is None:
+        parser.error('a recipe file is required (overrides are optional)')
+    return args
 
 
 class AlreadyFinished(Exception):
@@ -129,7 +140,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
 
     from rlp.run import checkpoint
     from rlp.run.data import build_dataloader
-    from rlp.run.metrics import MetricsJsonlLogger, SampleIdRecorder
+    from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, SampleIdRecorder
     from rlp.run.models import build_composer_model
 
     t = recipe.trainer
@@ -165,6 +176,9 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     optimizer = _optimizer(recipe, model.parameters())
 
     loggers, callbacks = [], []
+    verbose = recipe.loggers.console and recipe.loggers.console_verbose  # Composer's ConsoleLogger: every scalar
+    if recipe.loggers.console and not verbose:
+        loggers.append(ConsoleLine(recipe.loggers.console_interval))
     if recipe.loggers.metrics_jsonl:
         metrics_logger = MetricsJsonlLogger(os.path.join(output_dir, 'metrics.jsonl'))
         loggers.append(metrics_logger)
@@ -215,7 +229,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         loggers=loggers,
         callbacks=callbacks,
         progress_bar=recipe.loggers.progress_bar,
-        log_to_console=recipe.loggers.console,
+        log_to_console=verbose,
         console_log_interval=recipe.loggers.console_interval,
         console_stream='stdout',
         save_folder=t.save_folder,
@@ -259,8 +273,24 @@ def _verdict(ema: Optional[tuple], current: Optional[tuple]) -> list[str]:
     return lines
 
 
-def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
-    """Human summary of a run from its ``metrics.jsonl``: first vs last quarter of each loss and reward."""
+def shown_location(folder: str) -> str:
+    """A save folder as printed: a local path made absolute; a URI with its query string (signed-URL tokens) and
+    any password replaced by ``<redacted>``."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(folder)
+    if not re.match(r'[A-Za-z][A-Za-z0-9+.-]*:/', folder):
+        return os.path.abspath(folder)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f':{parts.password}@', ':<redacted>@', 1)
+    query = '<redacted>' if parts.query else ''
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ''))
+
+
+def summarize(output_dir: str, seconds: Optional[float] = None, save_folder: Optional[str] = None) -> str:
+    """Human summary of a run from its ``metrics.jsonl``: first vs last quarter of each loss and reward, and where
+    the files are (metrics, thoughts, resolved config, and the checkpoints when ``save_folder`` is given)."""
     from rlp.run.metrics import read_metrics
 
     metrics_path = os.path.join(output_dir, 'metrics.jsonl')
@@ -280,14 +310,42 @@ def summarize(output_dir: str, seconds: Optional[float] = None) -> str:
     if os.path.exists(thoughts):
         lines.append(f'  sampled thoughts: {os.path.abspath(thoughts)}')
     lines.append(f'  resolved config: {os.path.abspath(os.path.join(output_dir, "resolved_config.yaml"))}')
+    if save_folder is not None:
+        lines.append(f'  checkpoints: {shown_location(save_folder)}')
     return '\n'.join(lines)
+
+
+def _one_line(err: BaseException) -> str:
+    return ' '.join(str(err).split())
+
+
+def _save_folder(recipe: Recipe) -> Optional[str]:
+    """``trainer.save_folder`` with ``{run_name}`` filled in, as Composer formats it; None when not saving."""
+    from rlp.run.checkpoint import format_save_folder
+
+    folder = recipe.trainer.save_folder
+    return format_save_folder(folder, recipe.run_name) if folder is not None else None
+
+
+def _write_resolved(recipe: Recipe, recipe_path: str, output_dir: str, world_size: int) -> None:
+    """Write ``resolved_config.yaml``; say where in one line (the whole config too with console_verbose)."""
+    resolved = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, 'resolved_config.yaml')
+    with open(path, 'w') as fh:
+        fh.write(resolved)
+    if recipe.loggers.console_verbose:
+        log.info('resolved recipe %s (world size %d):\n%s', recipe_path, world_size, resolved)
+    else:
+        log.info('resolved recipe %s (world size %d) written to %s', recipe_path, world_size, os.path.abspath(path))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``rlp.train`` (and the ``rlp-train`` console script)."""
     args = _parse_args(argv)
-    logging.basicConfig(
+    logging.basicConfig(  # the run's log goes to stdout; stderr is kept for the one line of a user error
         level=logging.INFO,
+        stream=sys.stdout,
         format='%(asctime)s rank' + os.environ.get('RANK', '0') + ' %(levelname)s %(name)s: %(message)s',
     )
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
@@ -296,26 +354,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         validate_for_world(recipe, world_size)
     except ConfigError as err:
-        print(f'rlp.train: invalid recipe {args.recipe}: {err}', file=sys.stderr)
+        print(f'rlp.train: invalid recipe {args.recipe}: {_one_line(err)}', file=sys.stderr)
         return 2
-    resolved = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
     output_dir = _output_dir(recipe)
-    if rank == 0:
-        log.info('resolved recipe %s (world size %d):\n%s', args.recipe, world_size, resolved)
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, 'resolved_config.yaml'), 'w') as fh:
-            fh.write(resolved)
+    save_folder = _save_folder(recipe)
     start = time.time()
     try:
         trainer, output_dir = build_trainer(recipe, world_size=world_size)
-    except ConfigError as err:
-        print(f'rlp.train: {err}', file=sys.stderr)
+    except ConfigError as err:  # nothing is written before this point: the run folder appears only below
+        print(f'rlp.train: {_one_line(err)}', file=sys.stderr)
         return 2
     except AlreadyFinished as done:
         if rank == 0:
             print(f'rlp.train: nothing to do: {done}', flush=True)
-            print(summarize(output_dir), flush=True)
+            print(summarize(output_dir, save_folder=save_folder), flush=True)
         return 0
+    if rank == 0:
+        _write_resolved(recipe, args.recipe, output_dir, world_size)
     from rlp.run.guards import NonFiniteError
 
     try:
@@ -326,7 +381,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     trainer.close()
     if rank == 0:
-        print(summarize(output_dir, time.time() - start), flush=True)
+        print(summarize(output_dir, time.time() - start, save_folder=save_folder), flush=True)
     return 0
 
 

@@ -1,0 +1,145 @@
+"""Recipe checks that read text or URIs rather than one section's values: YAML syntax of recipe files and of
+command-line overrides, and the URI schemes of stream and checkpoint locations.
+
+Each raises :class:`~rlp.strictcfg.ConfigError` with one line naming the value (the file and line/column, the
+override, or the key), the rule and the fix; :mod:`rlp.run.recipe` calls them while it reads and validates.
+
+Supported schemes, as the installed libraries implement them:
+
+* a stream's ``remote``: a local folder, or what streaming 0.13 downloads from (its ``CloudDownloader``
+  registry): ``s3://``, ``gs://``, ``oci://``, ``azure://``, ``azure-dl://``, ``dbfs://`` (``dbfs:/Volumes/...``
+  included), ``hf://``, ``sftp://``, ``alipan://``. A stream's ``local`` is always a local folder.
+* ``trainer.save_folder``: a local folder, or what Composer 0.32 saves to and lists from a URI
+  (``maybe_create_object_store_from_uri``): ``s3://``, ``gs://``, ``oci://``, ``azure://``, ``dbfs://``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from rlp.strictcfg import ConfigError
+
+__all__ = [
+    'SAVE_FOLDER_SCHEMES',
+    'STREAM_SCHEMES',
+    'check_save_folder_scheme',
+    'check_stream_locations',
+    'load_yaml_file',
+    'parse_override',
+]
+
+STREAM_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'azure-dl', 'dbfs', 'hf', 'sftp', 'alipan')
+SAVE_FOLDER_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'dbfs')
+_URI = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*):/')  # dbfs:/Volumes has one slash
+_HINTS = {'az': 'azure', 'abfs': 'azure-dl', 'abfss': 'azure-dl', 'gcs': 'gs', 's3a': 's3', 's3n': 's3'}
+
+
+def _scheme(value: str) -> Optional[str]:
+    m = _URI.match(value)
+    return m.group(1).lower() if m else None
+
+
+def _refuse_scheme(key: str, value: str, scheme: str, allowed: tuple[str, ...], who: str, fix: str) -> None:
+    if scheme in allowed:
+        return
+    names = ', '.join(f'{s}://' for s in allowed)
+    if scheme in _HINTS and _HINTS[scheme] in allowed:
+        fix = f'write {_HINTS[scheme]}:// instead of {scheme}://'
+    elif scheme == 'file':
+        fix = 'write the plain local path, without file://'
+    raise ConfigError(
+        f'{key}={value!r}: the scheme {scheme}:// is not supported; rule: {key} is a local folder or a URI {who} '
+        f'can use ({names}); fix: {fix}'
+    )
+
+
+def check_stream_locations(name: str, remote: Optional[str], local: Optional[str]) -> None:
+    """Refuse a stream ``remote`` with a scheme streaming cannot download from, and a URI as ``local``."""
+    if remote is not None and _scheme(remote):
+        _refuse_scheme(
+            f'data.streams.{name}.remote',
+            remote,
+            _scheme(remote),
+            STREAM_SCHEMES,
+            'streaming 0.13',
+            'copy the shards to a local folder or to one of those stores',
+        )
+    if local is not None and _scheme(local):
+        raise ConfigError(
+            f'data.streams.{name}.local={local!r} is a URI; rule: local is a folder on this machine (the cache, or '
+            f'the dataset itself without remote); fix: set data.streams.{name}.remote={local} and leave local unset'
+        )
+
+
+def check_save_folder_scheme(save_folder: Optional[str]) -> None:
+    """Refuse a ``trainer.save_folder`` URI whose scheme Composer cannot save checkpoints to."""
+    scheme = _scheme(save_folder) if save_folder is not None else None
+    if scheme:
+        _refuse_scheme(
+            'trainer.save_folder',
+            save_folder,
+            scheme,
+            SAVE_FOLDER_SCHEMES,
+            'Composer 0.32',
+            'save to a local folder or to one of those stores',
+        )
+
+
+def _mark(err: yaml.YAMLError) -> tuple[str, str]:
+    """``('line L, column C', 'problem')`` of a PyYAML error, on one line."""
+    mark = getattr(err, 'problem_mark', None) or getattr(err, 'context_mark', None)
+    problem = getattr(err, 'problem', None) or getattr(err, 'context', None) or str(err)
+    where = f'line {mark.line + 1}, column {mark.column + 1}' if mark is not None else 'an unknown position'
+    context, start = getattr(err, 'context', None), getattr(err, 'context_mark', None)
+    if context and start is not None and getattr(err, 'problem', None):  # where the open construct began
+        problem = f'{problem} ({context} started at line {start.line + 1}, column {start.column + 1})'
+    return where, ' '.join(str(problem).split())
+
+
+def load_yaml_file(path: Path) -> Any:
+    """The YAML document in ``path``; a syntax error (or non-UTF-8 text) is one line naming the file and place."""
+    try:
+        with open(path, encoding='utf-8') as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        where, problem = _mark(err)
+        raise ConfigError(
+            f'recipe {str(path)!r} is not valid YAML at {where}: {problem}; rule: a recipe is a YAML mapping of '
+            f'sections; fix: correct that spot (nested keys indented by spaces, no tabs; every bracket and quote '
+            f'closed; quote values holding ": " or " #")'
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f'recipe {str(path)!r} is not UTF-8 text (byte {err.start}); rule: a recipe is a UTF-8 YAML file; '
+            f'fix: save it as UTF-8'
+        ) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``'a.b=VALUE'`` -> ``('a.b', VALUE parsed as YAML)``; an empty value is ``''``.
+
+    Raises:
+        ConfigError: no ``=``, no key, or a value that is not valid YAML (with its column and the fix).
+    """
+    key, eq, raw = item.partition('=')
+    if not eq or not key.strip():
+        raise ConfigError(
+            f'override {item!r} is not key.sub=value; rule: every argument after the recipe is one override '
+            f'KEY=VALUE (the value parsed as YAML); fix: write e.g. trainer.max_duration=20ba'
+        )
+    if not raw.strip():
+        return key.strip(), ''
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        where, problem = _mark(err)
+        column = where.rsplit(', ', 1)[-1] if where.startswith('line 1,') else where
+        raise ConfigError(
+            f'override {item!r}: the value {raw!r} is not valid YAML (at {column} of the value: {problem}); '
+            f'fix: complete it (close every bracket and quote), or pass it as a string by quoting it in YAML, '
+            f'e.g. {key.strip()}="\'{raw}\'" in the shell'
+        ) from None
