@@ -13,7 +13,8 @@ Phases (every unit writes a done marker last; see :mod:`pipeline.storage.staging
    ``--workers`` nor the grouping of the inputs (``--chunk-mb``) changes a byte.
 3. publish (:mod:`pipeline.mds.publish`): parts are moved (local) or uploaded (object store) beside each other,
    then the root ``index.json``, then ``manifest.json``. ``manifest.json`` is the completion mark: an output
-   without it is incomplete.
+   without it is incomplete. An object-store failure here (after :mod:`pipeline.storage.remote`'s bounded retry)
+   keeps the staging folder, so the rerun re-uploads without tokenising or writing again.
 
 Same inputs + arguments => byte-identical shards, index and manifest for any ``--workers``; a killed run resumes
 from the markers. Throughput numbers stay in the printed summary, never in a published file.
@@ -119,6 +120,8 @@ def prepare(a: PrepareArgs, log=print) -> dict:
     created_staging = not staging_root.exists()
     try:
         return _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root, t_start)
+    except remote.StoreError:  # an object-store outage: keep the finished work, as a crash does, for the rerun
+        raise
     except DataError:  # a user error: leave nothing behind that this run created (a crash or Ctrl-C keeps it)
         if created_out:
             shutil.rmtree(a.out, ignore_errors=True)
@@ -270,7 +273,12 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
         arguments=a.dataset_arguments(),
     )
     manifest['fingerprint'] = fingerprint
-    pub.publish(a.out, staging.parts, [n for n, _ in with_data], merged_index(with_data), manifest)
+    try:
+        pub.publish(a.out, staging.parts, [n for n, _ in with_data], merged_index(with_data), manifest)
+    except DataError as exc:  # every part is written: whatever the store said, keep them for the rerun
+        raise remote.StoreError(
+            f'{exc}, then rerun the same command: the finished work in {str(staging_root)!r} is kept and reused'
+        ) from None
     shutil.rmtree(staging_root, ignore_errors=True)
 
     elapsed = time.monotonic() - t_start

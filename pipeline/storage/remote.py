@@ -3,17 +3,27 @@
 ``s3://`` goes through boto3 directly (endpoint from ``S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``, as
 streaming and Composer read it), so a missing bucket or missing credentials are detected before any work starts.
 Other schemes (``gs://``, ``oci://``, ...) go through streaming's ``CloudUploader`` / ``CloudDownloader``.
+
+Outages: an ``s3://`` upload, listing or download that fails with a transient error (endpoint unreachable,
+connection dropped, timeout, HTTP 5xx, throttling) is tried again with exponential backoff (1, 2, 4, ... 30 s) for up
+to ``RLP_DATA_STORE_RETRY_S`` seconds (default 120), on top of botocore's own few quick retries; then it raises
+:class:`StoreError`, one line naming the object, how long it was retried and the fix. ``prepare`` keeps its
+finished local work on a :class:`StoreError`, so the same command resumes once the store is back.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 import urllib.parse
 from pathlib import Path
 
 from pipeline.errors import DataError, one_line
 
 __all__ = [
+    'RETRY_ENV',
+    'StoreError',
     'is_remote',
     'split_uri',
     's3_client',
@@ -53,7 +63,72 @@ def s3_client():
     return boto3.session.Session().client('s3', endpoint_url=endpoint)
 
 
-def _s3_error(exc: Exception, uri: str, action: str) -> DataError:
+RETRY_ENV = 'RLP_DATA_STORE_RETRY_S'
+DEFAULT_RETRY_S = 120.0
+_TRANSIENT_CODES = ('SlowDown', 'Throttling', 'ThrottlingException', 'RequestTimeout', 'InternalError',
+                    'ServiceUnavailable', 'RequestLimitExceeded')  # fmt: skip
+
+
+class StoreError(DataError):
+    """The object store failed (unreachable, or it refused an operation) while finished work waits to be
+    published; the caller keeps its local work so that the same command resumes."""
+
+
+def retry_budget() -> float:
+    """Seconds a transient object-store failure is retried (``RLP_DATA_STORE_RETRY_S``, default 120)."""
+    raw = os.environ.get(RETRY_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_RETRY_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise DataError(f'{RETRY_ENV}={raw!r} is invalid; rule: seconds >= 0; fix: unset it (default 120)')
+    return value
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """boto3 wraps a failed transfer in ``S3UploadFailedError``; the botocore error is its cause/context."""
+    from boto3.exceptions import S3UploadFailedError
+
+    while isinstance(exc, S3UploadFailedError) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later attempt may not see: no connection, dropped connection, timeouts, 5xx,
+    throttling."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    exc = _root_cause(exc)
+    if isinstance(exc, ConnectionError | HTTPClientError):
+        return True
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0)
+        return status >= 500 or str(exc.response.get('Error', {}).get('Code', '')) in _TRANSIENT_CODES
+    return False
+
+
+def _retrying(call, uri: str, action: str):
+    """``call()``, tried again on transient failures with backoff 1, 2, 4, ... (at most 30) s for up to the retry
+    budget; any failure ends as a one-line :class:`DataError` (a :class:`StoreError` when transient)."""
+    budget, start, attempt = retry_budget(), time.monotonic(), 0
+    while True:
+        try:
+            return call()
+        except DataError:
+            raise
+        except Exception as exc:
+            elapsed = time.monotonic() - start
+            delay = min(30.0, 2.0**attempt) * (0.75 + 0.5 * random.random())
+            if not is_transient(exc) or elapsed + delay > budget:
+                retried = f' (retried for {elapsed:.0f} s; {RETRY_ENV}={budget:g})' if attempt else ''
+                raise _s3_error(_root_cause(exc), uri, action, retried) from None
+            time.sleep(delay)
+            attempt += 1
+
+
+def _s3_error(exc: Exception, uri: str, action: str, retried: str = '') -> DataError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -62,9 +137,14 @@ def _s3_error(exc: Exception, uri: str, action: str) -> DataError:
             'the standard AWS chain; fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)'
         )
     if isinstance(exc, EndpointConnectionError):
-        return DataError(
-            f'cannot {action} {uri}: endpoint unreachable ({one_line(exc)}); fix: check '
+        return StoreError(
+            f'cannot {action} {uri}: endpoint unreachable ({one_line(exc)}){retried}; fix: check '
             'S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network'
+        )
+    if is_transient(exc):
+        return StoreError(
+            f"cannot {action} {uri}: the object store failed ({one_line(exc)}){retried}; fix: check the store's "
+            'status and the network'
         )
     if isinstance(exc, ClientError):
         code = str(exc.response.get('Error', {}).get('Code', ''))
@@ -108,15 +188,15 @@ def list_objects(uri: str) -> dict[str, int]:
     scheme, bucket, prefix = split_uri(uri)
     prefix = prefix.rstrip('/') + '/' if prefix else ''
     if scheme == 's3':
-        out: dict[str, int] = {}
-        try:
-            pages = s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix)
-            for page in pages:
+
+        def listing() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for page in s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get('Contents', []):
                     out[obj['Key'][len(prefix) :]] = int(obj['Size'])
-        except Exception as exc:
-            raise _s3_error(exc, uri, 'list') from None
-        return out
+            return out
+
+        return _retrying(listing, uri, 'list')
     import tempfile
 
     from streaming.base.storage.upload import CloudUploader
@@ -135,20 +215,17 @@ def download(uri: str, local: str | Path) -> Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(local.name + '.part')
     scheme, bucket, key = split_uri(uri)
-    try:
-        if scheme == 's3':
-            s3_client().download_file(bucket, key, str(tmp))
-        else:
-            from streaming.base.storage.download import CloudDownloader
+    if scheme == 's3':
+        _retrying(lambda: s3_client().download_file(bucket, key, str(tmp)), uri, 'read')
+        os.replace(tmp, local)
+        return local
+    from streaming.base.storage.download import CloudDownloader
 
-            if tmp.exists():
-                tmp.unlink()
-            CloudDownloader.direct_download(uri, str(tmp))
-    except DataError:
-        raise
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        CloudDownloader.direct_download(uri, str(tmp))
     except Exception as exc:
-        if scheme == 's3':
-            raise _s3_error(exc, uri, 'read') from None
         raise DataError(f'cannot read {uri}: {one_line(exc)}; fix: check the URI and credentials') from None
     os.replace(tmp, local)
     return local
@@ -163,10 +240,8 @@ def upload_files(local_root: str | Path, uri: str, names: list[str]) -> None:
         extra = {'ACL': os.environ['S3_CANNED_ACL']} if os.environ.get('S3_CANNED_ACL') else None
         for name in names:
             key = (prefix.rstrip('/') + '/' + name) if prefix else name
-            try:
-                client.upload_file(str(Path(local_root) / name), bucket, key, ExtraArgs=extra)
-            except Exception as exc:
-                raise _s3_error(exc, join(uri, name), 'upload') from None
+            path = str(Path(local_root) / name)
+            _retrying(lambda: client.upload_file(path, bucket, key, ExtraArgs=extra), join(uri, name), 'upload')  # noqa: B023
         return
     from streaming.base.storage.upload import CloudUploader
 

@@ -8,6 +8,8 @@ from pathlib import Path
 HOOKS_DIR = Path(__file__).resolve().parent
 HANG_AFTER_BATCH = 'RLP_TEST_HANG_AFTER_BATCH'  # the names sitecustomize.py reads
 SLEEP_AFTER_UNIT = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
+KILL_AFTER_UPLOAD = 'RLP_DATA_TEST_KILL_AFTER_UPLOAD'  # PID:PORT
+WAIT_AFTER_BATCH = 'RLP_TEST_WAIT_AFTER_BATCH'  # N:FILE
 
 
 def hook_env(env: dict[str, str], **hooks: str) -> dict[str, str]:

@@ -10,6 +10,11 @@ Hooks:
     progress after batch N, so a crash test can SIGKILL it at a known point between two checkpoints.
   - ``RLP_DATA_TEST_SLEEP_AFTER_UNIT=S``: ``rlp-data prepare`` sleeps S seconds after each finished unit of work,
     so a crash test can kill it in the middle.
+  - ``RLP_DATA_TEST_KILL_AFTER_UPLOAD=PID:PORT``: ``rlp-data prepare`` SIGKILLs the S3 server process PID right
+    after its first ``pipeline.storage.remote.upload_files`` call returned, and waits until 127.0.0.1:PORT refuses
+    connections (an object-store outage in the middle of publishing).
+  - ``RLP_TEST_WAIT_AFTER_BATCH=N:FILE``: training creates ``FILE.reached`` after batch N and waits until FILE
+    exists, so a test can change the world (e.g. take the object store down) at a known point.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Callable
 
 HANG_ENV = 'RLP_TEST_HANG_AFTER_BATCH'
 SLEEP_ENV = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
+KILL_UPLOAD_ENV = 'RLP_DATA_TEST_KILL_AFTER_UPLOAD'
+WAIT_ENV = 'RLP_TEST_WAIT_AFTER_BATCH'
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -92,6 +99,57 @@ def _patch_prepare_worker(module: Any) -> None:
     for name in ('tokenize_unit', 'write_unit'):
         setattr(module, name, sleep_after(getattr(module, name)))
 
+
+def _patch_upload_kill(module: Any) -> None:
+    import signal
+    import socket
+
+    pid, port = (int(x) for x in os.environ[KILL_UPLOAD_ENV].split(':'))
+    upload = module.upload_files
+    calls = []
+
+    def upload_files(*args: Any, **kwargs: Any) -> Any:
+        result = upload(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(pid, signal.SIGKILL)
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(('127.0.0.1', port)) != 0:
+                        break
+                time.sleep(0.05)
+            print(f'{KILL_UPLOAD_ENV}: killed the S3 server after the first upload', file=sys.stderr, flush=True)
+        return result
+
+    module.upload_files = upload_files
+
+
+def _patch_train_wait(module: Any) -> None:
+    batch, _, path = os.environ[WAIT_ENV].partition(':')
+    build = module.build_trainer
+
+    def build_trainer(*args: Any, **kwargs: Any) -> Any:
+        from composer.core import Callback
+
+        class WaitAfter(Callback):
+            def batch_end(self, state: Any, logger: Any) -> None:
+                if state.timestamp.batch.value == int(batch):
+                    open(path + '.reached', 'w').close()
+                    while not os.path.exists(path):
+                        time.sleep(0.05)
+
+        trainer, output_dir = build(*args, **kwargs)
+        trainer.state.callbacks.append(WaitAfter())
+        return trainer, output_dir
+
+    module.build_trainer = build_trainer
+
+
+if os.environ.get(KILL_UPLOAD_ENV):
+    sys.meta_path.insert(0, _PatchOnImport('pipeline.storage.remote', _patch_upload_kill))
+
+if os.environ.get(WAIT_ENV):
+    sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train_wait))
 
 if os.environ.get(HANG_ENV):
     sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train))
