@@ -1,16 +1,18 @@
 """Checks `metrics.jsonl` against what a real Composer Trainer logs: one record per batch with the batch index and
 Composer's metric names (`loss/train/total`, and `loss/train/<part>` for a dict loss), metrics logged at
 BATCH_END filed under the batch that ran, the record of every checkpointed batch on disk before the checkpoint,
-and a resumed run keeping exactly the records before its start point."""
+and a resumed run keeping exactly the records before its start point; the console line per logged batch against the
+same run's records."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import torch
 from composer.core import Algorithm, Callback, Event
 
-from rlp.run.metrics import MetricsJsonlLogger, read_metrics
+from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, read_metrics
 
 VOCAB = 64
 
@@ -39,7 +41,7 @@ class CheckpointProbe(Callback):
         self.seen[state.timestamp.batch.value] = sorted(read_metrics(self.path))
 
 
-def _fit(tmp_path, max_duration, load_path=None, algorithms=(), callbacks=()):
+def _fit(tmp_path, max_duration, load_path=None, algorithms=(), callbacks=(), loggers=()):
     from composer import Trainer
     from composer.models import HuggingFaceModel
     from torch.utils.data import DataLoader
@@ -57,7 +59,7 @@ def _fit(tmp_path, max_duration, load_path=None, algorithms=(), callbacks=()):
         optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
         device='cpu',
         run_name='m',
-        loggers=[MetricsJsonlLogger(path)],
+        loggers=[MetricsJsonlLogger(path), *loggers],
         algorithms=list(algorithms),
         callbacks=list(callbacks),
         progress_bar=False,
@@ -109,3 +111,44 @@ def test_resume_keeps_records_before_start(tmp_path):
     assert [r['batch'] for r in lines] == list(range(8))
     assert all(lines[i] == before[i] for i in range(4))
     assert all(r['loss/train/total'] > 0 for r in lines)
+
+
+def test_console_line_per_logged_batch(tmp_path):
+    """A real Trainer, 5 batches, ConsoleLine every 2 batches: exactly three lines (batches 2 and 4, and the last
+    batch at fit end), each ``[batch i/5] loss T (ntp N, rlp R)`` with the values metrics.jsonl holds for that
+    batch; the metric logged under another name (rlp/after_step) is not printed."""
+    stream = io.StringIO()
+    path = _fit(tmp_path, '5ba', algorithms=[SplitLoss()], loggers=[ConsoleLine('2ba', stream=stream)])
+    records = read_metrics(path)
+    expected = [
+        f'[batch {i + 1}/5] loss {records[i]["loss/train/total"]:.4f} (ntp {records[i]["loss/train/ntp"]:.4f}, '
+        f'rlp {records[i]["loss/train/rlp"]:.4f})'
+        for i in (1, 3, 4)
+    ]
+    assert stream.getvalue().splitlines() == expected
+
+
+def test_console_line_names_the_rlp_metrics_and_throughput():
+    """With RLP and SpeedMonitor metrics logged, the line shows reward, gain vs EMA, clip fraction, thought length,
+    truncation rate and tokens/s (preferred over samples/s), in that order, and no other metric."""
+    line = ConsoleLine('1ba')
+    line.log_metrics(
+        {
+            'loss/train/total': torch.tensor(3.14159),
+            'loss/train/rlp': 0.00123,
+            'rlp/reward_mean': -2.31,
+            'rlp/gain_vs_ema': 0.042,
+            'rlp/gain_vs_current': 9.9,
+            'rlp/clip_fraction': 0.03125,
+            'rlp/thought_len_mean': 12.5,
+            'rlp/truncation_rate': 0.125,
+            'throughput/samples_per_sec': 5.2,
+            'throughput/tokens_per_sec': 1331.2,
+            'lr-DecoupledAdamW/group0': 1e-6,
+        }
+    )
+    assert line.format_line(40, 100) == (
+        '[batch 40/100] loss 3.1416 (rlp 0.0012) | reward -2.3100 gain_vs_ema 0.0420 clip 0.031 thought_len 12.5 '
+        'trunc 0.125 | 1331.2 tokens/s'
+    )
+    assert line.format_line(40, None).startswith('[batch 40] loss 3.1416')

@@ -5,7 +5,8 @@ and `key.sub=value` overrides resolve as documented; `rlp: null` means next-toke
 cross-section rules (amp precision on the CPU, sample ids without metrics.jsonl) are refused by the typed recipe
 itself; a recipe's `base:` chain deep-merges (mappings merge, null/scalars/lists replace, `$delete` removes a key,
 `$replace: true` replaces a mapping) before overrides and variables, and cycles, missing bases and unknown keys in
-the merged result are refused."""
+the merged result are refused; the URI schemes accepted for streams and checkpoints are exactly those streaming and
+Composer implement, and a YAML syntax error in a base recipe names that file."""
 
 from __future__ import annotations
 
@@ -301,3 +302,37 @@ def test_base_errors(tmp_path):
     write(tmp_path, 'listbase.yaml', 'base: [base.yaml]\n')
     with pytest.raises(ConfigError, match='is not a file name'):
         load_recipe(tmp_path / 'listbase.yaml')
+
+
+def test_location_schemes_are_what_streaming_and_composer_implement():
+    """A stream remote may use exactly streaming 0.13's downloaders (its ``DOWNLOADER_MAPPINGS``; ``dbfs-uc`` is the
+    ``dbfs:/Volumes`` form of dbfs, ``''`` a local path) and a save folder exactly Composer 0.32's URI object stores
+    (``BACKEND_TO_OBJECT_STORE_FACTORY`` plus its dbfs special case); each of them validates, another scheme
+    does not."""
+    from composer.utils.file_helpers import BACKEND_TO_OBJECT_STORE_FACTORY
+    from streaming.base.storage.download import DOWNLOADER_MAPPINGS
+
+    from rlp.run.recipe_checks import SAVE_FOLDER_SCHEMES, STREAM_SCHEMES
+
+    assert set(STREAM_SCHEMES) == set(DOWNLOADER_MAPPINGS) - {'', 'dbfs-uc'}
+    assert set(SAVE_FOLDER_SCHEMES) == set(BACKEND_TO_OBJECT_STORE_FACTORY) | {'dbfs'}
+    data = recipe()
+    for scheme in STREAM_SCHEMES:
+        parse_recipe(apply_overrides(data, [f'data.streams.web.remote={scheme}://bucket/web']))
+    parse_recipe(apply_overrides(data, ['data.streams.web.remote=dbfs:/Volumes/cat/schema/vol/web']))
+    for scheme in SAVE_FOLDER_SCHEMES:
+        parse_recipe(apply_overrides(data, [f'trainer.save_folder={scheme}://bucket/ckpt']))
+    with pytest.raises(ConfigError, match='the scheme http:// is not supported'):
+        parse_recipe(apply_overrides(data, ['data.streams.web.remote=http://host/web']))
+    with pytest.raises(ConfigError, match='write gs:// instead of gcs://'):
+        parse_recipe(apply_overrides(data, ['trainer.save_folder=gcs://bucket/ckpt']))
+
+
+def test_yaml_error_in_a_base_recipe_names_that_file(tmp_path):
+    """A syntax error inside the base recipe is reported with the base's path and its line and column."""
+    (tmp_path / 'base.yaml').write_text('run_name: x\ntrainer:\n\tseed: 1\n')
+    (tmp_path / 'child.yaml').write_text('base: base.yaml\nseed: 3\n')
+    with pytest.raises(ConfigError) as err:
+        load_recipe(tmp_path / 'child.yaml')
+    assert str(err.value).startswith(f"recipe '{tmp_path / 'base.yaml'}' is not valid YAML at line 3, column 1: ")
+    assert "found character '\\t' that cannot start any token" in str(err.value)

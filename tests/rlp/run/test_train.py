@@ -6,6 +6,8 @@ save-folder bucket stop before any training with exit code 2 and a one-line mess
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rlp.run.metrics import read_metrics
@@ -117,3 +119,44 @@ def test_summary_verdict_reads_the_ema_gain_and_warns_on_gaming():
     gamed = _verdict((-3.5, -4.6, 50), (-3.4, 0.04, 50))
     assert 'did not rise' in gamed[0] and 'WARNING' in gamed[1] and 'lower the learning rate' in gamed[1]
     assert _verdict(None, None) == []
+
+
+def test_console_is_one_line_per_batch_unless_verbose(local_run):
+    """Default console (``loggers.console: true``): stdout holds exactly one ``[batch i/3] loss T`` line per batch
+    with metrics.jsonl's value for that batch, one line saying where the resolved config was written (the config
+    itself is not printed), and the summary names the checkpoint folder. ``loggers.console_verbose: true`` (a new
+    run) prints the resolved config and Composer's ConsoleLogger dump of every scalar instead."""
+    tmp_path, make = local_run
+    proc = launch(make(max_duration='3ba'), nproc=None, cwd=tmp_path, overrides=('loggers.console=true',))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
+    batch_lines = [line for line in proc.stdout.splitlines() if line.startswith('[batch')]
+    assert batch_lines == [f'[batch {i + 1}/3] loss {records[i]["loss/train/total"]:.4f}' for i in range(3)]
+    config = tmp_path / 'runs' / 'tiny' / 'resolved_config.yaml'
+    assert f'resolved recipe {tmp_path / "recipe.yaml"} (world size 1) written to {config}' in proc.stdout
+    assert 'run_name: tiny' not in proc.stdout and 'Train loss/train/total' not in proc.stdout
+    assert f'  checkpoints: {tmp_path / "ckpt" / "tiny"}\n' in proc.stdout
+
+    verbose = launch(
+        make(max_duration='1ba'),
+        nproc=None,
+        cwd=tmp_path,
+        overrides=('loggers.console=true', 'loggers.console_verbose=true', 'run_name=verbose'),
+    )
+    assert verbose.returncode == 0, verbose.stdout[-3000:] + verbose.stderr[-3000:]
+    assert 'run_name: verbose' in verbose.stdout and 'Train loss/train/total: ' in verbose.stdout
+    assert not any(line.startswith('[batch ') for line in verbose.stdout.splitlines())
+
+
+def test_summary_names_the_checkpoint_folder_without_secrets(tmp_path):
+    """summarize(save_folder=...) ends with the checkpoint folder: a local one made absolute, a URI as given with
+    its query string and password replaced by <redacted> (signed-URL tokens never reach the console)."""
+    from rlp.run.train import shown_location
+
+    text = summarize(str(tmp_path), save_folder='s3://bucket/ckpt/run?X-Amz-Signature=secret&X-Amz-Expires=60')
+    assert text.splitlines()[-1] == '  checkpoints: s3://bucket/ckpt/run?<redacted>'
+    assert 'secret' not in text
+    assert shown_location('sftp://user:hunter2@host/ckpt') == 'sftp://user:<redacted>@host/ckpt'
+    assert shown_location('gs://bucket/ckpt') == 'gs://bucket/ckpt'
+    assert shown_location('ckpt/run') == str(Path.cwd() / 'ckpt' / 'run')
+    assert 'checkpoints:' not in summarize(str(tmp_path))
