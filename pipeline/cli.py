@@ -121,6 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         fields = {k: v for k, v in vars(args).items() if k != 'command'}
         prepare(PrepareArgs(**fields))
         return 0
+    from pipeline.prepare_args import check_dataset_scheme
+
+    check_dataset_scheme(args.path, 'the dataset', 'pass the --out of rlp-data prepare')
     if args.command == 'inspect':
         from pipeline.dataset.inspect import inspect_dataset
 

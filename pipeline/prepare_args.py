@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UsageError
 
-__all__ = ['INPUT_SCHEMES', 'OUTPUT_SCHEMES', 'PrepareArgs', 'check_schemes']
+__all__ = ['INPUT_SCHEMES', 'OUTPUT_SCHEMES', 'PrepareArgs', 'check_dataset_scheme', 'check_schemes']
 
 # --out: s3:// through boto3, the others through streaming 0.13's CloudUploader (its UPLOADERS registry; dbfs
 # covers dbfs:/Volumes too). Remote inputs: s3:// only (hf:NAME has no "//" and is not a URI here).
@@ -36,19 +36,27 @@ def _scheme_error(flag: str, value: str, scheme: str, rule: str, fix: str) -> Us
     return UsageError(f'{flag} {value!r}: the scheme {scheme}:// is not supported; rule: {rule}; fix: {hint}{fix}')
 
 
+def check_dataset_scheme(path: str, flag: str, fix: str) -> None:
+    """Refuse a dataset location (``--out``, or the PATH of inspect/verify) whose scheme is not an object store
+    ``rlp-data`` can use.
+
+    Raises:
+        UsageError: naming the value, the supported schemes and ``fix`` (exit code 2).
+    """
+    m = _URI.match(str(path))
+    if m and m.group(1).lower() not in OUTPUT_SCHEMES:
+        names = ', '.join(f'{s}://' for s in OUTPUT_SCHEMES)
+        rule = f'{flag} is a local folder or an object-store URI ({names})'
+        raise _scheme_error(flag, str(path), m.group(1).lower(), rule, fix)
+
+
 def check_schemes(out: str, inputs: list[str]) -> None:
     """Refuse an ``--out`` or ``--input`` URI whose scheme ``rlp-data`` cannot read or write.
 
     Raises:
         UsageError: naming the value, the supported schemes and the fix (exit code 2).
     """
-    m = _URI.match(str(out))
-    if m and m.group(1).lower() not in OUTPUT_SCHEMES:
-        names = ', '.join(f'{s}://' for s in OUTPUT_SCHEMES)
-        rule = f'--out is a local folder or an object-store URI ({names})'
-        raise _scheme_error(
-            '--out', str(out), m.group(1).lower(), rule, 'write to a local folder or one of those stores'
-        )
+    check_dataset_scheme(out, '--out', 'write to a local folder or one of those stores')
     for src in inputs:
         m = _URI.match(str(src))
         if m and m.group(1).lower() not in INPUT_SCHEMES:

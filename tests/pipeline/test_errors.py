@@ -248,3 +248,18 @@ def test_output_schemes_are_what_streaming_can_write():
     assert set(OUTPUT_SCHEMES) == {k.split(':')[0] for k in UPLOADERS} - {''}  # '' is the local writer
     assert all(is_remote(f'{s}://bucket/x') for s in OUTPUT_SCHEMES)
     assert INPUT_SCHEMES == ('s3',)
+
+
+@pytest.mark.parametrize('command', ['inspect', 'verify'])
+def test_unsupported_scheme_for_inspect_and_verify(tmp_path, command):
+    """``rlp-data inspect|verify ftp://host/x`` in a subprocess: exit code 2 and exactly one line naming the value,
+    the supported schemes and the fix; nothing written in the working folder."""
+    from tests.helpers.commands import error_line, run_command, tree
+
+    proc = run_command(['-m', 'pipeline.cli', command, 'ftp://host/x'], cwd=tmp_path)
+    assert error_line(proc, 2) == (
+        "rlp-data: error: the dataset 'ftp://host/x': the scheme ftp:// is not supported; rule: the dataset is a "
+        'local folder or an object-store URI (s3://, gs://, oci://, azure://, azure-dl://, dbfs://, hf://, '
+        'alipan://); fix: pass the --out of rlp-data prepare'
+    )
+    assert tree(tmp_path) == []
