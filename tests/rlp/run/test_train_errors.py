@@ -90,6 +90,40 @@ CASES = {
         'cache does not hold it; fix: check the name (HF_TOKEN for a gated model), or fetch it where the hub is '
         'reachable (save_pretrained to a folder, or copy the HF cache) and point at it',
     ),
+    'wrong type': (
+        ['recipe.yaml', 'trainer.global_train_batch_size=abc'],
+        "rlp.train: invalid recipe recipe.yaml: trainer.global_train_batch_size: got 'abc', expected an integer",
+    ),
+    'unknown key at depth': (
+        ['recipe.yaml', 'rlp={rollouts: {group_sise: 4}}'],
+        "rlp.train: invalid recipe recipe.yaml: unknown key 'rlp.rollouts.group_sise'; allowed keys at "
+        'rlp.rollouts: group_size, max_thought_tokens, temperature, top_p',
+    ),
+    'zero batch': (
+        ['recipe.yaml', 'trainer.global_train_batch_size=0'],
+        'rlp.train: invalid recipe recipe.yaml: trainer.global_train_batch_size=0 and device_train_microbatch_size=2 '
+        'must be >= 1',
+    ),
+    'negative seq_len': (
+        ['recipe.yaml', 'data.seq_len=-3'],
+        'rlp.train: invalid recipe recipe.yaml: data.seq_len=-3 must be >= 2 (a next-token target needs a prefix)',
+    ),
+    'batch not divisible': (
+        ['recipe.yaml', 'trainer.global_train_batch_size=5'],
+        'rlp.train: invalid recipe recipe.yaml: trainer.global_train_batch_size=5 is not divisible by world size 1 x '
+        'device_train_microbatch_size 2 = 2; pick a global batch that is a multiple of 2 (the same global batch on '
+        'every world size keeps the data order)',
+    ),
+    'both loss weights 0': (
+        ['recipe.yaml', 'rlp={loss: {ntp_weight: 0, rlp_weight: 0}}'],
+        'rlp.train: invalid recipe recipe.yaml: rlp.loss.ntp_weight and rlp_weight are both 0; nothing would be '
+        'trained; the paper uses rlp_weight 1',
+    ),
+    'local stream folder missing': (
+        ['recipe.yaml', 'data.streams.web.local=nope'],
+        "rlp.train: data.streams.web: no index.json in local folder 'nope/train'; prepare it with `rlp-data prepare "
+        '... --out nope` or set remote',
+    ),
 }
 
 
