@@ -13,6 +13,9 @@ Key decisions:
 * Column formats: ``tokens`` as any integer ``ndarray`` (ours: uint16/uint32, llm-foundry: int32) or legacy
   raw ``bytes``, whose dtype must be declared per stream (``token_dtype``), since reading int32 bytes as the
   wrong width silently yields garbage ids (llm-foundry#452).
+* Integrity: every shard is checked against ``index.json``'s hashes the first time this process opens it, and
+  every sample's ids against the model's vocabulary (:mod:`rlp.run.integrity`); a failure stops the run with
+  :class:`~rlp.run.integrity.DataIntegrityError`, one line naming the stream, the shard and the fix.
 
 Batch (dict of CPU tensors), B = device batch, L = ``seq_len``:
 ``input_ids`` (B, L) int64, ``labels`` (B, L) int64, ``attention_mask`` (B, L) int64, ``segment_ids`` (B, L)
@@ -30,6 +33,7 @@ import torch
 from streaming import Stream, StreamingDataset
 from torch.utils.data import DataLoader
 
+from rlp.run.integrity import DataIntegrityError, ShardChecker
 from rlp.run.recipe import ConfigError, DataConfig
 
 __all__ = [
@@ -108,6 +112,9 @@ class TokenSampleDataset(StreamingDataset):
         token_dtypes: per stream index, the dtype of a legacy ``bytes`` tokens column (None: ndarray column).
         seq_len: samples longer than this are truncated.
         eos_token_id: EOS id, used when a stream has no ``doc_starts`` column.
+        stream_names: per stream index, its name in the recipe (for error messages). None = ``stream<i>``.
+        vocab_size: the model's vocabulary (embedding rows); a sample with an id >= it stops the run. None = not
+            checked.
         **kwargs: passed to ``StreamingDataset`` (``batch_size`` is required for deterministic resumption).
     """
 
@@ -118,19 +125,76 @@ class TokenSampleDataset(StreamingDataset):
         token_dtypes: Sequence[Optional[str]],
         seq_len: int,
         eos_token_id: Optional[int],
+        stream_names: Optional[Sequence[str]] = None,
+        vocab_size: Optional[int] = None,
         **kwargs: Any,
     ):
         super().__init__(streams=streams, **kwargs)
         self.token_dtypes = list(token_dtypes)
         self.seq_len = seq_len
         self.eos_token_id = eos_token_id
+        self.vocab_size = vocab_size
+        self.stream_names = list(stream_names or [f'stream{i}' for i in range(len(self.streams))])
+        self._checkers = [
+            ShardChecker(name, s.remote, os.path.join(s.local, s.split or ''), s.validate_hash)
+            for name, s in zip(self.stream_names, self.streams)
+        ]
+        self._checked: set[int] = set()  # shards checked by this process
+        self._failure: Optional[DataIntegrityError] = None
 
     def _stream_of(self, sample_id: int) -> int:
         shard_id, _ = self.spanner[sample_id]
         return int(self.stream_per_shard[shard_id])
 
+    # Integrity checks (rlp.run.integrity). streaming 0.13 runs prepare_shard in two background threads per
+    # iterator and re-raises their exceptions inside a future's done-callback (StreamingDataset.on_exception,
+    # from mosaicml/streaming#304): concurrent.futures logs that as a traceback, and the epoch then ends early as
+    # if it were complete (tests/rlp/run/test_data_integrity.py shows it). So a failed check is kept in
+    # ``_failure``, on_exception swallows it (setting the stop event as streaming does), and get_item/__iter__
+    # raise it in the iterating thread.
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """streaming's prepare_shard, with the shard's files checked the first time this process needs them."""
+        if self._failure is not None:
+            raise self._failure
+        if shard_id in self._checked:
+            return super().prepare_shard(shard_id, blocking)
+        checker, shard = self._checkers[int(self.stream_per_shard[shard_id])], self.shards[shard_id]
+        try:
+            done = checker.check_present(shard)  # before streaming reads or decompresses anything
+            super().prepare_shard(shard_id, blocking)
+            if done or checker.check_present(shard):  # a fresh download/decompression is checked at once
+                self._checked.add(shard_id)
+        except DataIntegrityError as err:
+            self._failure = err
+            raise
+        except Exception as exc:
+            self._failure = checker.explain(shard, exc)
+            if self._failure is None:
+                raise
+            raise self._failure from None
+
+    def on_exception(self, future: Any) -> None:
+        """streaming's background-thread error hook; a failed check is raised by the iterating thread instead."""
+        if isinstance(future.exception(), DataIntegrityError):
+            self._event.set()
+            return
+        super().on_exception(future)
+
+    def __iter__(self):
+        if self._failure is not None:
+            raise self._failure
+        yield from super().__iter__()
+        if self._failure is not None:
+            raise self._failure
+
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         """Decode sample ``sample_id`` (its global index in the mixture) into tokens and document starts."""
+        if self._failure is not None:
+            raise self._failure
+        shard_id, _ = self.spanner[sample_id]
+        if shard_id not in self._checked:
+            self.prepare_shard(shard_id)
         raw = super().get_item(sample_id, retry)
         if 'tokens' not in raw:
             raise ValueError(
@@ -138,7 +202,7 @@ class TokenSampleDataset(StreamingDataset):
                 f'the data with rlp-data prepare (or llm-foundry with --concat_tokens)'
             )
         tokens = raw['tokens']
-        stream = self._stream_of(sample_id)
+        stream = int(self.stream_per_shard[shard_id])
         if isinstance(tokens, bytes | bytearray):
             dtype = self.token_dtypes[stream]
             if dtype is None:
@@ -149,6 +213,18 @@ class TokenSampleDataset(StreamingDataset):
                 )
             tokens = np.frombuffer(tokens, dtype=dtype)
         tokens = np.asarray(tokens).astype(np.int64)[: self.seq_len]
+        if (
+            self.vocab_size is not None
+            and len(tokens)
+            and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.vocab_size
+        ):
+            bad = int(tokens.max()) if int(tokens.max()) >= self.vocab_size else int(tokens.min())
+            raise DataIntegrityError(
+                f'data.streams.{self.stream_names[stream]}: sample {sample_id} holds token id {bad} but the model '
+                f'has {self.vocab_size} embeddings (ids 0..{self.vocab_size - 1}); the data was prepared with '
+                f'another tokenizer (or token_dtype is wrong); fix: train with the tokenizer and model the data '
+                f'was prepared for, or prepare it again with this tokenizer'
+            )
         if 'doc_starts' in raw:
             starts = np.asarray(raw['doc_starts'], dtype=np.int64)
         elif self.eos_token_id is not None:
@@ -204,11 +280,13 @@ def build_dataloader(
     seed: int,
     eos_token_id: Optional[int],
     pad_token_id: Optional[int],
+    vocab_size: Optional[int] = None,
 ) -> DataLoader:
     """The training DataLoader over the stream mixture.
 
     ``batch_size`` goes to both the dataset (deterministic, elastic resumption) and the loader; ``drop_last``
-    and persistent workers avoid streaming's uneven-epoch barrier hangs (streaming#617).
+    and persistent workers avoid streaming's uneven-epoch barrier hangs (streaming#617). ``vocab_size`` (the
+    model's embedding rows) turns an out-of-range token id into a one-line error.
     """
     eos = cfg.eos_token_id if cfg.eos_token_id is not None else eos_token_id
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (pad_token_id if pad_token_id is not None else eos)
@@ -219,6 +297,8 @@ def build_dataloader(
         token_dtypes=[s.token_dtype for s in cfg.streams.values()],
         seq_len=cfg.seq_len,
         eos_token_id=eos,
+        stream_names=list(cfg.streams),
+        vocab_size=vocab_size,
         batch_size=device_batch_size,
         shuffle=cfg.shuffle,
         shuffle_seed=cfg.shuffle_seed if cfg.shuffle_seed is not None else seed,

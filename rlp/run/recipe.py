@@ -97,10 +97,15 @@ class StreamConfig:
         download_retry: download re-attempts per shard before giving up. None = streaming's default (2).
         download_timeout: seconds to wait for one shard's download before failing. None = streaming's default
             (60).
-        validate_hash: hash algorithm the shards' checksums in ``index.json`` are verified with (e.g. ``sha1``,
-            ``xxh64``). None = no verification.
+        validate_hash: hash algorithm (e.g. ``sha1``, ``xxh64``) of ``index.json`` that streaming checks each
+            downloaded shard with, and that training's own check prefers. None = streaming checks nothing;
+            training still checks every shard once per process against ``index.json`` (xxh64 when recorded;
+            :mod:`rlp.run.integrity`).
         keep_zip: keep the compressed form of downloaded shards after decompressing them. None = streaming's
             default (keep only when the remote is local).
+        allow_tokenizer_mismatch: train although the stream's ``manifest.json`` names another tokenizer (other
+            hash or vocabulary size) than ``tokenizer.name_or_path``; only for tokenizers known to give the same
+            ids. False = refuse at start-up.
     """
 
     remote: Optional[str] = None
@@ -114,6 +119,7 @@ class StreamConfig:
     download_timeout: Optional[float] = None
     validate_hash: Optional[str] = None
     keep_zip: Optional[bool] = None
+    allow_tokenizer_mismatch: bool = False
 
     def __post_init__(self):
         if self.token_dtype is not None and self.token_dtype not in TOKEN_DTYPES:
