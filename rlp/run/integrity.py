@@ -12,8 +12,8 @@ hashes that ``index.json`` records (``xxh64`` as ``rlp-data prepare`` writes the
 streaming's own ``validate_hash`` does not cover this: it checks only files it has just downloaded or is about to
 decompress, never a decompressed copy that is already there, and a stream without ``remote`` downloads nothing.
 A failed check raises :class:`DataIntegrityError`: one line naming the stream, the file and the fix. Measured
-cost (``bench/shard_hash.py``): xxh64 reads at memory speed, about 0.01 s per 64 MB shard once it is in the page
-cache (see docs/design.md).
+cost (``bench/shard_hash.py``, 2 shared CPU cores, file in the page cache): xxh64 of a 64 MB decompressed shard
+16 ms, the whole first-open check 16-34 ms, against 180 ms for streaming's zstd decompression of the same shard.
 
 Tokenizer. :func:`check_stream_tokenizers` compares the recipe's tokenizer (name, length, and the hash
 ``rlp-data prepare`` records, :func:`pipeline.tokenize.tokenizer.tokenizer_hash`) with each stream's
