@@ -16,6 +16,25 @@ upstream, so they will not be fixed there). ``rlp.run.train`` therefore never tu
    prefers that local ``latest-rank0.pt`` over the object store, so an old checkpoint wins. Test:
    ``tests/rlp/run/test_checkpoint.py::test_composer_autoresume_prefers_stale_local_s3_folder``.
 
+Two more workarounds apply to object-store save folders only (:func:`manage_uploads`, called on the built trainer):
+
+3. Local copies left behind. ``CheckpointSaver.__init__`` (``composer/callbacks/checkpoint_saver.py``) writes every
+   checkpoint into a ``tempfile.mkdtemp()`` folder that nothing ever deletes and, with the default
+   ``num_checkpoints_to_keep=-1``, keeps every checkpoint there; ``RemoteUploader`` (``composer/utils/
+   remote_uploader.py``) copies each one again into a ``TemporaryDirectory`` before uploading it. So a run leaves a
+   full local copy of every checkpoint in the system temp folder, after a success and a crash alike. Here the
+   folders move to ``{output_dir}/.checkpoint-uploads/rank{R}/`` (wiped when the next run starts, removed when the
+   trainer closes), and each local checkpoint is deleted as soon as the uploader holds its copy, which the
+   uploader deletes once the object is on the store. Test:
+   ``tests/rlp/run/test_checkpoint.py::test_composer_leaves_checkpoint_copies_in_the_temp_folder``.
+4. Upload failures. The uploader process gives up after botocore's retries (Composer's own retry covers only
+   ``ObjectStoreTransientError``, which an unreachable endpoint is not; botocore's default is 3 attempts within a
+   second), and the error surfaces in a later ``batch_end`` as a bare botocore exception and a wall of chained
+   tracebacks, with no word on which checkpoint was lost. Here the S3 client gets ``UPLOAD_MAX_ATTEMPTS`` attempts
+   with botocore's backoff (unless ``AWS_MAX_ATTEMPTS`` is set), so a short outage passes while training goes on,
+   and :func:`upload_failure` turns the failure into one line: the checkpoint, its URI, the cause, the fix.
+   Test: ``tests/rlp/run/test_checkpoint_outage.py``.
+
 Completeness: an object-store object exists only once its upload finished; a local monolithic checkpoint is a
 torch zip file whose central directory is written last (a truncated file fails ``zipfile.is_zipfile``); a
 sharded checkpoint folder is complete once its ``.metadata`` file exists (torch.distributed.checkpoint writes it
@@ -27,6 +46,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
+import time
 import zipfile
 from typing import Optional
 
@@ -38,7 +60,9 @@ __all__ = [
     'checkpoint_batch',
     'find_latest_checkpoint',
     'format_save_folder',
+    'manage_uploads',
     'set_symlink_upload_poll',
+    'upload_failure',
 ]
 
 log = logging.getLogger(__name__)
@@ -179,3 +203,92 @@ def set_symlink_upload_poll(trainer, seconds: Optional[float] = None) -> None:
     saver = getattr(trainer, '_checkpoint_saver', None)
     if saver is not None and hasattr(saver, '_symlink_upload_wait_before_next_try_in_seconds'):
         saver._symlink_upload_wait_before_next_try_in_seconds = seconds
+
+
+UPLOADS_DIRNAME = '.checkpoint-uploads'
+UPLOAD_MAX_ATTEMPTS = 15
+"""botocore attempts per checkpoint upload (backoff rand(0, 1) x min(0.05 x 2^i, 20) s: about a minute in all)."""
+
+
+def manage_uploads(trainer, output_dir: str) -> None:
+    """Workarounds 3 and 4 of the module docstring, on a built trainer whose save folder is an object store."""
+    from composer.core import Callback
+    from composer.utils import dist
+    from composer.utils.checkpoint import PartialFilePath
+
+    saver = getattr(trainer, '_checkpoint_saver', None)
+    uploader = getattr(saver, 'remote_uploader', None)
+    if uploader is None:
+        return
+    root = os.path.abspath(os.path.join(output_dir, UPLOADS_DIRNAME, f'rank{dist.get_global_rank()}'))
+    shutil.rmtree(root, ignore_errors=True)  # copies a killed run left behind
+    os.makedirs(root)
+    tmp = os.path.realpath(tempfile.gettempdir())
+    rel = os.path.relpath(os.path.realpath(saver.folder), tmp)
+    if not rel.startswith('..'):  # the empty mkdtemp() folder of CheckpointSaver.__init__
+        shutil.rmtree(os.path.join(tmp, rel.split(os.sep)[0]), ignore_errors=True)
+    saver.folder = os.path.join(root, 'checkpoints')
+    os.makedirs(saver.folder)  # CheckpointSaver.init made the old one; fit_start lists it
+    saver.filename = PartialFilePath(saver.filename.filename, saver.folder)
+    if saver.latest_filename is not None:
+        saver.latest_filename = PartialFilePath(saver.latest_filename.filename, saver.folder)
+    saver.num_checkpoints_to_keep = 0  # delete the local file once the uploader has copied it
+    saver.tmp_dir_for_symlink.cleanup()
+    saver.tmp_dir_for_symlink = tempfile.TemporaryDirectory(prefix='pointer-', dir=root)
+    uploader._tempdir.cleanup()
+    uploader._tempdir = tempfile.TemporaryDirectory(prefix='upload-', dir=root)
+    uploader._upload_staging_folder = uploader._tempdir.name
+    if uploader.remote_backend_name == 's3' and not os.environ.get('AWS_MAX_ATTEMPTS'):
+        uploader.backend_kwargs['client_config'] = {
+            'retries': {'mode': 'adaptive', 'max_attempts': UPLOAD_MAX_ATTEMPTS}
+        }
+
+    uploads: dict = {}  # future -> [object name, submitted at, finished at]
+    submit = uploader.upload_file_async
+
+    def upload_file_async(remote_file_name, file_path, overwrite):
+        future = submit(remote_file_name=remote_file_name, file_path=file_path, overwrite=overwrite)
+        uploads[future] = [remote_file_name, time.monotonic(), None]
+        future.add_done_callback(lambda f: uploads[f].__setitem__(2, time.monotonic()))
+        return future
+
+    uploader.upload_file_async = upload_file_async
+    uploader.rlp_uploads = uploads
+
+    class RemoveUploadFolder(Callback):
+        def post_close(self) -> None:  # after the saver's post_close, which waits for the uploads
+            shutil.rmtree(root, ignore_errors=True)
+            parent = os.path.dirname(root)
+            if os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
+
+    trainer.state.callbacks.append(RemoveUploadFolder())
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return f'{type(exc).__name__}: {text[: limit - 3] + "..." if len(text) > limit else text}'
+
+
+def upload_failure(trainer, err: BaseException) -> Optional[str]:
+    """One line for a checkpoint upload that failed (``err`` raised by ``fit``), or None if ``err`` is not one."""
+    uploader = getattr(getattr(trainer, '_checkpoint_saver', None), 'remote_uploader', None)
+    uploads = getattr(uploader, 'rlp_uploads', None)
+    if not uploads:
+        return None
+    failed = [(f, info) for f, info in uploads.items() if f.done() and f.exception() is not None]
+    pointer_check = isinstance(err, RuntimeError) and 'Failed to check if checkpoint files upload' in str(err)
+    if not failed or not (pointer_check or any(f.exception() is err for f, _ in failed)):
+        return None
+    future, (name, submitted, finished) = failed[0]
+    store = f'{uploader.remote_backend_name}://{uploader.remote_bucket_name}'
+    done = [info[0] for f, info in uploads.items() if f.done() and f.exception() is None and 'latest' not in info[0]]
+    kept = f'{store}/{done[-1]}' if done else 'none uploaded by this run'
+    what = 'the latest pointer' if 'latest' in os.path.basename(name) else f'checkpoint {os.path.basename(name)}'
+    return (
+        f'{what} was not saved: uploading {store}/{name} failed after {(finished or submitted) - submitted:.0f} s of '
+        f'retries ({_one_line(future.exception())}); the run stopped at batch '
+        f'{trainer.state.timestamp.batch.value}; the checkpoints already on the store are intact (newest from this '
+        f'run: {kept}); fix: once the store is reachable (check S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network; '
+        'AWS_MAX_ATTEMPTS lengthens the retry), rerun the same command to resume from the newest checkpoint'
+    )

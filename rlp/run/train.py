@@ -140,6 +140,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
 
     from rlp.run import checkpoint
     from rlp.run.data import build_dataloader
+    from rlp.run.integrity import check_stream_tokenizers
     from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, SampleIdRecorder
     from rlp.run.models import build_composer_model
 
@@ -164,6 +165,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
 
     output_dir = _output_dir(recipe)
     template = recipe.rlp.template if recipe.rlp is not None else None
+    check_stream_tokenizers(recipe.data, recipe.tokenizer)  # before any weights load: the data fits the tokenizer
     model, tokenizer = build_composer_model(recipe.model, recipe.tokenizer, seed=recipe.seed, template=template)
     loader = build_dataloader(
         recipe.data,
@@ -172,6 +174,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         seed=recipe.seed,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        vocab_size=model.model.get_input_embeddings().weight.shape[0],
     )
     optimizer = _optimizer(recipe, model.parameters())
 
@@ -243,6 +246,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         deterministic_mode=t.deterministic_mode,
     )
     checkpoint.set_symlink_upload_poll(trainer)
+    checkpoint.manage_uploads(trainer, output_dir)  # local copies under the run folder, upload retries and errors
     return trainer, output_dir
 
 
@@ -372,11 +376,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rank == 0:
         _write_resolved(recipe, args.recipe, output_dir, world_size)
     from rlp.run.guards import NonFiniteError
+    from rlp.run.integrity import DataIntegrityError
 
     try:
         trainer.fit()
-    except NonFiniteError as err:
+    except (NonFiniteError, DataIntegrityError) as err:  # a run of NaN steps; a damaged shard, a foreign token id
         print(f'rlp.train: stopped: {err}', file=sys.stderr, flush=True)
+        trainer.close()
+        return 1
+    except Exception as err:  # a checkpoint upload that failed: one line (rlp.run.checkpoint.upload_failure)
+        from rlp.run.checkpoint import upload_failure
+
+        line = upload_failure(trainer, err)
+        if line is None:
+            raise
+        print(f'rlp.train: stopped: {line}', file=sys.stderr, flush=True)
         trainer.close()
         return 1
     trainer.close()

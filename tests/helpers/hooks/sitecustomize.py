@@ -13,8 +13,10 @@ Hooks:
   - ``RLP_DATA_TEST_KILL_AFTER_UPLOAD=PID:PORT``: ``rlp-data prepare`` SIGKILLs the S3 server process PID right
     after its first ``pipeline.storage.remote.upload_files`` call returned, and waits until 127.0.0.1:PORT refuses
     connections (an object-store outage in the middle of publishing).
-  - ``RLP_TEST_WAIT_AFTER_BATCH=N:FILE``: training creates ``FILE.reached`` after batch N and waits until FILE
-    exists, so a test can change the world (e.g. take the object store down) at a known point.
+  - ``RLP_TEST_WAIT_AFTER_BATCH=N:FILE``: after batch N, training lets the checkpoint uploads in flight finish
+    (Composer's ``CheckpointSaver.batch_end`` called until its uploads and ``latest`` pointer tasks are done),
+    creates ``FILE.reached`` and waits until FILE exists, so a test can change the world (e.g. take the object
+    store down) at a known point.
 """
 
 from __future__ import annotations
@@ -134,6 +136,12 @@ def _patch_train_wait(module: Any) -> None:
         class WaitAfter(Callback):
             def batch_end(self, state: Any, logger: Any) -> None:
                 if state.timestamp.batch.value == int(batch):
+                    from composer.callbacks import CheckpointSaver
+
+                    for saver in [c for c in state.callbacks if isinstance(c, CheckpointSaver) and c.remote_uploader]:
+                        while saver.symlink_upload_tasks or saver.remote_uploader.futures:
+                            saver.batch_end(state, logger)
+                            time.sleep(0.05)
                     open(path + '.reached', 'w').close()
                     while not os.path.exists(path):
                         time.sleep(0.05)

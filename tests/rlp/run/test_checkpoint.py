@@ -1,8 +1,10 @@
-"""Checks `rlp.run.checkpoint.find_latest_checkpoint` against the save folders Composer writes, and shows the two
-Composer 0.32.1 autoresume bugs it works around, each against a real Trainer and the local S3 server:
+"""Checks `rlp.run.checkpoint.find_latest_checkpoint` against the save folders Composer writes, and shows the
+Composer 0.32.1 bugs it works around, each against a real Trainer and the local S3 server:
 (1) a checkpoint whose `latest` pointer never reached the object store is ignored by Composer's autoresume;
 (2) a stale local `./s3:/bucket/prefix/latest-rank0.pt` left by an earlier autoresume wins over newer remote
-checkpoints. In both cases our discovery returns the newest complete checkpoint."""
+checkpoints. In both cases our discovery returns the newest complete checkpoint.
+(3) a full local copy of every checkpoint uploaded to an object store stays in the temp folder; `manage_uploads`
+leaves none."""
 
 from __future__ import annotations
 
@@ -118,6 +120,41 @@ def test_composer_autoresume_prefers_stale_local_s3_folder(s3, tmp_path, monkeyp
     assert _batches(composer_resume) == 2  # the bug: the stale local copy beat the newer remote checkpoint
     composer_resume.close()
     assert find_latest_checkpoint(folder, 'ck') == f'{folder}/ep0-ba4-rank0.pt'
+
+
+def _pt_files(folder) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob('*') if p.is_file()}
+
+
+@pytest.mark.slow
+def test_composer_leaves_checkpoint_copies_in_the_temp_folder(s3, tmp_path, monkeypatch):
+    """Bug 3: with an s3:// save folder, a plain Composer Trainer leaves a full local copy of every uploaded
+    checkpoint in the system temp folder after fit and close. With `manage_uploads` the same run leaves no file in
+    the temp folder nor in the run folder, and the store holds the same checkpoints."""
+    import tempfile
+
+    from rlp.run.checkpoint import UPLOADS_DIRNAME, manage_uploads
+
+    plain_tmp, ours_tmp = tmp_path / 'tmp-plain', tmp_path / 'tmp-ours'
+    plain_tmp.mkdir(), ours_tmp.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(plain_tmp))
+    plain = _trainer(f's3://{s3.bucket}/plain', '4ba')
+    plain.fit()
+    plain.close()
+    left = {n: size for n, size in _pt_files(plain_tmp).items() if n.endswith('.pt')}
+    names = sorted(n.rsplit('/', 1)[-1] for n in left)
+    assert names == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt'], left  # the bug (latest: a symlink)
+
+    monkeypatch.setattr(tempfile, 'tempdir', str(ours_tmp))
+    ours = _trainer(f's3://{s3.bucket}/ours', '4ba')
+    manage_uploads(ours, str(tmp_path / 'out'))
+    ours.fit()
+    ours.close()
+    assert _pt_files(ours_tmp) == {} and not (tmp_path / 'out' / UPLOADS_DIRNAME).exists()
+    on_store = {k.split('/')[-1] for k in s3.list('ours/')}
+    assert on_store == {k.split('/')[-1] for k in s3.list('plain/')} >= {'ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt'}
+    copies = sum(size for n, size in left.items() if not n.endswith('latest-rank0.pt'))
+    print(f'plain Composer left {copies} bytes of checkpoint copies in the temp folder; with manage_uploads: 0')
 
 
 def test_checkpoint_batch():

@@ -1,0 +1,142 @@
+"""The object store goes down while training saves a checkpoint (``python -m rlp.train``, a tiny Llama with RLP).
+
+The store is a moto S3 server process of the test's own behind a TCP proxy (``tests/helpers/s3_outage.py``): the
+proxy refusing connections is the outage, and the server keeps its objects for when the proxy listens again. The
+run pauses after batch 6 (hook ``RLP_TEST_WAIT_AFTER_BATCH``) until the ba4 checkpoint and its pointer are on the
+store; then the proxy goes down and the run goes on, so the ba8 checkpoint's upload meets the outage. Checked
+against the uninterrupted run (no checkpoints) and the store's objects before the outage: one line and exit 1, the
+ba4 checkpoint intact, no checkpoint copy left in the run's temp folder (a per-test ``TMPDIR``) or the run folder,
+and, once the store is back, the same command resumes and every batch's sample ids, losses and RLP scores equal the
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlp.run.metrics import read_metrics
+from tests.helpers.hooks import WAIT_AFTER_BATCH, hook_env
+from tests.helpers.s3_outage import MotoServer, StoreProxy, free_port, s3_env, wait_until
+from tests.helpers.training import REPO, launch, packed_samples, tiny_recipe, write_mds, write_recipe
+
+pytestmark = pytest.mark.slow
+
+TINY_RLP = {  # as tests/rlp/run/test_resumption.py
+    'positions': {'unit': 'sample', 'k': 1, 'min_context': 4, 'max_context': 16},
+    'rollouts': {'group_size': 2, 'temperature': 1.0, 'max_thought_tokens': 3},
+    'teacher': {'kind': 'ema', 'tau': 0.9},
+    'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
+    'log': {'every_n_batches': 4},
+}
+COMPARED = ('sample_ids', 'loss/train/total', 'loss/train/ntp', 'loss/train/rlp', 'rlp/reward_mean', 'rlp/s_pred',
+            'rlp/s_ema', 'rlp/gain_vs_ema')  # fmt: skip
+BUCKET = 'ckpt-outage'
+
+
+@pytest.fixture
+def store(tmp_path):
+    server = MotoServer(free_port(), tmp_path / 'moto.log').start()
+    proxy = StoreProxy(server.port).up()
+    server.make_bucket(BUCKET)
+    yield server, proxy
+    proxy.down()
+    server.stop()
+
+
+def _recipe(cwd: Path, data: Path, save_folder: str | None) -> Path:
+    cwd.mkdir()
+    recipe = tiny_recipe(
+        streams={'web': {'local': str(data), 'split': 'train'}},
+        run_name='resume',
+        max_duration='12ba',
+        save_interval='4ba',
+        save_folder=save_folder,
+        rlp=TINY_RLP,
+    )
+    return write_recipe(cwd / 'recipe.yaml', recipe)
+
+
+def _start(recipe: Path, cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    """``python -m rlp.train RECIPE`` in the background as :func:`launch` runs it, stdout to ``log``, stderr to
+    ``log.err`` (files, so a paused run never blocks on a full pipe)."""
+    full = {**os.environ, 'TOKENIZERS_PARALLELISM': 'false', 'OMP_NUM_THREADS': '1',
+            'RLP_SYMLINK_UPLOAD_POLL_S': '0.5', **env}  # fmt: skip
+    full['PYTHONPATH'] = os.pathsep.join(p for p in (env.get('PYTHONPATH'), str(REPO)) if p)
+    with open(log, 'w') as out, open(f'{log}.err', 'w') as err:
+        return subprocess.Popen([sys.executable, '-m', 'rlp.train', str(recipe)], cwd=cwd, env=full, stdout=out,
+                                stderr=err)  # fmt: skip
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder`` but streaming's empty lock files (``000001_cache_filelock``, ...)."""
+    files = [p for p in folder.rglob('*') if p.is_file()]
+    return sorted(
+        str(p.relative_to(folder)) for p in files if not (p.name.endswith('_filelock') and not p.stat().st_size)
+    )
+
+
+def test_store_outage_at_a_checkpoint_stops_with_one_line_and_the_same_command_resumes(store, tmp_path):
+    """Outage at the ba8 save: exit 1, one line naming the checkpoint, its URI and the fix, no traceback; ba4 on the
+    store unchanged, no ba8; no copy in TMPDIR or the run folder. Store back, same command: resumes from ba4, every
+    batch equals the uninterrupted run's, and again no copy is left anywhere."""
+    server, proxy = store
+    data = tmp_path / 'data'
+    write_mds(str(data / 'train'), packed_samples(64, 32, seed=5))
+    ref_cwd = tmp_path / 'reference'
+    ref = launch(_recipe(ref_cwd, data, None), nproc=None, cwd=ref_cwd)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = read_metrics(str(ref_cwd / 'runs' / 'resume' / 'metrics.jsonl'))
+
+    cwd, tmpdir, flag = tmp_path / 'run', tmp_path / 'tmpdir', tmp_path / 'store-down'
+    tmpdir.mkdir()
+    recipe = _recipe(cwd, data, f's3://{BUCKET}/ckpt/{{run_name}}')
+    env = {**s3_env(proxy.endpoint), 'AWS_MAX_ATTEMPTS': '2', 'TMPDIR': str(tmpdir)}
+    log = tmp_path / 'outage-run.log'
+    proc = _start(recipe, cwd, hook_env(env, **{WAIT_AFTER_BATCH: f'6:{flag}'}), log)
+    client = server.client()
+
+    def keys() -> list[str]:
+        return sorted(o['Key'] for o in client.list_objects_v2(Bucket=BUCKET).get('Contents', []))
+
+    try:
+        wait_until(lambda: Path(f'{flag}.reached').exists(), 240, 'batch 6', proc)
+        wait_until(lambda: 'ckpt/resume/latest-rank0.pt.symlink' in keys(), 60, 'the ba4 pointer on the store', proc)
+        ba4 = client.get_object(Bucket=BUCKET, Key='ckpt/resume/ep0-ba4-rank0.pt')['Body'].read()
+        proxy.down()
+        flag.touch()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out, err = log.read_text(), Path(f'{log}.err').read_text()
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    stopped = [ln for ln in err.splitlines() if ln.startswith('rlp.train: stopped:')]
+    assert len(stopped) == 1 and 'Traceback' not in out + err, out[-3000:] + err[-5000:]
+    line = stopped[0]
+    uri = f's3://{BUCKET}/ckpt/resume/ep0-ba8-rank0.pt'
+    assert f'checkpoint ep0-ba8-rank0.pt was not saved: uploading {uri} failed' in line, line
+    assert 'rerun the same command to resume' in line and 'EndpointConnectionError' in line, line
+    batches_done = int(re.search(r'the run stopped at batch (\d+)', line).group(1))
+
+    proxy.up()
+    assert client.get_object(Bucket=BUCKET, Key='ckpt/resume/ep0-ba4-rank0.pt')['Body'].read() == ba4
+    assert not any('ba8' in k for k in keys()), keys()
+    assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
+
+    rerun = launch(recipe, nproc=None, cwd=cwd, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f'resuming from s3://{BUCKET}/ckpt/resume/ep0-ba4-rank0.pt' in rerun.stdout + rerun.stderr
+    resumed = read_metrics(str(cwd / 'runs' / 'resume' / 'metrics.jsonl'))
+    assert sorted(resumed) == sorted(reference) == list(range(12))
+    for batch in range(12):
+        for key in COMPARED:
+            assert resumed[batch][key] == reference[batch][key], (batch, key)
+    assert {'ckpt/resume/ep0-ba8-rank0.pt', 'ckpt/resume/ep0-ba12-rank0.pt'} <= set(keys())
+    assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
+    print(f'outage run stopped after batch {batches_done}; the resume from ba4 redid {batches_done - 4} batches')
