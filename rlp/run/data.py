@@ -136,7 +136,7 @@ class TokenSampleDataset(StreamingDataset):
         self.vocab_size = vocab_size
         self.stream_names = list(stream_names or [f'stream{i}' for i in range(len(self.streams))])
         self._checkers = [
-            ShardChecker(name, s.remote, os.path.join(s.local, s.split or ''), s.validate_hash)
+            ShardChecker(name, s.remote, os.path.join(s.local, s.split) if s.split else s.local, s.validate_hash)
             for name, s in zip(self.stream_names, self.streams)
         ]
         self._checked: set[int] = set()  # shards checked by this process
