@@ -149,3 +149,58 @@ def test_missing_local_tokenizer_folder(workdir):
         f'working folder {folder})'
     )
     assert tree(folder) == before
+
+
+NO_CREDENTIALS = {
+    'AWS_ACCESS_KEY_ID': '',
+    'AWS_SECRET_ACCESS_KEY': '',
+    'AWS_SESSION_TOKEN': '',
+    'AWS_SHARED_CREDENTIALS_FILE': '/nonexistent/credentials',
+    'AWS_CONFIG_FILE': '/nonexistent/config',
+}
+STORE_CASES = {
+    'stream in a missing bucket': (
+        ['data.streams.web.remote=s3://no-such-bucket/data', 'data.streams.web.local=$delete'],
+        {},
+        'rlp.train: data.streams.web: cannot read its manifest.json: cannot list s3://no-such-bucket/data/train: '
+        "bucket 'no-such-bucket' does not exist (or is not visible with these credentials); fix: create the bucket "
+        'or correct the URI',
+    ),
+    'save folder in a missing bucket': (
+        ['trainer.save_folder=s3://no-such-bucket/ckpt'],
+        {},
+        "rlp.train: trainer.save_folder='s3://no-such-bucket/ckpt': bucket 'no-such-bucket' is not usable (S3 error "
+        '404); create it or fix the name/credentials (S3_ENDPOINT_URL, AWS_* variables)',
+    ),
+    'stream without credentials': (
+        ['data.streams.web.remote=s3://no-such-bucket/data', 'data.streams.web.local=$delete'],
+        NO_CREDENTIALS,
+        'rlp.train: data.streams.web: cannot read its manifest.json: cannot list s3://no-such-bucket/data/train: no '
+        'S3 credentials found; rule: S3 access needs credentials from the standard AWS chain; fix: set '
+        'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)',
+    ),
+    'save folder without credentials': (
+        ['trainer.save_folder=s3://no-such-bucket/ckpt'],
+        NO_CREDENTIALS,
+        "rlp.train: trainer.save_folder='s3://no-such-bucket/ckpt': cannot reach bucket 'no-such-bucket' (Unable to "
+        'locate credentials); check S3_ENDPOINT_URL and the AWS credentials',
+    ),
+}
+
+
+@pytest.mark.parametrize('case', list(STORE_CASES))
+def test_object_store_error_is_one_line(workdir, s3_server, case):
+    """Against the real local S3 server: a stream or save folder in a bucket that does not exist, and the same
+    without any credentials, each end in the expected single line with exit code 2 and nothing written."""
+    folder, before = workdir
+    overrides, env, expected = STORE_CASES[case]
+    store = {
+        'S3_ENDPOINT_URL': s3_server,
+        'AWS_ENDPOINT_URL': s3_server,
+        'AWS_DEFAULT_REGION': 'us-east-1',
+        'AWS_ACCESS_KEY_ID': 'testing',
+        'AWS_SECRET_ACCESS_KEY': 'testing',
+    }
+    proc = run_command(['-m', 'rlp.train', 'recipe.yaml', *overrides], cwd=folder, env={**store, **env})
+    assert error_line(proc, 2) == expected
+    assert tree(folder) == before
