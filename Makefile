@@ -42,6 +42,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py
 	TOKENIZERS_PARALLELISM=false $(PY) bench/rollouts.py
+	TOKENIZERS_PARALLELISM=false $(PY) bench/step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
