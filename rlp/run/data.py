@@ -140,7 +140,7 @@ class TokenSampleDataset(StreamingDataset):
             for name, s in zip(self.stream_names, self.streams)
         ]
         self._checked: set[int] = set()  # shards checked by this process
-        self._failure: Optional[DataIntegrityError] = None
+        self._failure: Optional[BaseException] = None  # the first failure of any thread, raised by the iterator
 
     def _stream_of(self, sample_id: int) -> int:
         shard_id, _ = self.spanner[sample_id]
@@ -149,9 +149,9 @@ class TokenSampleDataset(StreamingDataset):
     # Integrity checks (rlp.run.integrity). streaming 0.13 runs prepare_shard in two background threads per
     # iterator and re-raises their exceptions inside a future's done-callback (StreamingDataset.on_exception,
     # from mosaicml/streaming#304): concurrent.futures logs that as a traceback, and the epoch then ends early as
-    # if it were complete (tests/rlp/run/test_data_integrity.py shows it). So a failed check is kept in
-    # ``_failure``, on_exception swallows it (setting the stop event as streaming does), and get_item/__iter__
-    # raise it in the iterating thread.
+    # if it were complete (tests/rlp/run/test_data_integrity.py shows it). So any failure (a failed check, a
+    # missing shard, a download out of retries) is kept in ``_failure``, on_exception swallows it (setting the stop
+    # event as streaming does), and get_item/__iter__ raise it in the iterating thread.
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         """streaming's prepare_shard, with the shard's files checked the first time this process needs them."""
@@ -175,11 +175,15 @@ class TokenSampleDataset(StreamingDataset):
             raise self._failure from None
 
     def on_exception(self, future: Any) -> None:
-        """streaming's background-thread error hook; a failed check is raised by the iterating thread instead."""
-        if isinstance(future.exception(), DataIntegrityError):
-            self._event.set()
+        """streaming's background-thread error hook. Any failure (a failed check, a missing shard, a download that
+        ran out of retries) is kept and raised by the iterating thread: streaming's own hook only logs it and the
+        epoch then ends early as if it were complete, silently training on less data."""
+        exc = future.exception()
+        if exc is None:
             return
-        super().on_exception(future)
+        if self._failure is None:
+            self._failure = exc
+        self._event.set()
 
     def __iter__(self):
         if self._failure is not None:

@@ -149,11 +149,19 @@ class ShardChecker:
         import zstd
 
         text = str(exc)
-        if not (isinstance(exc, zstd.Error) or (isinstance(exc, ValueError) and text.startswith('Checksum failure'))):
-            return None
         raw_info, zip_info = shard.file_pairs[0]
         name = zip_info.basename if zip_info else raw_info.basename
         where = f'downloaded from {self.remote}' if self.remote else f'in {self.folder}'
+        # streaming 0.13: a shard absent from a local stream raises ValueError('In the absence of local dataset, ...')
+        # from its downloader; an object absent from a remote one, FileNotFoundError.
+        if isinstance(exc, FileNotFoundError) or text.startswith('In the absence of local dataset'):
+            source = self.remote or self.folder
+            return DataIntegrityError(
+                f'data.streams.{self.name}: shard {name} listed in index.json is missing from {source}; fix: '
+                f'run rlp-data verify {source} and prepare the data again (rlp-data prepare ... --overwrite)'
+            )
+        if not (isinstance(exc, zstd.Error) or (isinstance(exc, ValueError) and text.startswith('Checksum failure'))):
+            return None
         return DataIntegrityError(
             f'data.streams.{self.name}: shard {name} {where} cannot be read ({type(exc).__name__}: '
             f'{" ".join(text.split())[:200]}): corrupt or truncated; fix: {self._fixes(None)[1]}'

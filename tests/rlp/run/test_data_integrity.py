@@ -108,6 +108,21 @@ def test_truncated_compressed_shard(data):
     assert zst.name in one_line(err.value) and 'corrupt or truncated' in str(err.value)
 
 
+def test_missing_shard(data):
+    """The 2nd .zstd shard deleted from a local stream: one line naming the stream and the shard, after the samples of
+    the 1st shard were yielded as prepared."""
+    folder, samples = data
+    zst, _ = shard_files(folder)[1]
+    zst.unlink()
+    seen = {}
+    with pytest.raises(DataIntegrityError) as err:
+        for b in loader({'web': {'local': str(folder)}}):
+            seen.update(zip(b['sample_id'].tolist(), b['input_ids'].tolist()))
+    text = one_line(err.value)
+    assert text.startswith('data.streams.web: ') and zst.name in text and 'missing' in text, text
+    assert all(row == samples[i]['tokens'].tolist() for i, row in seen.items())
+
+
 def test_corrupt_decompressed_copy(data):
     """A first epoch leaves decompressed shard.*.mds copies beside the .zstd files; one flipped byte in a copy is
     caught on the next open (the error names the copy and says delete it); once it is deleted, the next epoch
