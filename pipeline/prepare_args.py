@@ -8,12 +8,20 @@ yet, so a typo such as ``ftp://`` fails before any tokenising); the other checks
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from pipeline.errors import UsageError
 
-__all__ = ['INPUT_SCHEMES', 'OUTPUT_SCHEMES', 'PrepareArgs', 'check_dataset_scheme', 'check_schemes']
+__all__ = [
+    'INPUT_SCHEMES',
+    'OUTPUT_SCHEMES',
+    'PrepareArgs',
+    'check_dataset_scheme',
+    'check_local_folder',
+    'check_schemes',
+]
 
 # --out: s3:// through boto3, the others through streaming 0.13's CloudUploader (its UPLOADERS registry; dbfs
 # covers dbfs:/Volumes too). Remote inputs: s3:// only (hf:NAME has no "//" and is not a URI here).
@@ -48,6 +56,13 @@ def check_dataset_scheme(path: str, flag: str, fix: str) -> None:
         names = ', '.join(f'{s}://' for s in OUTPUT_SCHEMES)
         rule = f'{flag} is a local folder or an object-store URI ({names})'
         raise _scheme_error(flag, str(path), m.group(1).lower(), rule, fix)
+    if m and ('?' in str(path) or '#' in str(path)):  # shown without it: a signed URL's query holds its signature
+        shown = re.split(r'[?#]', str(path), maxsplit=1)[0] + '?<redacted>'
+        raise UsageError(
+            f'{flag} {shown!r} carries a query string (a signed URL?); rule: {flag} is a folder URI that file names '
+            'are appended to, and credentials come from the environment (AWS_*, S3_ENDPOINT_URL, ...); fix: remove '
+            'everything from the ?'
+        )
 
 
 def check_schemes(out: str, inputs: list[str]) -> None:
@@ -63,6 +78,33 @@ def check_schemes(out: str, inputs: list[str]) -> None:
             rule = 'an input is a local path, glob or folder, an s3:// URI, or hf:NAME'
             fix = 'copy the data to a local folder or to s3://, or name a Hugging Face dataset as hf:NAME'
             raise _scheme_error('--input', str(src), m.group(1).lower(), rule, fix)
+
+
+def check_local_folder(path: str, flag: str) -> None:
+    """Refuse a local folder that cannot be created or written, before anything is read or written: its nearest
+    existing ancestor must be a writable folder (a parent that is a file fails even for root). A path that is itself
+    a file is left to the caller's own message; URIs are skipped.
+
+    Raises:
+        UsageError: naming the value, the blocking ancestor and the fix (exit code 2).
+    """
+    if _URI.match(str(path)):
+        return
+    ancestor = os.path.abspath(path)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if ancestor == os.path.abspath(path) and not os.path.isdir(ancestor):
+        return
+    if not os.path.isdir(ancestor):
+        problem = f'{ancestor!r} is a file, not a folder'
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        problem = f'the folder {ancestor!r} is not writable'
+    else:
+        return
+    raise UsageError(
+        f'{flag} {path!r} cannot be written: {problem}; rule: {flag} is a folder that can be created; fix: '
+        'choose a path under a writable folder'
+    )
 
 
 @dataclass
@@ -88,6 +130,9 @@ class PrepareArgs:
 
     def __post_init__(self):
         check_schemes(self.out, self.inputs)
+        check_local_folder(self.out, '--out')
+        if self.staging:
+            check_local_folder(self.staging, '--staging')
 
     def dataset_arguments(self) -> dict:
         """The arguments that define the dataset (recorded in the manifest; output/parallelism excluded)."""

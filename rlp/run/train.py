@@ -156,6 +156,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         )
     if t.save_folder is not None:
         checkpoint.check_save_folder(t.save_folder, recipe.run_name)
+    check_output_folders(recipe)
     dist.initialize_dist(DeviceGPU() if device == 'gpu' else DeviceCPU(), timeout=t.dist_timeout)
     if recipe.data.clean_stale_shared_memory:
         from streaming.base.util import clean_stale_shared_memory
@@ -319,6 +320,39 @@ def summarize(output_dir: str, seconds: Optional[float] = None, save_folder: Opt
     return '\n'.join(lines)
 
 
+def check_output_folders(recipe: Recipe) -> None:
+    """Refuse a local ``trainer.output_dir`` or ``trainer.save_folder`` that cannot be created or written (a path
+    whose parent is a file, a read-only folder) before any work, instead of failing at the first write."""
+    from pipeline.errors import UsageError
+    from pipeline.prepare_args import check_local_folder
+
+    for key, folder in (('trainer.output_dir', _output_dir(recipe)), ('trainer.save_folder', _save_folder(recipe))):
+        if folder is None:
+            continue
+        if os.path.isfile(folder):
+            raise ConfigError(f'{key}={folder!r} is a file; rule: {key} is a folder; fix: choose another path')
+        try:
+            check_local_folder(folder, key)
+        except UsageError as err:
+            raise ConfigError(str(err)) from None
+
+
+def refuse_uri_queries(recipe: Recipe) -> None:
+    """Refuse a stream ``remote``/``local`` or ``trainer.save_folder`` URI with a query string (a signed URL's
+    ``?X-Amz-Signature=...``): file names are appended to these folders, so a query would end up inside object
+    keys and error messages. The message shows the URI with its query redacted (:func:`shown_location`)."""
+    named = [
+        (f'data.streams.{n}.{k}', getattr(s, k)) for n, s in recipe.data.streams.items() for k in ('remote', 'local')
+    ]
+    for key, value in named + [('trainer.save_folder', recipe.trainer.save_folder)]:
+        if value and re.match(r'[A-Za-z][A-Za-z0-9+.-]*:/', value) and ('?' in value or '#' in value):
+            raise ConfigError(
+                f'{key}={shown_location(value)!r} carries a query string (a signed URL?); remote folders take '
+                f'none: file names are appended to them and credentials come from the environment (AWS_*, '
+                f'S3_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...); remove everything from the ?'
+            )
+
+
 def _one_line(err: BaseException) -> str:
     return ' '.join(str(err).split())
 
@@ -357,6 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         validate_for_world(recipe, world_size)
+        refuse_uri_queries(recipe)
     except ConfigError as err:
         print(f'rlp.train: invalid recipe {args.recipe}: {_one_line(err)}', file=sys.stderr)
         return 2
