@@ -120,19 +120,30 @@ def sample_from_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse-CDF sampling: (N, V) logits, (N,) uniforms -> (N,) tokens and their log-probs under softmax(l/T).
 
-    The returned log-prob is that of the tempered distribution before top-p truncation.
+    With z = l / T, m = max z and the unnormalised weights e = exp(z - m), S = sum e:
+
+        token = min{j : cumsum(e)_j > u * S}           (top-p: over e sorted descending, cut to the nucleus)
+        logp  = z_token - m - log S                     (the tempered distribution before top-p truncation)
+
+    One (N, V) fp32 buffer holds z, then e, then its cumulative sum (in place); no normalised probabilities or
+    full log-softmax are materialised (the same draws as normalising first, up to rounding at a CDF boundary).
     """
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
-    probs = logp_all.exp()
+    w = logits.float() / temperature  # (N, V), the one full-vocabulary buffer (a new tensor: logits untouched)
+    m = w.amax(-1, keepdim=True)  # (N, 1)
+    w.sub_(m).exp_()  # e
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        sorted_p = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p)  # the nucleus; the top token always kept
+        w, order = w.sort(dim=-1, descending=True)
+        total = w.sum(-1, keepdim=True)
+        w.mul_((w.cumsum(-1) - w) < top_p * total)  # the nucleus; the top token always kept
     else:
-        sorted_p, order = probs, None
-    cdf = sorted_p.cumsum(-1)  # (N, V)
-    j = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+        total = None
+    cdf = w.cumsum_(-1)  # (N, V)
+    norm = cdf[:, -1:] if total is None else total  # S
+    j = torch.searchsorted(cdf, u.to(cdf).unsqueeze(-1) * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1)
     tokens = j.squeeze(-1) if order is None else order.gather(-1, j).squeeze(-1)
-    return tokens, logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    z_tok = logits.gather(-1, tokens.unsqueeze(-1)).float() / temperature  # (N, 1)
+    return tokens, (z_tok - m - norm.log()).squeeze(-1)
 
 
 def _expand_cache(past: Any, repeats: int) -> Any:
