@@ -8,6 +8,7 @@ from pathlib import Path
 HOOKS_DIR = Path(__file__).resolve().parent
 HANG_AFTER_BATCH = 'RLP_TEST_HANG_AFTER_BATCH'  # the names sitecustomize.py reads
 SLEEP_AFTER_UNIT = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
+HANG_IN = 'RLP_TEST_HANG_IN'  # rollout:B, backward:B or upload:NAME
 KILL_AFTER_UPLOAD = 'RLP_DATA_TEST_KILL_AFTER_UPLOAD'  # PID:PORT
 WAIT_AFTER_BATCH = 'RLP_TEST_WAIT_AFTER_BATCH'  # N:FILE
 

@@ -97,6 +97,7 @@ def _launch(world, name, **recipe_kw):
     return cwd, proc
 
 
+@pytest.mark.slow
 def test_training_writes_no_credentials(world):
     """Files under the run folder, console output and bucket objects (raw and unpickled) hold neither secret."""
     bucket = world['bucket']
