@@ -1,9 +1,9 @@
 """No credential reaches anything a training run writes.
 
-A short ``composer -n 1`` RLP run reads its data from the local S3 server and checkpoints there, with unique random
+A short ``composer -n 2`` RLP run reads its data from the local S3 server and checkpoints there, with unique random
 strings as ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN`` (the server accepts any credentials) and ``TMPDIR``
 inside the run's folder, so Composer's staging copies are searched too. Searched for both strings: every file under
-the run's folder (metrics, thoughts, resolved config, rank logs, streaming's cache, temporary files), the captured
+the run's folder (metrics, thoughts, resolved config, rank 1's logs, streaming's cache, temporary files), the captured
 stdout/stderr, and every object the run wrote to the bucket, as raw bytes and, for checkpoints, every string inside
 the unpickled object (``torch.load``). A stream ``remote`` and a ``save_folder`` carrying a signed-URL query string
 (``?X-Amz-Signature=...``) are refused before any work, in one line that does not repeat the signature.
@@ -88,12 +88,12 @@ def _leaks(data: bytes) -> list[str]:
     return [s for s in SECRETS if s.encode() in data]
 
 
-def _launch(world, name, **recipe_kw):
+def _launch(world, name, nproc=None, **recipe_kw):
     cwd = world['root'] / name
     (cwd / 'tmp').mkdir(parents=True)
     recipe = tiny_recipe(run_name='secret', max_duration='4ba', save_interval='2ba', microbatch=1, **recipe_kw)
     path = write_recipe(cwd / 'recipe.yaml', recipe)
-    proc = launch(path, nproc=None, cwd=cwd, env={**world['env'], 'TMPDIR': str(cwd / 'tmp')})
+    proc = launch(path, nproc=nproc, cwd=cwd, env={**world['env'], 'TMPDIR': str(cwd / 'tmp')})
     return cwd, proc
 
 
@@ -104,6 +104,7 @@ def test_training_writes_no_credentials(world):
     cwd, proc = _launch(
         world,
         'plain',
+        nproc=2,
         streams={'web': {'remote': f's3://{bucket}/data', 'split': 'train'}},
         save_folder=f's3://{bucket}/ckpt/{{run_name}}',
         rlp={**TINY_RLP, 'log': {'every_n_batches': 1}},
@@ -115,7 +116,8 @@ def test_training_writes_no_credentials(world):
     assert list(_strings({'a': [(b'x',)], 'b': planted})) == ['a', 'x', 'b', 'field', SECRET_KEY]
     assert _leaks((proc.stdout + proc.stderr).encode()) == []
     files = [p for p in cwd.rglob('*') if p.is_file()]
-    assert {'metrics.jsonl', 'thoughts.jsonl', 'resolved_config.yaml', 'index.json'} <= {p.name for p in files}
+    names = {'metrics.jsonl', 'thoughts.jsonl', 'resolved_config.yaml', 'index.json', 'rank1.out', 'rank1.err'}
+    assert names <= {p.name for p in files}, sorted(p.name for p in files)
     for path in files:
         assert _leaks(path.read_bytes()) == [], path
     keys = [o['Key'] for o in world['client'].list_objects_v2(Bucket=bucket, Prefix='ckpt/')['Contents']]
