@@ -1,10 +1,10 @@
 """rlp.logprobs and the chunked path of rlp.scoring.policy_forward on tiny Llama / Qwen3 / GPT-2 models.
 
-Checked against a loop-based reference written here (one unpadded full forward per rollout, full logits,
-log_softmax(logits / T)): the thought-token log-probs, S_pred and the gradients of every parameter, for several
-chunk sizes (atol 1e-5: same ops, only the GEMM blocking differs); the unchunked path agrees too; a model whose
-logits are not a plain Linear head (a scaled head output, a non-Linear head) falls back with a warning and stays
-exact; the chunked path saves far fewer bytes for backward (counted with saved_tensors_hooks).
+Checked against a loop-based reference (tests/helpers/policy_reference.py: one unpadded full forward per rollout,
+full logits, log_softmax(logits / T)): the thought-token log-probs, S_pred and the gradients of every parameter, for
+several chunk sizes (atol 1e-5: same ops, only the GEMM blocking differs); the unchunked path agrees too; a model
+whose logits are not a plain Linear head (a scaled head output, a non-Linear head) falls back with a warning and
+stays exact; the chunked path saves far fewer bytes for backward (counted with saved_tensors_hooks).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rlp import scoring
 from rlp.logprobs import chunked_token_logprobs, linear_head
 from rlp.rollouts import Prompts, Rollouts
 from rlp.scoring import policy_forward
+from tests.helpers.policy_reference import loop_policy_logprobs, param_grads
 from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
 
 VOCAB, PAD, TEMP = 512, 0, 0.7
@@ -51,29 +52,6 @@ def _inputs(p=3, g=2, width=5, seed=0):
     return prompts, ro
 
 
-def _reference(model, prompts, ro):
-    """Loop: each rollout alone, unpadded, full logits; logp of thought tokens at T, S_pred at temperature 1."""
-    p, g, width = ro.tokens.shape
-    logp, s_pred = [], []
-    for i in range(p):
-        pr = prompts.ids[i][prompts.mask[i].bool()]
-        for j in range(g):
-            n = int(ro.lengths[i, j])
-            th = ro.tokens[i, j, :n]
-            logits = model(input_ids=torch.cat([pr, th, prompts.target[i : i + 1]])[None]).logits[0].float()
-            pred = torch.log_softmax(logits[len(pr) - 1 : len(pr) - 1 + n] / TEMP, -1)
-            row = pred.gather(-1, th[:, None]).squeeze(-1)
-            logp.append(torch.cat([row, row.new_zeros(width - n)]))
-            s_pred.append(torch.log_softmax(logits[len(pr) - 1 + n], -1)[prompts.target[i]].detach())
-    return torch.stack(logp).view(p, g, width), torch.stack(s_pred).view(p, g)
-
-
-def _grads(model, logp, weights):
-    model.zero_grad()
-    (logp * weights).sum().backward()
-    return {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
-
-
 @pytest.mark.parametrize('kind', TINY_KINDS)
 @pytest.mark.parametrize('chunk', [1, 4, None])
 def test_chunked_matches_loop_reference_with_gradients(kind, chunk, monkeypatch):
@@ -81,8 +59,8 @@ def test_chunked_matches_loop_reference_with_gradients(kind, chunk, monkeypatch)
     model = build_tiny_model(kind, VOCAB).eval()  # eval: GPT-2's dropout off; gradients still flow
     prompts, ro = _inputs()
     weights = torch.randn(ro.tokens.shape, generator=torch.Generator().manual_seed(1)) * ro.mask
-    ref_logp, ref_s = _reference(model, prompts, ro)
-    ref_g = _grads(model, ref_logp, weights)
+    ref_logp, ref_s = loop_policy_logprobs(model, prompts, ro, TEMP)
+    ref_g = param_grads(model, ref_logp, weights)
     calls = []
     real = scoring.chunked_token_logprobs
     monkeypatch.setattr(scoring, 'chunked_token_logprobs', lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -91,7 +69,7 @@ def test_chunked_matches_loop_reference_with_gradients(kind, chunk, monkeypatch)
     assert not s_pred.requires_grad and logp.shape == ro.tokens.shape
     torch.testing.assert_close(logp, ref_logp.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_pred, ref_s, atol=1e-5, rtol=1e-5)
-    got_g = _grads(model, logp, weights)
+    got_g = param_grads(model, logp, weights)
     assert got_g.keys() == ref_g.keys()
     for k in ref_g:
         torch.testing.assert_close(got_g[k], ref_g[k], atol=1e-5, rtol=1e-4, msg=k)
@@ -138,7 +116,7 @@ def test_non_linear_head_falls_back_exactly(how, monkeypatch):
         model.lm_head = _Scaled(model.lm_head)
         assert linear_head(model) is None
     prompts, ro = _inputs()
-    ref_logp, ref_s = _reference(model, prompts, ro)
+    ref_logp, ref_s = loop_policy_logprobs(model, prompts, ro, TEMP)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         logp, s_pred = policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=4)

@@ -1,12 +1,12 @@
 """rlp.packing: the shared-prefix training forward (a prompt once, then its thoughts, under a block mask).
 
-Checked against a loop-based reference written here (one unpadded forward per rollout, full logits) and against
-the unpacked path of rlp.scoring.policy_forward: the thought log-probs, S_pred and the gradients of every parameter
-of a weighted sum of the log-probs (fp32, atol 1e-5), on tiny Llama / Qwen3 / GPT-2 / Mistral / Qwen2 models with
-eager and sdpa attention; prompts of different lengths, thoughts of different lengths including an empty one
-(closing tag only) and a truncated one (force-closed, last token untrained), rows split by the token cap, chunked
-and unchunked scoring. The mask and the layout against loop-written ones; models that cannot take a custom mask
-(flash attention, an architecture outside the list, a sliding window) are detected and keep the unpacked path.
+Checked against a loop-based reference (tests/helpers/policy_reference.py: one unpadded forward per rollout, full
+logits) and against the unpacked path of rlp.scoring.policy_forward: the thought log-probs, S_pred and the gradients
+of every parameter of a weighted sum of the log-probs (fp32, atol 1e-5), on tiny Llama / Qwen3 / GPT-2 / Mistral /
+Qwen2 models with eager and sdpa attention; prompts of different lengths, thoughts of different lengths including an
+empty one (closing tag only) and a truncated one (force-closed, last token untrained), rows split by the token cap,
+chunked and unchunked scoring. The mask and the layout against loop-written ones; models that cannot take a custom
+mask (flash attention, an architecture outside the list, a sliding window) are detected and keep the unpacked path.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rlp import packing, scoring
 from rlp.packing import block_mask, pack_rows, supports_block_mask
 from rlp.rollouts import Prompts, Rollouts
 from rlp.scoring import policy_forward
+from tests.helpers.policy_reference import loop_policy_logprobs, param_grads
 from tests.helpers.tiny_models import build_tiny_model
 
 VOCAB, PAD, TEMP, WIDTH = 512, 0, 0.7, 6
@@ -56,29 +57,6 @@ def _inputs(seed=0):
     return prompts, ro
 
 
-def _reference(model, prompts, ro):
-    """Loop: each rollout alone, unpadded, full logits; logp of thought tokens at TEMP, S_pred at temperature 1."""
-    p, g, width = ro.tokens.shape
-    logp, s_pred = [], []
-    for i in range(p):
-        pr = prompts.ids[i][prompts.mask[i].bool()]
-        for j in range(g):
-            n = int(ro.lengths[i, j])
-            th = ro.tokens[i, j, :n]
-            logits = model(input_ids=torch.cat([pr, th, prompts.target[i : i + 1]])[None]).logits[0].float()
-            pred = torch.log_softmax(logits[len(pr) - 1 : len(pr) - 1 + n] / TEMP, -1)
-            row = pred.gather(-1, th[:, None]).squeeze(-1)
-            logp.append(torch.cat([row, row.new_zeros(width - n)]))
-            s_pred.append(torch.log_softmax(logits[len(pr) - 1 + n], -1)[prompts.target[i]].detach())
-    return torch.stack(logp).view(p, g, width), torch.stack(s_pred).view(p, g)
-
-
-def _grads(model, logp, weights):
-    model.zero_grad()
-    (logp * weights).sum().backward()
-    return {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
-
-
 def _model(kind, attn='eager'):
     if kind in ('mistral', 'qwen2'):
         from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
@@ -108,10 +86,10 @@ def test_packed_equals_loop_reference_and_unpacked_path(kind, attn, chunk, max_t
     assert supports_block_mask(model)
     prompts, ro = _inputs()
     weights = torch.randn(ro.tokens.shape, generator=torch.Generator().manual_seed(1)) * ro.mask
-    ref_logp, ref_s = _reference(model, prompts, ro)
-    ref_g = _grads(model, ref_logp, weights)
+    ref_logp, ref_s = loop_policy_logprobs(model, prompts, ro, TEMP)
+    ref_g = param_grads(model, ref_logp, weights)
     unp_logp, unp_s = policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=chunk)
-    unp_g = _grads(model, unp_logp, weights)
+    unp_g = param_grads(model, unp_logp, weights)
 
     calls = []
     real = packing.packed_policy_forward
@@ -123,7 +101,7 @@ def test_packed_equals_loop_reference_and_unpacked_path(kind, attn, chunk, max_t
     for want_logp, want_s in ((ref_logp.detach(), ref_s), (unp_logp.detach(), unp_s)):
         torch.testing.assert_close(logp, want_logp, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(s_pred, want_s, atol=1e-5, rtol=1e-5)
-    got_g = _grads(model, logp, weights)
+    got_g = param_grads(model, logp, weights)
     assert got_g.keys() == ref_g.keys()
     for k in ref_g:
         torch.testing.assert_close(got_g[k], ref_g[k], atol=1e-5, rtol=1e-4, msg=k)
@@ -189,7 +167,7 @@ def test_unsupported_models_keep_the_unpacked_path(monkeypatch):
     assert not any(supports_block_mask(m) for m in (flash, window, neox))
     monkeypatch.setattr(scoring, 'packed_policy_forward', lambda *a, **k: pytest.fail('packed path used'))
     prompts, ro = _inputs()
-    ref_logp, ref_s = _reference(neox, prompts, ro)
+    ref_logp, ref_s = loop_policy_logprobs(neox, prompts, ro, TEMP)
     logp, s_pred = policy_forward(neox, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=4, packed_tokens=64)
     torch.testing.assert_close(logp, ref_logp.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_pred, ref_s, atol=1e-5, rtol=1e-5)
