@@ -7,6 +7,7 @@ Rules:
   3. Nothing in the core imports the run layer ``rlp.run``; the only exceptions are the two entry-point shims
      ``rlp.train`` (``composer -m rlp.train``) and ``rlp.demo``, which import nothing else.
   4. No import cycle between the project's modules.
+  5. No test module imports another test module; what tests share lives in ``tests/helpers``.
 """
 
 from __future__ import annotations
@@ -116,3 +117,14 @@ def test_no_import_cycles():
 def test_cycle_finder_finds_a_known_cycle():
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None
+
+
+def test_test_modules_import_no_other_test_module():
+    bad = {}
+    for path in sorted((REPO / 'tests').rglob('test_*.py')):
+        module = '.'.join(path.relative_to(REPO).with_suffix('').parts)
+        imported = _imports(path, module, False)
+        others = sorted(m for m in imported if m.startswith('tests.') and m.split('.')[-1].startswith('test_'))
+        if others:
+            bad[module] = others
+    assert not bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,6 +70,45 @@ def write_mds(
             if doc_starts:
                 row['doc_starts'] = starts.astype(np.int32)
             writer.write(row)
+
+
+# The RLP settings of the kill-and-resume tests (G 2, 3-token thoughts, RLP mixed with NTP) and the metrics they
+# compare bitwise between a resumed and an uninterrupted run.
+TINY_RLP = {
+    'positions': {'unit': 'sample', 'k': 1, 'min_context': 4, 'max_context': 16},
+    'rollouts': {'group_size': 2, 'temperature': 1.0, 'max_thought_tokens': 3},
+    'teacher': {'kind': 'ema', 'tau': 0.9},
+    'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
+    'log': {'every_n_batches': 4},
+}
+COMPARED = (
+    'sample_ids',
+    'loss/train/total',
+    'loss/train/ntp',
+    'loss/train/rlp',
+    'rlp/reward_mean',
+    'rlp/reward_std',
+    'rlp/s_pred',
+    'rlp/s_ema',
+    'rlp/gain_vs_ema',
+    'rlp/advantage_std',
+)
+
+
+@contextlib.contextmanager
+def environ(env: dict[str, str]):
+    """``os.environ`` with ``env`` set inside the block and restored after it (e.g. to write a bucket through
+    streaming, which reads the S3 endpoint and credentials from the environment)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def tiny_recipe(

@@ -33,8 +33,18 @@ import pytest
 
 from rlp.run.metrics import read_metrics
 from tests.helpers.hooks import HANG_IN, hook_env
-from tests.helpers.training import REPO, launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
-from tests.rlp.run.test_resumption import COMPARED, TINY_RLP
+from tests.helpers.training import (
+    COMPARED,
+    REPO,
+    TINY_RLP,
+    environ,
+    launch,
+    packed_samples,
+    rank_logs,
+    tiny_recipe,
+    write_mds,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,16 +82,8 @@ def world(s3_server, tmp_path_factory):
         's3', endpoint_url=s3_server, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='x'
     )
     client.create_bucket(Bucket=bucket)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         write_mds(f's3://{bucket}/data/train', packed_samples(48, 32, seed=5))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     w = {'env': env, 'bucket': bucket, 'client': client, 'root': tmp_path_factory.mktemp('faults')}
     cwd, recipe = _setup(w, 'reference', checkpoints=False)
     start = time.monotonic()

@@ -22,29 +22,21 @@ import pytest
 
 from rlp.run.metrics import read_metrics
 from tests.helpers.hooks import HANG_AFTER_BATCH, hook_env
-from tests.helpers.training import REPO, launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
+from tests.helpers.training import (
+    COMPARED,
+    REPO,
+    TINY_RLP,
+    environ,
+    launch,
+    packed_samples,
+    rank_logs,
+    tiny_recipe,
+    write_mds,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY_RLP = {
-    'positions': {'unit': 'sample', 'k': 1, 'min_context': 4, 'max_context': 16},
-    'rollouts': {'group_size': 2, 'temperature': 1.0, 'max_thought_tokens': 3},
-    'teacher': {'kind': 'ema', 'tau': 0.9},
-    'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
-    'log': {'every_n_batches': 4},
-}
-COMPARED = (
-    'sample_ids',
-    'loss/train/total',
-    'loss/train/ntp',
-    'loss/train/rlp',
-    'rlp/reward_mean',
-    'rlp/reward_std',
-    'rlp/s_pred',
-    'rlp/s_ema',
-    'rlp/gain_vs_ema',
-    'rlp/advantage_std',
-)
 _names = itertools.count()
 
 
@@ -58,18 +50,10 @@ def world(s3_server, tmp_path_factory):
         'AWS_SECRET_ACCESS_KEY': 'testing',
         'AWS_DEFAULT_REGION': 'us-east-1',
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         bucket = f'resume-{os.getpid()}'
         boto3.client('s3', endpoint_url=s3_server, region_name='us-east-1').create_bucket(Bucket=bucket)
         write_mds(f's3://{bucket}/data/train', packed_samples(64, 32, seed=5))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {'env': env, 'bucket': bucket, 'root': tmp_path_factory.mktemp('resume'), 'uninterrupted': {}}
 
 

@@ -19,8 +19,17 @@ import boto3
 import pytest
 import torch
 
-from tests.helpers.training import REPO, launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
-from tests.rlp.run.test_resumption import TINY_RLP
+from tests.helpers.training import (
+    REPO,
+    TINY_RLP,
+    environ,
+    launch,
+    packed_samples,
+    rank_logs,
+    tiny_recipe,
+    write_mds,
+    write_recipe,
+)
 
 SECRET_KEY = f'secretkey{uuid.uuid4().hex}'
 SESSION_TOKEN = f'sessiontoken{uuid.uuid4().hex}'
@@ -50,16 +59,8 @@ def world(s3_server, tmp_path_factory):
         aws_session_token=SESSION_TOKEN,
     )
     client.create_bucket(Bucket=bucket)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         write_mds(f's3://{bucket}/data/train', packed_samples(24, 32, seed=5))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {'env': env, 'bucket': bucket, 'client': client, 'root': tmp_path_factory.mktemp('secrets')}
 
 
