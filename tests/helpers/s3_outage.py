@@ -91,7 +91,9 @@ def _lower(creds: dict[str, str]) -> dict[str, str]:
 
 class StoreProxy:
     """A TCP forwarder 127.0.0.1:port -> ``target_port``. ``down()`` closes the listening socket and every open
-    connection (clients then get ``connection refused``); ``up()`` listens on the same port again."""
+    connection (clients then get ``connection refused``; a request in flight on an open connection is cut, as when
+    the store goes away mid-transfer); ``up()`` listens on the same port again. ``forwarded`` counts the bytes sent
+    on from clients to the server (all connections)."""
 
     def __init__(self, target_port: int, port: int | None = None):
         self.target_port = target_port
@@ -100,6 +102,7 @@ class StoreProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.forwarded = 0
 
     def up(self) -> StoreProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -136,8 +139,12 @@ class StoreProxy:
                 continue
             with self._lock:
                 self._conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=_pipe, args=(client, server, self._count), daemon=True).start()
+            threading.Thread(target=_pipe, args=(server, client), daemon=True).start()
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.forwarded += n
 
 
 def _close(sock: socket.socket) -> None:
@@ -148,10 +155,12 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, count=None) -> None:
     try:
         while data := src.recv(1 << 16):
             dst.sendall(data)
+            if count is not None:
+                count(len(data))
     except OSError:
         pass
     finally:

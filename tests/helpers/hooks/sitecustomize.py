@@ -23,6 +23,10 @@ Hooks:
         ``@B``, training also holds after batch B until its ``latest`` pointer uploads are submitted (Composer's
         ``CheckpointSaver.batch_end`` called in a loop), then waits: ``upload:latest-rank0.pt.symlink@5`` stops
         between a checkpoint's upload and the upload of its pointer, wherever the pointer would otherwise land.
+  - ``RLP_TEST_PAUSE_IN=upload:NAME:FILE``: as ``upload:NAME`` of ``RLP_TEST_HANG_IN`` (the same point of the
+    same upload), but the uploader process pauses there once, after printing ``RLP_TEST_PAUSE_IN=...: paused in
+    ...`` on stderr, until FILE exists, then goes on with the transfer, so a test can change the world (e.g. take
+    the object store down) while the request is open and part of the object has been sent.
   - ``RLP_DATA_TEST_KILL_AFTER_UPLOAD=PID:PORT``: ``rlp-data prepare`` SIGKILLs the S3 server process PID right
     after its first ``pipeline.storage.remote.upload_files`` call returned, and waits until 127.0.0.1:PORT refuses
     connections (an object-store outage in the middle of publishing).
@@ -44,6 +48,7 @@ from typing import Any, Callable
 HANG_ENV = 'RLP_TEST_HANG_AFTER_BATCH'
 SLEEP_ENV = 'RLP_DATA_TEST_SLEEP_AFTER_UNIT'
 HANG_IN_ENV = 'RLP_TEST_HANG_IN'
+PAUSE_IN_ENV = 'RLP_TEST_PAUSE_IN'
 KILL_UPLOAD_ENV = 'RLP_DATA_TEST_KILL_AFTER_UPLOAD'
 WAIT_ENV = 'RLP_TEST_WAIT_AFTER_BATCH'
 _now = {'batch': -1}  # the batch being trained, kept by the HANG_IN tracker callback
@@ -187,21 +192,47 @@ def _patch_rollouts(module: Any) -> None:
     module.sample_thoughts = sample_thoughts
 
 
+def _pause_in() -> tuple[str, str]:
+    phase, _, rest = os.environ[PAUSE_IN_ENV].partition(':')
+    name, _, path = rest.partition(':')
+    if phase != 'upload' or not name or not path:
+        raise ValueError(f'{PAUSE_IN_ENV}={os.environ[PAUSE_IN_ENV]!r}: expected upload:NAME:FILE')
+    return name, path
+
+
+def _pause_here(where: str, path: str, paused: list) -> None:
+    """Wait until ``path`` exists, the first time only (a retry of the same upload passes)."""
+    if paused:
+        return
+    paused.append(where)
+    print(f'{PAUSE_IN_ENV}={os.environ[PAUSE_IN_ENV]}: paused in {where}', file=sys.stderr, flush=True)
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    print(f'{PAUSE_IN_ENV}={os.environ[PAUSE_IN_ENV]}: released', file=sys.stderr, flush=True)
+
+
 def _patch_s3_upload(module: Any) -> None:
-    name = _hang_in()[1].partition('@')[0]
+    if os.environ.get(PAUSE_IN_ENV):
+        name, path = _pause_in()
+        paused: list = []
+
+        def stop(where: str) -> None:
+            _pause_here(where, path, paused)
+    else:
+        name, stop = _hang_in()[1].partition('@')[0], _hang_here
     upload = module.S3ObjectStore.upload_object
 
     def upload_object(self: Any, object_name: str, filename: Any, callback: Any = None, **kwargs: Any) -> Any:
         if not str(object_name).endswith(name):
             return upload(self, object_name, filename, callback, **kwargs)
         if os.path.getsize(filename) <= 256 * 1024:
-            _hang_here(f'the upload of {object_name} (before its request: {os.path.getsize(filename)} bytes)')
+            stop(f'the upload of {object_name} (before its request: {os.path.getsize(filename)} bytes)')
 
         def progress(sent: int, total: int) -> None:
             if callback is not None:
                 callback(sent, total)
             if sent > 0:
-                _hang_here(f'the upload of {object_name} ({sent} of {total} bytes read to be sent)')
+                stop(f'the upload of {object_name} ({sent} of {total} bytes read to be sent)')
 
         return upload(self, object_name, filename, progress, **kwargs)
 
@@ -273,6 +304,12 @@ if os.environ.get(HANG_IN_ENV):
         sys.meta_path.insert(0, _PatchOnImport('rlp.rollouts', _patch_rollouts))
     if _phase == 'upload':
         sys.meta_path.insert(0, _PatchOnImport('composer.utils.object_store.s3_object_store', _patch_s3_upload))
+
+if os.environ.get(PAUSE_IN_ENV):
+    _pause_in()
+    if os.environ.get(HANG_IN_ENV):
+        raise ValueError(f'set {PAUSE_IN_ENV} or {HANG_IN_ENV}, not both')
+    sys.meta_path.insert(0, _PatchOnImport('composer.utils.object_store.s3_object_store', _patch_s3_upload))
 
 if os.environ.get(HANG_ENV):
     sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train))
