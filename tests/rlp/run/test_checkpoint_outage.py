@@ -26,19 +26,19 @@ import pytest
 from rlp.run.metrics import read_metrics
 from tests.helpers.hooks import PAUSE_IN, WAIT_AFTER_BATCH, hook_env
 from tests.helpers.s3_outage import MotoServer, StoreProxy, free_port, s3_env, wait_until
-from tests.helpers.training import REPO, launch, packed_samples, tiny_recipe, write_mds, write_recipe
+from tests.helpers.training import (
+    COMPARED,
+    REPO,
+    TINY_RLP,
+    launch,
+    packed_samples,
+    tiny_recipe,
+    write_mds,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY_RLP = {  # as tests/rlp/run/test_resumption.py
-    'positions': {'unit': 'sample', 'k': 1, 'min_context': 4, 'max_context': 16},
-    'rollouts': {'group_size': 2, 'temperature': 1.0, 'max_thought_tokens': 3},
-    'teacher': {'kind': 'ema', 'tau': 0.9},
-    'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
-    'log': {'every_n_batches': 4},
-}
-COMPARED = ('sample_ids', 'loss/train/total', 'loss/train/ntp', 'loss/train/rlp', 'rlp/reward_mean', 'rlp/s_pred',
-            'rlp/s_ema', 'rlp/gain_vs_ema')  # fmt: skip
 BUCKET = 'ckpt-outage'
 
 
