@@ -12,6 +12,7 @@ that `TokenSampleDataset` works around (shown on a plain `StreamingDataset`).
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import Future
 
 import pytest
 
@@ -183,10 +184,13 @@ def test_token_ids_beyond_the_model_vocabulary(data):
 
 def test_streaming_bugs_worked_around(data):
     """On a plain streaming.StreamingDataset (0.13): (1) validate_hash='xxh64' does not check a decompressed copy
-    already on disk: a damaged copy is yielded as data; (2) a background thread's error (a truncated shard) is
-    only logged (concurrent.futures' 'exception calling callback'), and the epoch ends early as if complete. If
-    either assertion fails, streaming changed and the workaround in rlp.run.data.TokenSampleDataset can be
-    revisited."""
+    already on disk: a damaged copy is yielded as data; (2) a background thread's error reaches streaming's
+    done-callback hook (``on_exception``), which sets the stop event and re-raises inside the callback, where
+    concurrent.futures only logs it: the iterating thread gets no exception and the epoch ends early as if it were
+    complete. The hook is driven directly with a failed future, as the prepare thread would (an end-to-end truncated
+    shard races the iterating thread, which sometimes reaches the shard first and raises itself). Our dataset, given
+    the same failed future, raises it in the iterating thread. If an assertion fails, streaming changed and the
+    workaround in rlp.run.data.TokenSampleDataset can be revisited."""
     from streaming import StreamingDataset
 
     folder, samples = data
@@ -198,7 +202,20 @@ def test_streaming_bugs_worked_around(data):
     assert rows != [s['tokens'].tolist() for s in samples]
 
     for _, raw_i in shard_files(folder):
-        raw_i.unlink()
-    truncate(shard_files(folder)[1][0])
-    got = list(StreamingDataset(local=str(folder), shuffle=False, batch_size=1))  # no exception reaches here
-    assert 0 < len(got) < len(samples)
+        raw_i.unlink()  # the damaged copy goes: part (2) reads sound shards
+    failed = Future()
+    failed.set_exception(ValueError('a shard download failed'))
+    plain = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
+    it = iter(plain)
+    got = [next(it)]  # the background threads run; the stop event exists
+    with pytest.raises(ValueError, match='a shard download failed'):
+        plain.on_exception(failed)  # raised inside the callback, where concurrent.futures would only log it
+    got += list(it)  # no exception reaches the iterating thread ...
+    assert len(got) < len(samples)  # ... and the epoch just ends early
+
+    ours = loader({'web': {'local': str(folder)}}, batch=1).dataset
+    it = iter(ours)
+    next(it)
+    ours.on_exception(failed)  # kept, not raised in the callback
+    with pytest.raises(ValueError, match='a shard download failed'):
+        list(it)
