@@ -96,6 +96,34 @@ def _files(folder: Path) -> list[str]:
     )
 
 
+def _stop_line(proc: subprocess.Popen, out: str, err: str, name: str) -> tuple[str, int]:
+    """The outage run's single stop line, checked (exit 1, no traceback, names checkpoint ``name``, its URI, the fix
+    and a connection error); returns it with the batch the run stopped at."""
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    stopped = [ln for ln in err.splitlines() if ln.startswith('rlp.train: stopped:')]
+    assert len(stopped) == 1 and 'Traceback' not in out + err, out[-3000:] + err[-5000:]
+    line = stopped[0]
+    uri = f's3://{BUCKET}/ckpt/resume/{name}'
+    assert f'checkpoint {name} was not saved: uploading {uri} failed' in line, line
+    assert 'rerun the same command to resume' in line and 'EndpointConnectionError' in line, line
+    return line, int(re.search(r'the run stopped at batch (\d+)', line).group(1))
+
+
+def _resume_equals_reference(recipe: Path, cwd: Path, env: dict, reference: dict, keys, tmpdir: Path) -> None:
+    """Store back: the same command resumes from ba4, every batch's compared fields equal the uninterrupted run's,
+    ba8 and ba12 reach the store, and no checkpoint copy is left in TMPDIR or the run folder."""
+    rerun = launch(recipe, nproc=None, cwd=cwd, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f'resuming from s3://{BUCKET}/ckpt/resume/ep0-ba4-rank0.pt' in rerun.stdout + rerun.stderr
+    resumed = read_metrics(str(cwd / 'runs' / 'resume' / 'metrics.jsonl'))
+    assert sorted(resumed) == sorted(reference) == list(range(12))
+    for batch in range(12):
+        for key in COMPARED:
+            assert resumed[batch][key] == reference[batch][key], (batch, key)
+    assert {'ckpt/resume/ep0-ba8-rank0.pt', 'ckpt/resume/ep0-ba12-rank0.pt'} <= set(keys())
+    assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
+
+
 def test_store_outage_at_a_checkpoint_stops_with_one_line_and_the_same_command_resumes(store, reference, tmp_path):
     """Outage at the ba8 save: exit 1, one line naming the checkpoint, its URI and the fix, no traceback; ba4 on the
     store unchanged, no ba8; no copy in TMPDIR or the run folder. Store back, same command: resumes from ba4, every
@@ -123,31 +151,14 @@ def test_store_outage_at_a_checkpoint_stops_with_one_line_and_the_same_command_r
     finally:
         if proc.poll() is None:
             proc.kill()
-    out, err = log.read_text(), Path(f'{log}.err').read_text()
-    assert proc.returncode == 1, out[-3000:] + err[-3000:]
-    stopped = [ln for ln in err.splitlines() if ln.startswith('rlp.train: stopped:')]
-    assert len(stopped) == 1 and 'Traceback' not in out + err, out[-3000:] + err[-5000:]
-    line = stopped[0]
-    uri = f's3://{BUCKET}/ckpt/resume/ep0-ba8-rank0.pt'
-    assert f'checkpoint ep0-ba8-rank0.pt was not saved: uploading {uri} failed' in line, line
-    assert 'rerun the same command to resume' in line and 'EndpointConnectionError' in line, line
-    batches_done = int(re.search(r'the run stopped at batch (\d+)', line).group(1))
+    _, batches_done = _stop_line(proc, log.read_text(), Path(f'{log}.err').read_text(), 'ep0-ba8-rank0.pt')
 
     proxy.up()
     assert client.get_object(Bucket=BUCKET, Key='ckpt/resume/ep0-ba4-rank0.pt')['Body'].read() == ba4
     assert not any('ba8' in k for k in keys()), keys()
     assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
 
-    rerun = launch(recipe, nproc=None, cwd=cwd, env=env)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f'resuming from s3://{BUCKET}/ckpt/resume/ep0-ba4-rank0.pt' in rerun.stdout + rerun.stderr
-    resumed = read_metrics(str(cwd / 'runs' / 'resume' / 'metrics.jsonl'))
-    assert sorted(resumed) == sorted(reference) == list(range(12))
-    for batch in range(12):
-        for key in COMPARED:
-            assert resumed[batch][key] == reference[batch][key], (batch, key)
-    assert {'ckpt/resume/ep0-ba8-rank0.pt', 'ckpt/resume/ep0-ba12-rank0.pt'} <= set(keys())
-    assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
+    _resume_equals_reference(recipe, cwd, env, reference, keys, tmpdir)
     print(f'outage run stopped after batch {batches_done}; the resume from ba4 redid {batches_done - 4} batches')
 
 
@@ -205,31 +216,15 @@ def test_store_outage_in_the_middle_of_a_checkpoint_upload_keeps_ba4_and_the_sam
         if proc.poll() is None:
             proc.kill()
     out, err = log.read_text(), err_log.read_text()
-    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    line, batches_done = _stop_line(proc, out, err, name)
     assert f'{PAUSE_IN}=upload:{name}:{release}: released' in err, err[-3000:]
-    stopped = [ln for ln in err.splitlines() if ln.startswith('rlp.train: stopped:')]
-    assert len(stopped) == 1 and 'Traceback' not in out + err, out[-3000:] + err[-5000:]
-    line = stopped[0]
-    uri = f's3://{BUCKET}/ckpt/resume/{name}'
-    assert f'checkpoint {name} was not saved: uploading {uri} failed' in line, line
-    assert 'rerun the same command to resume' in line and 'EndpointConnectionError' in line, line
-    batches_done = int(re.search(r'the run stopped at batch (\d+)', line).group(1))
 
     proxy.up()
     assert client.get_object(Bucket=BUCKET, Key='ckpt/resume/ep0-ba4-rank0.pt')['Body'].read() == ba4
     assert not any('ba8' in k or 'ba12' in k for k in keys()), keys()
     assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
 
-    rerun = launch(recipe, nproc=None, cwd=cwd, env=env)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f'resuming from s3://{BUCKET}/ckpt/resume/ep0-ba4-rank0.pt' in rerun.stdout + rerun.stderr
-    resumed = read_metrics(str(cwd / 'runs' / 'resume' / 'metrics.jsonl'))
-    assert sorted(resumed) == sorted(reference) == list(range(12))
-    for batch in range(12):
-        for key in COMPARED:
-            assert resumed[batch][key] == reference[batch][key], (batch, key)
-    assert {f'ckpt/resume/{name}', 'ckpt/resume/ep0-ba12-rank0.pt'} <= set(keys())
-    assert _files(tmpdir) == [] and not (cwd / 'runs' / 'resume' / '.checkpoint-uploads').exists(), _files(tmpdir)
+    _resume_equals_reference(recipe, cwd, env, reference, keys, tmpdir)
     print(f'mid-upload outage: {sent} bytes through the proxy when the store went down; the run stopped '
           f'{stopped_after:.1f} s later after batch {batches_done} ({line.split("failed after ")[1].split(" (")[0]}); '
           f'the resume from ba4 redid {batches_done - 4} batches')  # fmt: skip
