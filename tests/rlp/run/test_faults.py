@@ -33,6 +33,7 @@ import pytest
 
 from rlp.run.metrics import read_metrics
 from tests.helpers.hooks import HANG_IN, hook_env
+from tests.helpers.s3_outage import s3_env
 from tests.helpers.training import (
     COMPARED,
     REPO,
@@ -69,14 +70,7 @@ WHERE = {  # the markers the hooks print (all of them must appear)
 @pytest.fixture(scope='module')
 def world(s3_server, tmp_path_factory):
     """A bucket with the training data (48 packed samples), the subprocess env, and the reference run's records."""
-    env = {
-        'S3_ENDPOINT_URL': s3_server,
-        'AWS_ENDPOINT_URL': s3_server,
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': 'testing',
-        'AWS_DEFAULT_REGION': 'us-east-1',
-        'PYTHONPATH': str(REPO),
-    }
+    env = {**s3_env(s3_server), 'PYTHONPATH': str(REPO)}
     bucket = f'faults-{os.getpid()}'
     client = boto3.client(
         's3', endpoint_url=s3_server, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='x'

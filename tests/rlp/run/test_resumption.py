@@ -22,6 +22,7 @@ import pytest
 
 from rlp.run.metrics import read_metrics
 from tests.helpers.hooks import HANG_AFTER_BATCH, hook_env
+from tests.helpers.s3_outage import s3_env
 from tests.helpers.training import (
     COMPARED,
     REPO,
@@ -43,13 +44,7 @@ _names = itertools.count()
 @pytest.fixture(scope='module')
 def world(s3_server, tmp_path_factory):
     """A bucket holding the training data (64 packed samples) and the env that points subprocesses at it."""
-    env = {
-        'S3_ENDPOINT_URL': s3_server,
-        'AWS_ENDPOINT_URL': s3_server,
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': 'testing',
-        'AWS_DEFAULT_REGION': 'us-east-1',
-    }
+    env = s3_env(s3_server)
     with environ(env):
         bucket = f'resume-{os.getpid()}'
         boto3.client('s3', endpoint_url=s3_server, region_name='us-east-1').create_bucket(Bucket=bucket)

@@ -19,6 +19,7 @@ import boto3
 import pytest
 import torch
 
+from tests.helpers.s3_outage import s3_env
 from tests.helpers.training import (
     REPO,
     TINY_RLP,
@@ -40,15 +41,8 @@ SECRETS = (SECRET_KEY, SESSION_TOKEN, SIGNATURE)
 @pytest.fixture(scope='module')
 def world(s3_server, tmp_path_factory):
     """A bucket with 24 packed samples and the subprocess env carrying the secret credentials."""
-    env = {
-        'S3_ENDPOINT_URL': s3_server,
-        'AWS_ENDPOINT_URL': s3_server,
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': SECRET_KEY,
-        'AWS_SESSION_TOKEN': SESSION_TOKEN,
-        'AWS_DEFAULT_REGION': 'us-east-1',
-        'PYTHONPATH': str(REPO),
-    }
+    env = {**s3_env(s3_server), 'AWS_SECRET_ACCESS_KEY': SECRET_KEY, 'AWS_SESSION_TOKEN': SESSION_TOKEN,
+           'PYTHONPATH': str(REPO)}  # fmt: skip
     bucket = f'secrets-{os.getpid()}'
     client = boto3.client(
         's3',
