@@ -26,11 +26,13 @@ int64 (0 for the first token, +1 at every document start; padding continues the 
 from __future__ import annotations
 
 import os
+from time import sleep
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from streaming import Stream, StreamingDataset
+from streaming.base.dataset import TICK, _ShardState
 from torch.utils.data import DataLoader
 
 from rlp.run.integrity import DataIntegrityError, ShardChecker
@@ -151,7 +153,8 @@ class TokenSampleDataset(StreamingDataset):
     # from mosaicml/streaming#304): concurrent.futures logs that as a traceback, and the epoch then ends early as
     # if it were complete (tests/rlp/run/test_data_integrity.py shows it). So any failure (a failed check, a
     # missing shard, a download out of retries) is kept in ``_failure``, on_exception swallows it (setting the stop
-    # event as streaming does), and get_item/__iter__ raise it in the iterating thread.
+    # event as streaming does), and get_item/__iter__ raise it in the iterating thread. A failed download or
+    # decompression also leaves the shard PREPARING, where streaming's blocking wait never ends: _wait_prepared.
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         """streaming's prepare_shard, with the shard's files checked the first time this process needs them."""
@@ -162,7 +165,9 @@ class TokenSampleDataset(StreamingDataset):
         checker, shard = self._checkers[int(self.stream_per_shard[shard_id])], self.shards[shard_id]
         try:
             done = checker.check_present(shard)  # before streaming reads or decompresses anything
-            super().prepare_shard(shard_id, blocking)
+            super().prepare_shard(shard_id, False)
+            if blocking:
+                self._wait_prepared(shard_id)
             if done or checker.check_present(shard):  # a fresh download/decompression is checked at once
                 self._checked.add(shard_id)
         except DataIntegrityError as err:
@@ -173,6 +178,23 @@ class TokenSampleDataset(StreamingDataset):
             if self._failure is None:
                 raise
             raise self._failure from None
+
+    def _wait_prepared(self, shard_id: int) -> None:
+        """Wait while another thread prepares ``shard_id``; raise as soon as any thread has failed.
+
+        streaming 0.13's blocking prepare_shard waits for a shard in state PREPARING with no way out, and a download
+        or decompression that fails leaves the shard PREPARING: a training process that reaches a damaged shard
+        while its background thread is still decompressing it waits forever (tests/rlp/run/test_data_integrity.py
+        shows it). So the wait is done here, and it ends with the kept failure.
+        """
+        while self._shard_states[shard_id] == _ShardState.PREPARING:
+            if self._failure is not None:
+                raise self._failure
+            if getattr(self, '_event', None) is not None and self._event.is_set():
+                raise RuntimeError(
+                    f'shard {shard_id} was being prepared by a background thread that stopped; see the error above'
+                )
+            sleep(TICK)
 
     def on_exception(self, future: Any) -> None:
         """streaming's background-thread error hook. Any failure (a failed check, a missing shard, a download that

@@ -5,13 +5,16 @@ disk, a copy or an interrupted download would (a flipped byte or a truncated fil
 decompressed copy streaming leaves beside it), and checks the loader against the undamaged data: it stops with one
 `DataIntegrityError` line naming the stream, the file and the fix, before yielding a sample of the damaged shard;
 after the named fix it yields exactly the prepared samples. Also: the same for a stream on the local S3 server, the
-error surviving a DataLoader worker, token ids beyond the model's vocabulary, and the two streaming 0.13 behaviours
-that `TokenSampleDataset` works around (shown on a plain `StreamingDataset`).
+error surviving a DataLoader worker, token ids beyond the model's vocabulary, the iterating thread waiting for a shard
+that another thread fails to decompress, and the three streaming 0.13 behaviours that `TokenSampleDataset` works
+around (shown on a plain `StreamingDataset`).
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -219,3 +222,57 @@ def test_streaming_bugs_worked_around(data):
     ours.on_exception(failed)  # kept, not raised in the callback
     with pytest.raises(ValueError, match='a shard download failed'):
         list(it)
+
+
+def test_waiting_for_a_shard_that_fails_to_decompress(data, s3, tmp_path, monkeypatch):
+    """A shard truncated on the S3 server, its download slowed so that the order is fixed: one thread starts preparing
+    it, the training thread then asks for it and waits, the first thread's decompression fails. streaming 0.13 leaves
+    the shard in state PREPARING after a failed download or decompression, and its blocking prepare_shard waits for
+    PREPARING to end with no way out: shown on a plain StreamingDataset. Ours: the waiting thread gets the one-line
+    error within seconds (it hung until CI's time limit before the fix)."""
+    import zstd
+    from streaming import Stream, StreamingDataset
+    from streaming.base.dataset import _ShardState
+
+    folder, _ = data
+    zst, _ = shard_files(folder)[0]
+    truncate(zst)
+    for path in sorted(folder.rglob('*')):
+        if path.is_file():
+            s3.client.upload_file(str(path), s3.bucket, f'cut/{path.relative_to(folder)}')
+    remote = f's3://{s3.bucket}/cut'
+
+    plain = StreamingDataset(remote=remote, local=str(tmp_path / 'plain'), shuffle=False, batch_size=1)
+    with pytest.raises(zstd.Error):
+        plain.prepare_shard(0, False)
+    assert plain._shard_states[0] == _ShardState.PREPARING  # a blocking prepare_shard(0) would never return
+
+    download = Stream._download_file
+
+    def slow_download(self, *args, **kwargs):
+        time.sleep(1.0)
+        return download(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stream, '_download_file', slow_download)
+    ours = loader({'web': {'remote': remote, 'local': str(tmp_path / 'ours')}}, batch=1).dataset
+    errors = {}
+
+    def prepare(name, blocking):
+        try:
+            ours.prepare_shard(0, blocking)
+        except BaseException as exc:  # recorded for the assertions below
+            errors[name] = exc
+
+    background = threading.Thread(target=prepare, args=('background', False), daemon=True)
+    background.start()
+    deadline = time.monotonic() + 30
+    while ours._shard_states[0] != _ShardState.PREPARING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ours._shard_states[0] == _ShardState.PREPARING
+    waiting = threading.Thread(target=prepare, args=('waiting', True), daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)
+    background.join(timeout=60)
+    assert not waiting.is_alive(), 'the waiting thread still waits for the failed shard'
+    assert isinstance(errors.get('waiting'), DataIntegrityError), errors
+    assert zst.name in one_line(errors['waiting']) and 'corrupt or truncated' in str(errors['waiting'])
