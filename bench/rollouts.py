@@ -4,10 +4,12 @@
 
 Model: a random-init Llama (hidden 512, 6 layers, 8 heads, 32k vocabulary; ~23M parameters with tied embeddings).
 Settings: G 16 thoughts of 128 tokens after a 512-token prefix, one position, and the same with 4 positions.
-``generate(num_return_sequences=G, do_sample=True)`` and the sampler are forced to the same number of tokens (no
-closing tag can be sampled: its logit is -inf for both). A third setting lets half the rollouts close early (their
-keyed uniform draws the closing tag at token 16), where the sampler drops finished rows. Each
-figure is the best of ``--repeats``; the ratios are computed from figures of this run only.
+Three decoders: the sampler (``rlp.rollouts.sample_thoughts``; for this Llama, each prompt's KV cache held once,
+``rlp.cascade``), the same sampler with an ordinary KV cache expanded G times (``shared_prefix=False``: the plain
+shared-prefix-prefill loop), and ``generate(num_return_sequences=G, do_sample=True)``, all forced to the same number
+of tokens (no closing tag can be sampled: its logit is -inf for all). A last setting lets half the rollouts close
+early (their keyed uniform draws the closing tag at token 16), where the sampler drops finished rows. Each figure is
+the best of ``--repeats``; the ratios are computed from figures of this run only.
 """
 
 from __future__ import annotations
@@ -63,13 +65,14 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def _sampler(model, positions: int, g: int, prefix: int, tokens: int, close_half_at: int = 0):
+def _sampler(model, positions: int, g: int, prefix: int, tokens: int, close_half_at: int = 0, shared=None):
     ids = torch.randint(10, model.config.vocab_size, (positions, prefix), generator=torch.Generator().manual_seed(1))
     prompts = Prompts(ids=ids, mask=torch.ones_like(ids), target=torch.zeros(positions, dtype=torch.long))
     u = torch.rand(positions, g, tokens, generator=torch.Generator().manual_seed(2)) * 0.999
     if close_half_at:  # odd rollouts draw the last id (the closing tag) at that step
         u[:, 1::2, close_half_at - 1] = 1.0 - 1e-7
-    return lambda: sample_thoughts(model, model, prompts, u, temperature=0.7, top_p=1.0, close_id=CLOSE_ID, pad_id=0)
+    return lambda: sample_thoughts(model, model, prompts, u, temperature=0.7, top_p=1.0, close_id=CLOSE_ID, pad_id=0,
+                                   shared_prefix=shared)  # fmt: skip
 
 
 def _generate(model, positions: int, g: int, prefix: int, tokens: int, processors):
@@ -100,11 +103,14 @@ def main() -> int:
     for positions in (1, 4):
         model.lm_head = _BanHead(head)
         ours = _best(_sampler(model, positions, g, prefix, tokens), args.repeats)
+        plain = _best(_sampler(model, positions, g, prefix, tokens, shared=False), args.repeats)
         model.lm_head = head
         theirs = _best(_generate(model, positions, g, prefix, tokens, ban), args.repeats)
         n = positions * g * tokens
-        print(f'{positions} position(s): sampler {n / ours:8.0f} tok/s   generate {n / theirs:8.0f} tok/s   '
-              f'ratio {theirs / ours:.2f}x')  # fmt: skip
+        print(f'{positions} position(s): sampler {n / ours:6.0f} tok/s   expanded-cache loop {n / plain:6.0f} tok/s   '
+              f'generate {n / theirs:6.0f} tok/s   generate/sampler {theirs / ours:.2f}x   '
+              f'expanded/sampler {plain / ours:.2f}x', flush=True)  # fmt: skip
+    model.lm_head = _BanHead(head)
     full = _best(_sampler(model, 1, g, prefix, tokens), args.repeats)
     early = _best(_sampler(model, 1, g, prefix, tokens, close_half_at=16), args.repeats)
     print(

@@ -2,8 +2,10 @@
 
 Batching: the prompts of ALL positions of a microbatch (``[instruction] prefix <think>``) are left-padded into one
 (P, Lp) tensor with an attention mask and position ids ``cumsum(mask) - 1``; one prefill computes their KV cache,
-which is then expanded G times (``batch_repeat_interleave``) so the G thoughts of a position share it. Decoding is
-our own loop over the HF model with ``past_key_values`` (not ``generate``), so that:
+which the G thoughts of a position share: held once per prompt in a :class:`rlp.cascade.SharedPrefixCache` (Llama,
+Qwen2, Qwen3: each decode step reads a prompt's keys/values once for its G rollouts), or, for other models, expanded
+G times (``batch_repeat_interleave``). Decoding is our own loop over the HF model with ``past_key_values`` (not
+``generate``), so that:
 
 - every rollout draws from its own keyed stream: the uniforms ``u`` of rollout (position, g) come from a generator
   keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
@@ -29,6 +31,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
+from rlp.cascade import SharedPrefixCache, decoding_with, supports_shared_prefix
 from rlp.hf import eval_mode, keep_last_logits
 from rlp.keys import keyed_generator
 from rlp.logprobs import last_logits
@@ -179,6 +182,7 @@ def sample_thoughts(
     close_id: int,
     pad_id: int,
     synced: bool = False,
+    shared_prefix: bool | None = None,
 ) -> Rollouts:
     """Sample G thoughts per prompt with a shared prefix KV cache (see the module docstring).
 
@@ -190,12 +194,20 @@ def sample_thoughts(
         temperature / top_p: sampling settings (temperature > 0, top_p in (0, 1]).
         close_id / pad_id: closing-tag and padding token ids.
         synced: all-reduce the stop decision so all ranks run the same number of decode steps.
+        shared_prefix: decode with :class:`rlp.cascade.SharedPrefixCache` (each prompt's KV held once, read once per
+            step for its G rollouts) instead of an ordinary cache expanded G times. None: wherever
+            :func:`rlp.cascade.supports_shared_prefix` says the model can; True for a model it cannot raises.
 
     Returns:
         :class:`Rollouts` on the prompts' device.
     """
     p, g, max_tokens = uniforms.shape
     dev = prompts.ids.device
+    if shared_prefix and not supports_shared_prefix(model):
+        raise ValueError(
+            'shared_prefix=True needs a Llama, Qwen2 or Qwen3 model with eager or sdpa attention and no sliding '
+            'window; pass shared_prefix=None to use it where it applies'
+        )
     n = p * g
     with eval_mode(module):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
@@ -210,7 +222,11 @@ def sample_thoughts(
             **keep_last_logits(model, 2),
         )
         nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
-        past = _expand_cache(out.past_key_values, g)
+        shared = supports_shared_prefix(model) if shared_prefix is None else shared_prefix
+        if shared:
+            past = SharedPrefixCache(out.past_key_values, prompts.mask, g, max_tokens)
+        else:
+            past = _expand_cache(out.past_key_values, g)
         logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
         attn = prompts.mask.repeat_interleave(g, dim=0)
         next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)
@@ -238,19 +254,24 @@ def sample_thoughts(
                 keep[0] = True
             if not keep.all():  # closed thoughts stop costing compute: drop their rows from the batch and cache
                 idx = keep.nonzero().squeeze(1)
-                rows, attn = rows[idx], attn[idx]
-                past = _select_cache(past, idx)
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            out, logits = last_logits(
-                model,
-                1,
+                rows = rows[idx]
+                if shared:
+                    past.select(idx)
+                else:
+                    attn, past = attn[idx], _select_cache(past, idx)
+            step_in = dict(
                 input_ids=tokens[rows, s : s + 1],
-                attention_mask=attn,
                 position_ids=(next_pos[rows] + s).view(-1, 1),
                 past_key_values=past,
                 use_cache=True,
             )
-            past = out.past_key_values
+            if shared:  # the cache knows the padding; no (N, Lp + s) mask to build
+                with decoding_with(model, past):
+                    out, logits = last_logits(model, 1, **step_in)
+            else:
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+                out, logits = last_logits(model, 1, attention_mask=attn, **step_in)
+                past = out.past_key_values
             logits = logits[:, 0]
             steps += 1
         truncated = ~done

@@ -244,3 +244,29 @@ def test_closed_thoughts_leave_the_decoded_batch(tokenizer):
     decode = [s[0] for s in sizes[1:]]  # sizes[0] is the prefill of the P prompts
     assert decode == [int((lengths > s + 1).sum()) for s in range(len(decode))]
     assert decode[0] < len(prompts) * g  # some thoughts closed after one token, so the batch did shrink
+
+
+@pytest.mark.parametrize('kind', ['llama', 'qwen3'])
+def test_shared_prefix_decoding_equals_the_expanded_cache(tokenizer, kind):
+    """The same prompts and uniforms decoded with the shared-prefix cache (each prompt's KV once) and with an ordinary
+    cache expanded G times: the same tokens, lengths and truncation flags, log-probs within float32 rounding, with
+    thoughts closing at different steps (rows leave both batches); the model's attention setting is unchanged."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind, bias=3.0)
+    u = rollout_uniforms(rkeys, 4, 8)
+    kw = dict(temperature=0.8, top_p=0.9, close_id=tpl.close_id, pad_id=0)
+    shared = sample_thoughts(model, model, prompts, u, shared_prefix=True, **kw)
+    expanded = sample_thoughts(model, model, prompts, u, shared_prefix=False, **kw)
+    assert 1 < len(set(shared.lengths.flatten().tolist())), 'thoughts should close at different steps'
+    assert torch.equal(shared.tokens, expanded.tokens) and torch.equal(shared.lengths, expanded.lengths)
+    assert torch.equal(shared.truncated, expanded.truncated) and shared.decode_steps == expanded.decode_steps
+    torch.testing.assert_close(shared.logp, expanded.logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.nothink_logp, expanded.nothink_logp)
+    assert model.config._attn_implementation == 'eager'
+
+
+def test_shared_prefix_refused_for_a_model_without_it(tokenizer):
+    """shared_prefix=True on GPT-2 (its attention does not take the shared-prefix cache): a ValueError saying so."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'gpt2')
+    with pytest.raises(ValueError, match='shared_prefix=True needs a Llama, Qwen2 or Qwen3 model'):
+        sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 2, 4), temperature=1.0, top_p=1.0,
+                        close_id=tpl.close_id, pad_id=0, shared_prefix=True)  # fmt: skip
