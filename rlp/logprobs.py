@@ -20,13 +20,15 @@ output is (N, 1, V). Inside the call matters under FSDP1 ``use_orig_params``: th
 tensor; after the forward it is the rank's flat shard again. The head must sit in the ROOT FSDP unit (Composer's
 default for HF models; its flat parameter stays unsharded until backward, so the checkpoint recomputation sees the
 full weight); a head in its own unit is refused (:func:`linear_head`). The last-position logit doubles as a
-per-call compatibility check: it must equal ``W h + b``; models whose logits are not ``head(h)`` (logit scaling,
+compatibility check: it must equal ``W h + b``; models whose logits are not ``head(h)`` (logit scaling,
 soft-capping, a non-Linear head) fail the check or are refused up front, and the caller falls back to the
-unchunked path.
+unchunked path. The check runs until it passes once for a head; after that the head runs on no position at all
+(the model returns (N, 0, V) logits): a decode step computes its logits once, not three times.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -64,15 +66,22 @@ def linear_head(model: Any) -> Optional[torch.nn.Linear]:
     return head
 
 
+# heads whose model logits were checked to be head(h) (HeadCapture.matches passed once)
+_CHECKED_HEADS: 'weakref.WeakKeyDictionary[torch.nn.Module, bool]' = weakref.WeakKeyDictionary()
+
+
 class HeadCapture:
     """Context: in forwards inside it, ``fn(h)`` runs on the head's input h (N, L_kept, D) INSIDE the head's call
     (where FSDP has the full weight), its value is kept in ``self.result``, and the head itself then runs on the
-    last position only (the model returns (N, 1, V) logits; ``truncate=False`` keeps all its positions)."""
+    last position only (the model returns (N, 1, V) logits; ``truncate=False`` keeps all its positions) until the
+    check (:meth:`matches`) has passed once for this head; from then on on no position (the model returns (N, 0, V)
+    logits, which nobody reads)."""
 
     def __init__(self, head: torch.nn.Linear, fn: Callable[[torch.Tensor], Any], truncate: bool = True) -> None:
         self.head = head
         self.fn = fn
         self.truncate = truncate
+        self.checked = _CHECKED_HEADS.get(head, False)
         self.result: Any = None
         self._last: Optional[torch.Tensor] = None
         self._handle: Any = None
@@ -80,6 +89,8 @@ class HeadCapture:
     def _hook(self, module: torch.nn.Module, args: tuple) -> tuple:
         h = args[0]
         self.result = self.fn(h)
+        if self.checked:
+            return (h[:, :0],) + tuple(args[1:])
         with torch.no_grad():
             self._last = F.linear(h[:, -1], module.weight, module.bias)
         return ((h[:, -1:],) + tuple(args[1:])) if self.truncate else None
@@ -92,13 +103,19 @@ class HeadCapture:
         self._handle.remove()
 
     def matches(self, model_logits: torch.Tensor) -> bool:
-        """True if the model's last-position logits (N, V) equal ``head(h_last)`` (a plain Linear head):
-        max |diff| <= tol * (max |logit| + 1), tol = 1e-3 in fp32, 2e-2 for 16-bit logits (GEMM rounding)."""
-        if self._last is None or self._last.shape != model_logits.shape:
+        """True if the model's logits (N, L, V) at the last position equal ``head(h_last)`` (a plain Linear head):
+        max |diff| <= tol * (max |logit| + 1), tol = 1e-3 in fp32, 2e-2 for 16-bit logits (GEMM rounding). True
+        without looking once the check has passed for this head."""
+        if self.checked:
+            return self.result is not None
+        if self._last is None or model_logits.ndim != 3 or self._last.shape != model_logits[:, -1].shape:
             return False
-        tol = 2e-2 if model_logits.element_size() < 4 or self._last.element_size() < 4 else 1e-3
-        mine, theirs = self._last.float(), model_logits.float()
-        return bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
+        last = model_logits[:, -1]
+        tol = 2e-2 if last.element_size() < 4 or self._last.element_size() < 4 else 1e-3
+        ok = bool((self._last.float() - last.float()).abs().max() <= tol * (last.float().abs().max() + 1.0))
+        if ok:
+            _CHECKED_HEADS[self.head] = True
+        return ok
 
 
 def fp32_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -128,7 +145,7 @@ def last_logits(model: Any, n: int, **kwargs: Any) -> tuple[Any, torch.Tensor]:
         fn = lambda h: fp32_linear(h[:, -n:].detach(), head.weight, head.bias)
         with HeadCapture(head, fn, truncate=False) as cap:
             out = call_model(model, **kwargs)
-        if cap.result is not None and cap.result.shape[1] == n and cap.matches(out.logits[:, -1]):
+        if cap.result is not None and cap.result.shape[1] == n and cap.matches(out.logits):
             return out, cap.result
     else:
         out = call_model(model, **kwargs)

@@ -210,7 +210,7 @@ def packed_policy_forward(
 
         with HeadCapture(head, score) as cap:
             out = call_model(model, **kwargs)
-        if cap.result is None or not cap.matches(out.logits[:, -1]):
+        if cap.result is None or not cap.matches(out.logits):
             return None
         lp, s_pred = cap.result
         lp = lp + out.logits.sum().float() * 0.0  # the loss must reach the wrapper's output (FSDP's hooks sit there)

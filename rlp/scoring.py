@@ -120,7 +120,7 @@ def policy_forward(
 
         with HeadCapture(head, score) as cap:
             out = call_model(model, **kwargs)
-        if cap.result is not None and cap.matches(out.logits[:, -1]):
+        if cap.result is not None and cap.matches(out.logits):
             lp, s_pred = cap.result
             # the loss must reach the wrapper's output: FSDP's pre-backward hooks sit on it (0 * logits, tiny)
             lp = lp + out.logits.sum().float() * 0.0

@@ -4,7 +4,8 @@ Checked against a loop-based reference (tests/helpers/policy_reference.py: one u
 full logits, log_softmax(logits / T)): the thought-token log-probs, S_pred and the gradients of every parameter, for
 several chunk sizes (atol 1e-5: same ops, only the GEMM blocking differs); the unchunked path agrees too; a model
 whose logits are not a plain Linear head (a scaled head output, a non-Linear head) falls back with a warning and
-stays exact; the chunked path saves far fewer bytes for backward (counted with saved_tensors_hooks).
+stays exact; once a head passed the check its logits are computed once per call (the model's own head runs on no
+position); the chunked path saves far fewer bytes for backward (counted with saved_tensors_hooks).
 """
 
 from __future__ import annotations
@@ -125,6 +126,42 @@ def test_non_linear_head_falls_back_exactly(how, monkeypatch):
     torch.testing.assert_close(s_pred, ref_s, atol=1e-5, rtol=1e-5)
     fallback = [w for w in caught if 'falls back' in str(w.message)]
     assert len(fallback) == (1 if how == 'hook' else 0)
+
+
+def test_the_head_runs_on_no_position_once_checked(monkeypatch):
+    """The first scoring call on a head checks the model's own last-position logits against W h + b (the head runs
+    on one position); after that the head runs on no position (its logits are computed once per call, by the
+    scoring) and the values still equal the loop reference; last_logits likewise; a head that fails the check
+    keeps running in full on every call."""
+    from rlp.logprobs import last_logits
+
+    monkeypatch.setattr(scoring, '_WARNED', set())  # the failing head below disables the chunked path for its class
+    model = build_tiny_model('llama', VOCAB).eval()
+    prompts, ro = _inputs()
+    ref_logp, ref_s = loop_policy_logprobs(model, prompts, ro, TEMP)
+    with torch.no_grad():
+        full = model(input_ids=prompts.ids, attention_mask=prompts.mask).logits[:, -2:]
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    for _ in range(2):
+        logp, s_pred = policy_forward(model, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=4)
+        torch.testing.assert_close(logp, ref_logp.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s_pred, ref_s, atol=1e-5, rtol=1e-5)
+    assert [s[1] for s in shapes] == [1, 0]
+    with torch.no_grad():
+        _, logits = last_logits(model, 2, input_ids=prompts.ids, attention_mask=prompts.mask)
+    assert len(shapes) == 3 and shapes[2][1] == 0
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+
+    scaled = build_tiny_model('llama', VOCAB).eval()
+    shapes.clear()
+    scaled.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)) or out * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for _ in range(2):
+            policy_forward(scaled, prompts, ro, temperature=TEMP, pad_id=PAD, chunk_tokens=4)
+    # the failed check (one position), then the unchunked path's full forward on each call: never skipped
+    assert len(shapes) == 3 and shapes[0][1] == 1 and all(s[1] > 1 for s in shapes[1:])
 
 
 def saved_bytes(fn):
