@@ -3,8 +3,8 @@
 Decoding G rollouts after one prompt with an ordinary KV cache repeats the prompt's keys and values G times, and
 every decode step reads all G copies (and a growing cache is re-concatenated each step): on CPU that memory traffic,
 not the arithmetic, sets the speed. Here the prompt's cache is held once per prompt and each live row keeps only its
-own thought's keys and values, in a buffer allocated once. For a query q of live row r (rollout n = rows[r] of
-prompt p = n // G), per head:
+own thought's keys and values, in a buffer that grows by doubling (not re-concatenated every step). For a query q
+of live row r (rollout n = rows[r] of prompt p = n // G), per head:
 
     s_pre = q K_pre[p]^T * scale,  masked where the prompt is padding     (Lp scores; K_pre[p]: (Lp, d))
     s_own = q K_own[r]^T * scale                                          (t scores; the thought so far)
@@ -63,7 +63,8 @@ class SharedPrefixCache(Cache):
     Attributes:
         prefix_k, prefix_v: per layer (P, Hkv, Lp, d), the prompts' keys/values from the prefill.
         prefix_mask: (P, Lp) bool, True on real (not padding) prompt tokens.
-        own_k, own_v: per layer (N_live, Hkv, T, d), the thought tokens' keys/values (``lengths[l]`` filled).
+        own_k, own_v: per layer (N_live, Hkv, capacity, d), the thought tokens' keys/values (``lengths[l]`` filled;
+            the capacity doubles when full, up to ``max_tokens``).
         rows: (N_live,) the rollout index (p * G + g) of each live row; its prompt is ``rows // G``.
         group_size: G.
     """
@@ -76,8 +77,10 @@ class SharedPrefixCache(Cache):
         self.prefix_mask = prefix_mask.bool()
         self.group_size = group_size
         n = prefix_mask.shape[0] * group_size
-        self.own_k = [k.new_empty(n, k.shape[1], max(max_tokens, 1), k.shape[3]) for k in self.prefix_k]
-        self.own_v = [v.new_empty(n, v.shape[1], max(max_tokens, 1), v.shape[3]) for v in self.prefix_v]
+        self.max_tokens = max(max_tokens, 1)
+        first = min(self.max_tokens, 64)  # grown by doubling: thoughts that close early never pay for the budget
+        self.own_k = [k.new_empty(n, k.shape[1], first, k.shape[3]) for k in self.prefix_k]
+        self.own_v = [v.new_empty(n, v.shape[1], first, v.shape[3]) for v in self.prefix_v]
         self.lengths = [0] * len(layers)
         self.rows = torch.arange(n, device=prefix_mask.device)
 
@@ -93,8 +96,12 @@ class SharedPrefixCache(Cache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (N_live, Hkv, q, d) keys/values of the new tokens; return the thought part so far."""
         t, q = self.lengths[layer_idx], key_states.shape[2]
+        if t + q > self.max_tokens:
+            raise ValueError(f'SharedPrefixCache holds {self.max_tokens} thought tokens; got {t + q}')
         if t + q > self.own_k[layer_idx].shape[2]:
-            raise ValueError(f'SharedPrefixCache holds {self.own_k[layer_idx].shape[2]} thought tokens; got {t + q}')
+            size = min(self.max_tokens, max(2 * self.own_k[layer_idx].shape[2], t + q))
+            self.own_k[layer_idx] = _grown(self.own_k[layer_idx], t, size)
+            self.own_v[layer_idx] = _grown(self.own_v[layer_idx], t, size)
         self.own_k[layer_idx][:, :, t : t + q] = key_states
         self.own_v[layer_idx][:, :, t : t + q] = value_states
         self.lengths[layer_idx] = t + q
@@ -111,6 +118,13 @@ class SharedPrefixCache(Cache):
         self.rows = self.rows[idx]
         self.own_k = [k[idx] for k in self.own_k]
         self.own_v = [v[idx] for v in self.own_v]
+
+
+def _grown(buffer: torch.Tensor, filled: int, size: int) -> torch.Tensor:
+    """A (N, Hkv, size, d) buffer holding the first ``filled`` thought tokens of ``buffer``."""
+    out = buffer.new_empty(*buffer.shape[:2], size, buffer.shape[3])
+    out[:, :, :filled] = buffer[:, :, :filled]
+    return out
 
 
 def _to_prompt_major(x: torch.Tensor, cache: SharedPrefixCache, hkv: int) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The reference concatenates, for each live row, its prompt's real (unpadded) keys/values and its own thought's, and
 computes softmax(q k^T * scale) v one head at a time. Checked: several prompts with different padding, GQA (4 query
 heads on 2 key/value heads), rows that left the batch, one and two new tokens per step (causal within the thought);
-the cache's bookkeeping; which models take the path; the model's attention setting restored after an error.
+the cache's bookkeeping and its growing thought buffer; which models take the path; the model's attention setting
+restored after an error.
 """
 
 from __future__ import annotations
@@ -82,6 +83,23 @@ def test_cache_bookkeeping():
         cache.update(k[:2], k[:2], 0)
     with pytest.raises(RuntimeError, match='only inside'):
         shared_prefix_attention(SimpleNamespace(layer_idx=0), torch.zeros(2, H, 1, D), k[:2], k[:2], None)
+
+
+def test_thought_buffer_grows_by_doubling_and_keeps_what_it_holds():
+    """A budget of 100 tokens starts with room for 64; the 65th token grows it to 100 (not 128, the budget caps it)
+    and every token written before is still there; the 101st is refused."""
+    cache, gen = _cache(max_tokens=100)
+    assert cache.own_k[0].shape[2] == 64
+    written = torch.randn(P * G, HKV, 100, D, generator=gen)
+    for i in range(100):
+        key, value = cache.update(written[:, :, i : i + 1], -written[:, :, i : i + 1], 0)
+        if i == 63:
+            assert cache.own_k[0].shape[2] == 64
+    assert cache.own_k[0].shape[2] == 100 and cache.own_k[1].shape[2] == 64
+    torch.testing.assert_close(key, written)
+    torch.testing.assert_close(value, -written)
+    with pytest.raises(ValueError, match='holds 100 thought tokens'):
+        cache.update(written[:, :, :1], written[:, :, :1], 0)
 
 
 def test_which_models_take_the_path():
