@@ -19,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.s3_outage import s3_env
+
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
-_DUMMY_CREDENTIALS = {
-    'AWS_ACCESS_KEY_ID': 'testing',
-    'AWS_SECRET_ACCESS_KEY': 'testing',
-    'AWS_SESSION_TOKEN': 'testing',
-    'AWS_DEFAULT_REGION': 'us-east-1',
-}
 _bucket_counter = itertools.count()
 
 
@@ -97,9 +93,7 @@ def s3(s3_server, monkeypatch) -> S3:
     """Point S3 clients (boto3, streaming, Composer) at the local server with dummy credentials; fresh bucket."""
     import boto3
 
-    monkeypatch.setenv('S3_ENDPOINT_URL', s3_server)
-    monkeypatch.setenv('AWS_ENDPOINT_URL', s3_server)
-    for key, value in _DUMMY_CREDENTIALS.items():
+    for key, value in s3_env(s3_server).items():
         monkeypatch.setenv(key, value)
     client = boto3.client('s3', endpoint_url=s3_server, region_name='us-east-1')
     handle = S3(endpoint=s3_server, bucket='', client=client)
