@@ -196,6 +196,24 @@ class TokenSampleDataset(StreamingDataset):
                 )
             sleep(TICK)
 
+    # streaming 0.13 ends an epoch (_Iterator.exit) by waiting until two of its three loops have called on_exit, which
+    # its background threads do only when they return normally: once both have raised, the end of the epoch waits
+    # forever (tests/rlp/run/test_data_integrity.py shows it). A thread that raises is counted here.
+
+    def _prepare_thread(self, it: Any) -> None:
+        try:
+            super()._prepare_thread(it)
+        except BaseException:
+            it.on_exit()
+            raise
+
+    def _ready_thread(self, it: Any) -> None:
+        try:
+            super()._ready_thread(it)
+        except BaseException:
+            it.on_exit()
+            raise
+
     def on_exception(self, future: Any) -> None:
         """streaming's background-thread error hook. Any failure (a failed check, a missing shard, a download that
         ran out of retries) is kept and raised by the iterating thread: streaming's own hook only logs it and the

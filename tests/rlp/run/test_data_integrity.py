@@ -276,3 +276,38 @@ def test_waiting_for_a_shard_that_fails_to_decompress(data, s3, tmp_path, monkey
     assert not waiting.is_alive(), 'the waiting thread still waits for the failed shard'
     assert isinstance(errors.get('waiting'), DataIntegrityError), errors
     assert zst.name in one_line(errors['waiting']) and 'corrupt or truncated' in str(errors['waiting'])
+
+
+def test_a_failed_background_thread_counts_as_exited(data):
+    """streaming 0.13 ends each epoch (``_Iterator.exit``) by waiting until two of its three loops (the prepare
+    thread, the ready thread, the yielding loop) have called ``on_exit``, which a loop does only when it returns
+    normally. A background thread that raises (a failed check, a missing shard, a download out of retries) is never
+    counted, and once both background threads have raised, the end of the epoch waits forever: CI hung there, in
+    test_remote_stream_on_s3, when the ready thread met the prepare thread's failure on the next shard. Shown on a
+    plain StreamingDataset with a missing shard (its raising prepare thread is not counted); ours counts both
+    threads when they raise."""
+    import numpy as np
+    from streaming import StreamingDataset
+    from streaming.base.dataset import _Iterator, _ShardState
+
+    folder, _ = data
+    shard_files(folder)[0][0].unlink()
+    plain = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
+    plain._event = threading.Event()
+    it = _Iterator(np.arange(plain.num_samples))
+    with pytest.raises(ValueError, match='In the absence of local dataset'):
+        plain._prepare_thread(it)
+    assert it._num_exited == 0  # with the ready thread failed too, it.exit() would never return
+
+    ours = loader({'web': {'local': str(folder)}}, batch=1).dataset
+    ours._event = threading.Event()
+    it = _Iterator(np.arange(ours.num_samples))
+    with pytest.raises(DataIntegrityError, match='missing'):
+        ours._prepare_thread(it)
+    assert it._num_exited == 1
+    # the ready thread then meets the kept failure at a shard the prepare thread never reached, as in the CI hang
+    ours._shard_states[0] = _ShardState.REMOTE
+    with pytest.raises(DataIntegrityError, match='missing'):
+        ours._ready_thread(it)
+    assert it._num_exited == 2
+    it.exit()  # returns: both failed threads counted
