@@ -203,7 +203,8 @@ def sample_thoughts(
     """
     p, g, max_tokens = uniforms.shape
     dev = prompts.ids.device
-    if shared_prefix and not supports_shared_prefix(model):
+    supported = supports_shared_prefix(model)
+    if shared_prefix and not supported:
         raise ValueError(
             'shared_prefix=True needs a Llama, Qwen2 or Qwen3 model with eager or sdpa attention and no sliding '
             'window; pass shared_prefix=None to use it where it applies'
@@ -222,13 +223,13 @@ def sample_thoughts(
             **keep_last_logits(model, 2),
         )
         nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
-        shared = supports_shared_prefix(model) if shared_prefix is None else shared_prefix
+        shared = supported if shared_prefix is None else shared_prefix
         if shared:
             past = SharedPrefixCache(out.past_key_values, prompts.mask, g, max_tokens)
         else:
             past = _expand_cache(out.past_key_values, g)
         logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
-        attn = prompts.mask.repeat_interleave(g, dim=0)
+        attn = None if shared else prompts.mask.repeat_interleave(g, dim=0)  # the shared cache holds the padding
         next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)
         u = uniforms.reshape(n, max_tokens).to(dev)
         tokens = torch.full((n, max_tokens + 1), pad_id, dtype=torch.long, device=dev)

@@ -106,6 +106,15 @@ def build_streams(cfg: DataConfig, run_name: str) -> list[Stream]:
     return streams
 
 
+def _counted_as_exited(thread: Any, it: Any) -> None:
+    """Run streaming's background-thread loop ``thread(it)``; if it raises, note its exit on ``it`` first."""
+    try:
+        thread(it)
+    except BaseException:
+        it.on_exit()
+        raise
+
+
 class TokenSampleDataset(StreamingDataset):
     """A StreamingDataset whose items are ``{'tokens', 'doc_starts', 'sample_id'}`` numpy/int values.
 
@@ -188,12 +197,8 @@ class TokenSampleDataset(StreamingDataset):
         shows it). So the wait is done here, and it ends with the kept failure.
         """
         while self._shard_states[shard_id] == _ShardState.PREPARING:
-            if self._failure is not None:
+            if self._failure is not None:  # kept by prepare_shard or on_exception, before the stop event is set
                 raise self._failure
-            if getattr(self, '_event', None) is not None and self._event.is_set():
-                raise RuntimeError(
-                    f'shard {shard_id} was being prepared by a background thread that stopped; see the error above'
-                )
             sleep(TICK)
 
     # streaming 0.13 ends an epoch (_Iterator.exit) by waiting until two of its three loops have called on_exit, which
@@ -201,18 +206,10 @@ class TokenSampleDataset(StreamingDataset):
     # forever (tests/rlp/run/test_data_integrity.py shows it). A thread that raises is counted here.
 
     def _prepare_thread(self, it: Any) -> None:
-        try:
-            super()._prepare_thread(it)
-        except BaseException:
-            it.on_exit()
-            raise
+        _counted_as_exited(super()._prepare_thread, it)
 
     def _ready_thread(self, it: Any) -> None:
-        try:
-            super()._ready_thread(it)
-        except BaseException:
-            it.on_exit()
-            raise
+        _counted_as_exited(super()._ready_thread, it)
 
     def on_exception(self, future: Any) -> None:
         """streaming's background-thread error hook. Any failure (a failed check, a missing shard, a download that

@@ -25,6 +25,7 @@ from rlp.run.integrity import DataIntegrityError
 from rlp.run.recipe import DataConfig, StreamConfig
 from tests.helpers.damage import flip_byte, shard_files, truncate
 from tests.helpers.pipeline_data import BASE, read_samples
+from tests.helpers.runs import upload
 from tests.helpers.training import EOS_ID
 
 SEQ = 32
@@ -157,10 +158,7 @@ def test_remote_stream_on_s3(data, s3, tmp_path):
     """A stream on the local S3 server: a good dataset downloads and matches; its cached decompressed copy, damaged,
     is caught naming the cache folder to delete; a shard damaged on the server is caught after its download."""
     folder, samples = data
-    for path in sorted(folder.rglob('*')):
-        if path.is_file():
-            s3.client.upload_file(str(path), s3.bucket, f'good/{path.relative_to(folder)}')
-    good = {'web': {'remote': f's3://{s3.bucket}/good', 'local': str(tmp_path / 'cache')}}
+    good = {'web': {'remote': upload(s3, folder, 'good'), 'local': str(tmp_path / 'cache')}}
     assert drain(loader(good)) == expected(samples)
     _, cached = shard_files(tmp_path / 'cache')[1]
     flip_byte(cached)
@@ -237,10 +235,7 @@ def test_waiting_for_a_shard_that_fails_to_decompress(data, s3, tmp_path, monkey
     folder, _ = data
     zst, _ = shard_files(folder)[0]
     truncate(zst)
-    for path in sorted(folder.rglob('*')):
-        if path.is_file():
-            s3.client.upload_file(str(path), s3.bucket, f'cut/{path.relative_to(folder)}')
-    remote = f's3://{s3.bucket}/cut'
+    remote = upload(s3, folder, 'cut')
 
     plain = StreamingDataset(remote=remote, local=str(tmp_path / 'plain'), shuffle=False, batch_size=1)
     with pytest.raises(zstd.Error):
