@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlp.run.demo import ANSWERS, ROWS, THOUGHTS  # noqa: E402
+from rlp.tools.demo import ANSWERS, ROWS, THOUGHTS  # noqa: E402
 
 
 def _run(cmd: list[str]) -> None:
@@ -63,7 +63,7 @@ def main() -> int:
         'trainer.load_path=demo/demo-base/checkpoints/latest-rank0.pt',
         'data.clean_stale_shared_memory=false',
     ]  # fmt: skip  (other streaming jobs may share the host)
-    _run([py, '-m', 'rlp.run.cli', 'export', 'demo/demo-base/checkpoints', f'{args.out}/hf/base', '--overwrite'])
+    _run([py, '-m', 'rlp.tools.cli', 'export', 'demo/demo-base/checkpoints', f'{args.out}/hf/base', '--overwrite'])
     per_seed = {}
     for seed in args.seeds:
         res = {}
@@ -72,18 +72,18 @@ def main() -> int:
             _run([py, '-m', 'rlp.train', f'recipes/demo-{name}.yaml', *common, f'seed={seed}',
                   f'run_name=demo-{name}-s{seed}', f'trainer.max_duration={batches}ba', f'trainer.output_dir={run}',
                   f'trainer.save_folder={run}/checkpoints'])  # fmt: skip
-            _run([py, '-m', 'rlp.run.cli', 'export', f'{run}/checkpoints', f'{run}/hf', '--overwrite'])
+            _run([py, '-m', 'rlp.tools.cli', 'export', f'{run}/checkpoints', f'{run}/hf', '--overwrite'])
         for name, model in (('base', f'{args.out}/hf/base'), ('rlp', f'{args.out}/seed{seed}/rlp/hf'),
                             ('ntp', f'{args.out}/seed{seed}/ntp/hf')):  # fmt: skip
             js = out / f'seed{seed}' / f'eval-{name}.json'
-            _run([py, '-m', 'rlp.run.cli', 'eval', '--model', model, '--data', 'demo/heldout', '--baseline',
+            _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', 'demo/heldout', '--baseline',
                   f'{args.out}/hf/base', '--positions', str(args.positions), '--seed', str(seed), *ANSWERS, *THOUGHTS,
                   '--json', str(js)])  # fmt: skip
             res[name] = json.loads(js.read_text())
         per_seed[seed] = res
     runs = [f'{args.out}/seed{s}/{n}' for s in args.seeds for n in ('rlp', 'ntp')]
     evals = [str(out / f'seed{s}' / f'eval-{n}.json') for s in args.seeds for n in ('base', 'rlp', 'ntp')]
-    _run([py, '-m', 'rlp.run.cli', 'plot', *runs, '--out', 'docs/results', '--eval', *evals])
+    _run([py, '-m', 'rlp.tools.cli', 'plot', *runs, '--out', 'docs/results', '--eval', *evals])
     lines = ['# Results: RLP on the synthetic corpus at CPU scale', '',
              f'Produced by `python bench/study.py --seeds {" ".join(map(str, args.seeds))} --rlp-batches '
              f'{args.rlp_batches} --ntp-batches {args.ntp_batches} --positions {args.positions}` on '

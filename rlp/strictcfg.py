@@ -16,13 +16,18 @@ import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
 
-__all__ = ['ConfigError', 'build', 'to_dict']
+__all__ = ['ConfigError', 'build', 'one_line', 'to_dict']
 
 T = TypeVar('T')
 
 
 class ConfigError(ValueError):
     """A recipe or config value is invalid; the message names the key path, the rule and the fix."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (runs of whitespace, newlines included, become one space), as printed to users."""
+    return ' '.join(str(err).split())
 
 
 def _join(where: str, key: str | int) -> str:

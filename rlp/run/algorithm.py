@@ -23,7 +23,8 @@ from rlp import dist
 from rlp.config import RLPConfig
 from rlp.hf import is_fsdp, unwrap_hf
 from rlp.run.thought_log import ThoughtLog
-from rlp.step import RLPStats, check_no_dropout, count_rollouts, rlp_loss
+from rlp.stats import RLPStats
+from rlp.step import check_no_dropout, count_rollouts, rlp_loss
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate, resolve_template
 

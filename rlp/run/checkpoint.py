@@ -1,7 +1,7 @@
 """Resumption: find the newest complete checkpoint in a save folder (local or object store) ourselves.
 
 This module is the one place that works around two Composer 0.32.1 autoresume bugs (Composer is frozen
-upstream, so they will not be fixed there). ``rlp.run.train`` therefore never turns on Composer's own
+upstream, so they will not be fixed there). ``rlp.run.trainer`` therefore never turns on Composer's own
 ``autoresume``; it lists the save folder with :func:`find_latest_checkpoint` and passes the result as
 ``load_path``.
 
@@ -53,7 +53,8 @@ import time
 import zipfile
 from typing import Optional
 
-from rlp.run.recipe import ConfigError
+from rlp.run.recipe_schema import ConfigError
+from rlp.strictcfg import one_line
 
 __all__ = [
     'SYMLINK_POLL_ENV',
@@ -61,8 +62,10 @@ __all__ = [
     'checkpoint_batch',
     'find_latest_checkpoint',
     'format_save_folder',
+    'list_remote',
     'manage_uploads',
     'set_symlink_upload_poll',
+    'split_remote',
     'upload_failure',
 ]
 
@@ -79,7 +82,8 @@ def format_save_folder(save_folder: str, run_name: str) -> str:
     return save_folder.replace('{run_name}', run_name)
 
 
-def _split_remote(folder: str) -> Optional[tuple[str, str, str]]:
+def split_remote(folder: str) -> Optional[tuple[str, str, str]]:
+    """``(backend, bucket, path)`` of an object-store URI (path without a trailing ``/``); None for a local path."""
     from composer.utils.file_helpers import parse_uri
 
     backend, bucket, path = parse_uri(folder)
@@ -97,7 +101,8 @@ def _newest(names: list[str], pattern: re.Pattern) -> Optional[tuple[tuple[int, 
     return best
 
 
-def _list_remote(backend: str, bucket: str, path: str) -> list[str]:
+def list_remote(backend: str, bucket: str, path: str) -> list[str]:
+    """The object names under ``backend://bucket/path/``, relative to it (``ep0-ba4/.metadata``, ...)."""
     from composer.utils.file_helpers import maybe_create_object_store_from_uri
 
     store = maybe_create_object_store_from_uri(f'{backend}://{bucket}/{path}')
@@ -143,8 +148,8 @@ def find_latest_checkpoint(save_folder: str, run_name: str) -> Optional[str]:
     answer: list[Optional[str]] = [None]
     if dist.get_global_rank() == 0:
         folder = format_save_folder(save_folder, run_name)
-        remote = _split_remote(folder)
-        names = _list_remote(*remote) if remote else _list_local(folder)
+        remote = split_remote(folder)
+        names = list_remote(*remote) if remote else _list_local(folder)
         candidates = [c for c in (_newest(names, _MONOLITHIC), _newest(names, _SHARDED)) if c is not None]
         if candidates:
             _, name = max(candidates)
@@ -163,7 +168,7 @@ def check_save_folder(save_folder: str, run_name: str) -> None:
     Raises:
         ConfigError: naming the bucket, the cause and the fix.
     """
-    remote = _split_remote(format_save_folder(save_folder, run_name))
+    remote = split_remote(format_save_folder(save_folder, run_name))
     if remote is None:
         return
     backend, bucket, path = remote
@@ -267,8 +272,8 @@ def manage_uploads(trainer, output_dir: str) -> None:
     trainer.state.callbacks.append(RemoveUploadFolder())
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = ' '.join(str(exc).split()) or type(exc).__name__
+def _short_error(exc: BaseException, limit: int = 300) -> str:
+    text = one_line(exc) or type(exc).__name__
     return f'{type(exc).__name__}: {text[: limit - 3] + "..." if len(text) > limit else text}'
 
 
@@ -289,7 +294,7 @@ def upload_failure(trainer, err: BaseException) -> Optional[str]:
     what = 'the latest pointer' if 'latest' in os.path.basename(name) else f'checkpoint {os.path.basename(name)}'
     return (
         f'{what} was not saved: uploading {store}/{name} failed after {(finished or submitted) - submitted:.0f} s of '
-        f'retries ({_one_line(future.exception())}); the run stopped at batch '
+        f'retries ({_short_error(future.exception())}); the run stopped at batch '
         f'{trainer.state.timestamp.batch.value}; the checkpoints already on the store are intact (newest from this '
         f'run: {kept}); fix: once the store is reachable (check S3_ENDPOINT_URL / AWS_ENDPOINT_URL and the network; '
         'AWS_MAX_ATTEMPTS lengthens the retry), rerun the same command to resume from the newest checkpoint'

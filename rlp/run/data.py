@@ -36,7 +36,7 @@ from streaming.base.dataset import TICK, _ShardState
 from torch.utils.data import DataLoader
 
 from rlp.run.integrity import DataIntegrityError, ShardChecker
-from rlp.run.recipe import ConfigError, DataConfig
+from rlp.run.recipe_schema import ConfigError, DataConfig
 
 __all__ = [
     'TokenSampleDataset',

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import xxhash
 
-from rlp.run.recipe import ConfigError, DataConfig, TokenizerConfig
+from rlp.run.recipe_schema import ConfigError, DataConfig, TokenizerConfig
 
 __all__ = ['DataIntegrityError', 'ShardChecker', 'check_stream_tokenizers', 'file_hash']
 

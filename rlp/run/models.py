@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rlp.run.recipe import ConfigError, ModelConfig, TokenizerConfig
+from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
 
 __all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer']
 

@@ -1,5 +1,5 @@
 """Recipe checks that read text or URIs rather than one section's values: YAML syntax of recipe files and of
-command-line overrides, and the URI schemes of stream and checkpoint locations.
+command-line overrides, the URI schemes of stream and checkpoint locations, and query strings on remote folders.
 
 Each raises :class:`~rlp.strictcfg.ConfigError` with one line naming the value (the file and line/column, the
 override, or the key), the rule and the fix; :mod:`rlp.run.recipe` calls them while it reads and validates.
@@ -15,7 +15,9 @@ Supported schemes, as the installed libraries implement them:
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +32,8 @@ __all__ = [
     'check_stream_locations',
     'load_yaml_file',
     'parse_override',
+    'refuse_uri_queries',
+    'shown_location',
 ]
 
 STREAM_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'azure-dl', 'dbfs', 'hf', 'sftp', 'alipan')
@@ -143,3 +147,33 @@ def parse_override(item: str) -> tuple[str, Any]:
             f'fix: complete it (close every bracket and quote), or pass it as a string by quoting it in YAML, '
             f'e.g. {key.strip()}="\'{raw}\'" in the shell'
         ) from None
+
+
+def shown_location(folder: str) -> str:
+    """A save folder as printed: a local path made absolute; a URI with its query string (signed-URL tokens) and
+    any password replaced by ``<redacted>``."""
+    parts = urllib.parse.urlsplit(folder)
+    if not re.match(r'[A-Za-z][A-Za-z0-9+.-]*:/', folder):
+        return os.path.abspath(folder)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f':{parts.password}@', ':<redacted>@', 1)
+    query = '<redacted>' if parts.query else ''
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ''))
+
+
+def refuse_uri_queries(recipe: Any) -> None:
+    """Refuse a stream ``remote``/``local`` or ``trainer.save_folder`` URI of a validated
+    :class:`~rlp.run.recipe_schema.Recipe` with a query string (a signed URL's ``?X-Amz-Signature=...``): file
+    names are appended to these folders, so a query would end up inside object keys and error messages. The
+    message shows the URI with its query redacted (:func:`shown_location`)."""
+    named = [
+        (f'data.streams.{n}.{k}', getattr(s, k)) for n, s in recipe.data.streams.items() for k in ('remote', 'local')
+    ]
+    for key, value in named + [('trainer.save_folder', recipe.trainer.save_folder)]:
+        if value and re.match(r'[A-Za-z][A-Za-z0-9+.-]*:/', value) and ('?' in value or '#' in value):
+            raise ConfigError(
+                f'{key}={shown_location(value)!r} carries a query string (a signed URL?); remote folders take '
+                f'none: file names are appended to them and credentials come from the environment (AWS_*, '
+                f'S3_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...); remove everything from the ?'
+            )

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from rlp.config import ThoughtLogConfig
-from rlp.step import ThoughtSamples
+from rlp.stats import ThoughtSamples
 
 __all__ = ['ThoughtLog']
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from rlp.run.cli import SUBCOMMANDS, CliError
+from rlp.tools.cli import SUBCOMMANDS, CliError
 from tests.helpers.rlp_batches import VOCAB, Rows, rlp_config, skipping_batch
 from tests.helpers.tiny_models import build_tiny_model
 
@@ -104,7 +104,7 @@ def upload(s3, local: Path, prefix: str) -> str:
 
 
 def run_cli(capsys, command: str, *argv: Any) -> tuple[int, str, str]:
-    """Run one ``rlp`` subcommand in-process as ``rlp.run.cli.main`` does (its parser from ``add_parser``, a
+    """Run one ``rlp`` subcommand in-process as ``rlp.tools.cli.main`` does (its parser from ``add_parser``, a
     :class:`CliError` printed as ``rlp <command>: <message>`` with exit code 2); return (code, stdout, stderr).
 
     Only the command's module is imported, so these tests do not depend on the other subcommands."""

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from rlp.config import RLPConfig
-from rlp.step import RLPStats, rlp_loss
+from rlp.stats import RLPStats
+from rlp.step import rlp_loss
 from rlp.teacher import Teachers
 from rlp.template import resolve_template
 from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased, rlp_config, rlp_trainer, series, skipping_batch

@@ -6,7 +6,7 @@ and sets the hook's environment variable; Python imports ``sitecustomize`` at st
 patches is imported, then wraps one function of it. Without the variables nothing is patched.
 
 Hooks:
-  - ``RLP_TEST_HANG_AFTER_BATCH=N``: training (``rlp.run.train.build_trainer``) gets a callback that stops making
+  - ``RLP_TEST_HANG_AFTER_BATCH=N``: training (``rlp.run.trainer.build_trainer``) gets a callback that stops making
     progress after batch N, so a crash test can SIGKILL it at a known point between two checkpoints.
   - ``RLP_DATA_TEST_SLEEP_AFTER_UNIT=S``: ``rlp-data prepare`` sleeps S seconds after each finished unit of work,
     so a crash test can kill it in the middle.
@@ -294,12 +294,12 @@ if os.environ.get(KILL_UPLOAD_ENV):
     sys.meta_path.insert(0, _PatchOnImport('pipeline.storage.remote', _patch_upload_kill))
 
 if os.environ.get(WAIT_ENV):
-    sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train_wait))
+    sys.meta_path.insert(0, _PatchOnImport('rlp.run.trainer', _patch_train_wait))
 
 if os.environ.get(HANG_IN_ENV):
     _phase = _hang_in()[0]
     if _phase in ('rollout', 'backward') or '@' in _hang_in()[1]:
-        sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train_tracker))
+        sys.meta_path.insert(0, _PatchOnImport('rlp.run.trainer', _patch_train_tracker))
     if _phase == 'rollout':
         sys.meta_path.insert(0, _PatchOnImport('rlp.rollouts', _patch_rollouts))
     if _phase == 'upload':
@@ -312,7 +312,7 @@ if os.environ.get(PAUSE_IN_ENV):
     sys.meta_path.insert(0, _PatchOnImport('composer.utils.object_store.s3_object_store', _patch_s3_upload))
 
 if os.environ.get(HANG_ENV):
-    sys.meta_path.insert(0, _PatchOnImport('rlp.run.train', _patch_train))
+    sys.meta_path.insert(0, _PatchOnImport('rlp.run.trainer', _patch_train))
 
 if os.environ.get(SLEEP_ENV):
     sys.meta_path.insert(0, _PatchOnImport('pipeline.workers', _patch_prepare_worker))

@@ -171,7 +171,7 @@ def test_checkpoint_batch():
 def test_bucketless_folder_refused(folder):
     """A save folder URI without a bucket is a clear error, not a crash inside boto."""
     from rlp.run.checkpoint import check_save_folder
-    from rlp.run.recipe import ConfigError
+    from rlp.run.recipe_schema import ConfigError
 
     with pytest.raises(ConfigError, match='names no bucket'):
         check_save_folder(folder, 'x')

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlp.run.data import build_dataloader, collate_samples, doc_starts_from_eos, segment_ids_from_starts
-from rlp.run.recipe import DataConfig, StreamConfig
+from rlp.run.recipe_schema import DataConfig, StreamConfig
 from tests.helpers.training import EOS_ID, packed_samples, write_mds
 
 SEQ = 24

@@ -22,7 +22,7 @@ import pytest
 from pipeline.cli import main as rlp_data
 from rlp.run.data import build_dataloader
 from rlp.run.integrity import DataIntegrityError
-from rlp.run.recipe import DataConfig, StreamConfig
+from rlp.run.recipe_schema import DataConfig, StreamConfig
 from tests.helpers.damage import flip_byte, shard_files, truncate
 from tests.helpers.pipeline_data import BASE, read_samples
 from tests.helpers.runs import upload

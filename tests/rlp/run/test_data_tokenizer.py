@@ -20,7 +20,7 @@ import pytest
 from pipeline.bundled_tokenizer import bundled_tokenizer_dir
 from pipeline.cli import main as rlp_data
 from rlp.run.integrity import check_stream_tokenizers
-from rlp.run.recipe import ConfigError, DataConfig, StreamConfig, TokenizerConfig
+from rlp.run.recipe_schema import ConfigError, DataConfig, StreamConfig, TokenizerConfig
 from rlp.run.train import main as train_main
 from tests.helpers.damage import flip_byte, shard_files
 from tests.helpers.pipeline_data import BASE

@@ -22,7 +22,8 @@ from rlp.config import RLPConfig
 from rlp.hf import active_dropout
 from rlp.run.algorithm import RLP
 from rlp.run.models import build_hf_model
-from rlp.run.recipe import ConfigError, ModelConfig, load_recipe
+from rlp.run.recipe import load_recipe
+from rlp.run.recipe_schema import ConfigError, ModelConfig
 from tests.helpers.rlp_batches import VOCAB
 from tests.helpers.tiny_models import build_tiny_model
 

@@ -10,7 +10,7 @@ import torch
 
 from rlp.config import TemplateConfig
 from rlp.run.models import build_composer_model, build_hf_model, build_tokenizer
-from rlp.run.recipe import ConfigError, ModelConfig, TokenizerConfig
+from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
 from tests.helpers.tiny_models import build_tiny_model
 
 

@@ -17,16 +17,14 @@ import pytest
 
 from rlp.config import RLPConfig
 from rlp.run.recipe import (
-    ConfigError,
     apply_overrides,
     load_recipe,
     merge_recipe_data,
     parse_recipe,
     read_recipe_data,
-    recipe_to_dict,
     resolve_variables,
-    validate_for_world,
 )
+from rlp.run.recipe_schema import ConfigError, recipe_to_dict, validate_for_world
 
 BASE = {
     'run_name': 'unit',
@@ -336,3 +334,20 @@ def test_yaml_error_in_a_base_recipe_names_that_file(tmp_path):
         load_recipe(tmp_path / 'child.yaml')
     assert str(err.value).startswith(f"recipe '{tmp_path / 'base.yaml'}' is not valid YAML at line 3, column 1: ")
     assert "found character '\\t' that cannot start any token" in str(err.value)
+
+
+@pytest.mark.parametrize('where', ['data__streams__web__remote', 'trainer__save_folder'])
+def test_signed_url_query_is_refused_by_the_recipe(tmp_path, where):
+    """A query string (a signed URL) on a stream remote or the save folder is refused by load_recipe itself, as by
+    rlp.train (tests/rlp/run/test_secrets.py), with the query redacted in the one-line message."""
+    import yaml
+
+    uri = 's3://bkt/web?X-Amz-Signature=s3cr3t&X-Amz-Expires=60'
+    path = tmp_path / 'signed.yaml'
+    path.write_text(yaml.safe_dump(recipe(**{where: uri})))
+    with pytest.raises(ConfigError, match=r'carries a query string') as err:
+        load_recipe(path)
+    assert 's3cr3t' not in str(err.value) and '<redacted>' in str(err.value)
+    with pytest.raises(ConfigError, match=r'carries a query string'):
+        parse_recipe(recipe(**{where: uri}))
+    load_recipe(path, [f'{where.replace("__", ".")}=s3://bkt/web'])  # the same recipe without the query loads

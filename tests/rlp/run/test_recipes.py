@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from rlp.run.metrics import read_metrics
-from rlp.run.recipe import load_recipe, recipe_to_dict, validate_for_world
+from rlp.run.recipe import load_recipe
+from rlp.run.recipe_schema import recipe_to_dict, validate_for_world
 from tests.helpers.training import REPO, launch
 
 RECIPES = sorted((REPO / 'recipes').glob('*.yaml'))

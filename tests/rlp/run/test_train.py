@@ -6,12 +6,11 @@ save-folder bucket stop before any training with exit code 2 and a one-line mess
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rlp.run.metrics import read_metrics
-from rlp.run.train import main, summarize
+from rlp.run.summary import summarize
+from rlp.run.train import main
 from tests.helpers.training import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
 TINY_RLP = {
@@ -109,18 +108,6 @@ def test_missing_bucket_stops_before_training(local_run, s3, capsys, monkeypatch
     assert not (tmp_path / 'runs' / 'tiny' / 'metrics.jsonl').exists()
 
 
-def test_summary_verdict_reads_the_ema_gain_and_warns_on_gaming():
-    """The verdict follows rlp/gain_vs_ema; a rising gain against the current model with a falling gain against the
-    EMA (a gamed reward) prints a warning, and a healthy run does not."""
-    from rlp.run.train import _verdict
-
-    healthy = _verdict((-2.7, -2.2, 100), (-2.7, -2.1, 100))
-    assert 'rose' in healthy[0] and '-2.7000 -> -2.2000' in healthy[0] and len(healthy) == 1
-    gamed = _verdict((-3.5, -4.6, 50), (-3.4, 0.04, 50))
-    assert 'did not rise' in gamed[0] and 'WARNING' in gamed[1] and 'lower the learning rate' in gamed[1]
-    assert _verdict(None, None) == []
-
-
 def test_console_is_one_line_per_batch_unless_verbose(local_run):
     """Default console (``loggers.console: true``): stdout holds exactly one ``[batch i/3] loss T`` line per batch
     with metrics.jsonl's value for that batch, one line saying where the resolved config was written (the config
@@ -146,17 +133,3 @@ def test_console_is_one_line_per_batch_unless_verbose(local_run):
     assert verbose.returncode == 0, verbose.stdout[-3000:] + verbose.stderr[-3000:]
     assert 'run_name: verbose' in verbose.stdout and 'Train loss/train/total: ' in verbose.stdout
     assert not any(line.startswith('[batch ') for line in verbose.stdout.splitlines())
-
-
-def test_summary_names_the_checkpoint_folder_without_secrets(tmp_path):
-    """summarize(save_folder=...) ends with the checkpoint folder: a local one made absolute, a URI as given with
-    its query string and password replaced by <redacted> (signed-URL tokens never reach the console)."""
-    from rlp.run.train import shown_location
-
-    text = summarize(str(tmp_path), save_folder='s3://bucket/ckpt/run?X-Amz-Signature=secret&X-Amz-Expires=60')
-    assert text.splitlines()[-1] == '  checkpoints: s3://bucket/ckpt/run?<redacted>'
-    assert 'secret' not in text
-    assert shown_location('sftp://user:hunter2@host/ckpt') == 'sftp://user:<redacted>@host/ckpt'
-    assert shown_location('gs://bucket/ckpt') == 'gs://bucket/ckpt'
-    assert shown_location('ckpt/run') == str(Path.cwd() / 'ckpt' / 'run')
-    assert 'checkpoints:' not in summarize(str(tmp_path))

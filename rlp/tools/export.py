@@ -20,154 +20,29 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import json
 import os
 import re
 import shutil
 import tempfile
-import zipfile
 from typing import Any, Optional
 
 import torch
+from tqdm import tqdm
 
-from rlp.run.cli import CliError
+from pipeline.bundled_tokenizer import bundled_tokenizer_dir
+from rlp.config import TemplateConfig
+from rlp.run.checkpoint import checkpoint_batch
+from rlp.template import TemplateError, tag_token_id
+from rlp.tools.cli import CliError
 
-__all__ = ['MARKER', 'add_parser', 'export_checkpoint', 'load_checkpoint', 'resolve_checkpoint', 'run']
+# Composer, transformers and the checkpoint reader (which loads Composer) are imported inside the functions that use
+# them: ``rlp --help`` imports every subcommand module to build its parser, and should not wait for them.
+
+__all__ = ['MARKER', 'add_parser', 'export_checkpoint', 'run']
 
 MARKER = 'rlp_export.json'
-_KEYS = {'state.model', 'state.integrations', 'state.algorithms'}  # what a sharded load reads (no optimizer)
-_LAYOUTS = 'a checkpoint file (ep<E>-ba<B>-rank0.pt), a sharded folder (ep<E>-ba<B>/ with .metadata) or a save folder'
-
-
-def resolve_checkpoint(path: str) -> tuple[str, str]:
-    """``(kind, location)`` of the checkpoint ``path`` names: kind ``monolithic`` or ``sharded``.
-
-    A save folder resolves to its newest complete checkpoint. Raises :class:`CliError` when nothing is there.
-    """
-    from rlp.run.checkpoint import _split_remote
-
-    remote = _split_remote(path)
-    if remote is None:
-        if os.path.isfile(path):
-            return 'monolithic', path
-        if os.path.isfile(os.path.join(path, '.metadata')):
-            return 'sharded', path.rstrip('/')
-        if not os.path.isdir(path):
-            raise CliError(f'CHECKPOINT {path!r} does not exist; give {_LAYOUTS}')
-        return _newest_in(path, exists=True)
-    backend, bucket, key = remote
-    store = _store(path)
-    try:
-        store.get_object_size(key)
-        return 'monolithic', path
-    except Exception:  # not an object (or unreadable: the listing below reports why)
-        pass
-    names = _list(backend, bucket, key)
-    if '.metadata' in names:
-        return 'sharded', path.rstrip('/')
-    return _newest_in(path, exists=bool(names))
-
-
-def _newest_in(folder: str, exists: bool) -> tuple[str, str]:
-    from rlp.run.checkpoint import find_latest_checkpoint
-
-    if not exists:
-        raise CliError(f'CHECKPOINT {folder!r} does not exist; give {_LAYOUTS}')
-    latest = find_latest_checkpoint(folder, '')
-    if latest is None:
-        raise CliError(
-            f'CHECKPOINT {folder!r} is a folder without a complete checkpoint (looked for ep<E>-ba<B>-rank0.pt '
-            f'files and ep<E>-ba<B>/ folders with a .metadata file); point at the folder training saved to, or at '
-            f'one checkpoint'
-        )
-    return ('monolithic', latest) if latest.endswith('.pt') else ('sharded', latest)
-
-
-def _store(uri: str) -> Any:
-    from composer.utils.file_helpers import maybe_create_object_store_from_uri
-
-    try:
-        return maybe_create_object_store_from_uri(uri)
-    except Exception as err:  # unknown backend, missing client library
-        raise CliError(f'CHECKPOINT {uri!r}: cannot open its object store ({err}); use s3:// or gs://') from err
-
-
-def _list(backend: str, bucket: str, key: str) -> list[str]:
-    from rlp.run.checkpoint import _list_remote
-
-    try:
-        return _list_remote(backend, bucket, key)
-    except Exception as err:  # a store that cannot list, no such bucket, no credentials, unreachable endpoint
-        raise CliError(
-            f'CHECKPOINT {backend}://{bucket}/{key} cannot be listed ({type(err).__name__}: {err}); check the '
-            f'bucket name, S3_ENDPOINT_URL and the AWS credentials'
-        ) from err
-
-
-def load_checkpoint(kind: str, location: str, workdir: str, progress: bool = True) -> dict[str, Any]:
-    """The checkpoint's ``state`` mapping (at least ``model`` and ``integrations``; the optimizer is not read)."""
-    from rlp.run.checkpoint import _split_remote
-
-    remote = _split_remote(location)
-    if kind == 'monolithic':
-        path = location
-        if remote is not None:
-            path = os.path.join(workdir, 'checkpoint.pt')
-            _download(_store(location), remote[2], path, progress)
-        if not zipfile.is_zipfile(path):
-            raise CliError(
-                f'{location!r} is not a Composer checkpoint: not a torch zip archive (truncated, or another format)'
-            )
-        try:  # Composer's own loader uses weights_only=False too: checkpoints hold Composer objects
-            ck = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
-        except Exception as err:
-            raise CliError(f'{location!r} is not a Composer checkpoint: torch.load failed ({err})') from err
-    else:
-        folder = location
-        if remote is not None:
-            folder = os.path.join(workdir, 'sharded')
-            backend, bucket, key = remote
-            store = _store(location)
-            names = [n for n in _list(backend, bucket, key) if '/' not in n]
-            for name in names:
-                _download(store, f'{key}/{name}', os.path.join(folder, name), progress)
-        ck = _load_sharded(location, folder)
-    state = ck.get('state') if isinstance(ck, dict) else None
-    hf = (state or {}).get('integrations', {}).get('huggingface') if isinstance(state, dict) else None
-    if not isinstance(hf, dict) or 'content' not in hf.get('model', {}).get('config', {}) or 'model' not in state:
-        raise CliError(
-            f'{location!r} is not a Composer checkpoint of a Hugging Face model (no state.integrations.huggingface '
-            f'config); export needs a checkpoint saved by a Trainer around composer.models.HuggingFaceModel'
-        )
-    return state
-
-
-def _download(store: Any, key: str, dest: str, progress: bool) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(desc=f'download {os.path.basename(key)}', unit='B', unit_scale=True, disable=not progress, leave=False)
-
-    def callback(done: int, total: int) -> None:
-        bar.total, _ = total, bar.update(done - bar.n)
-
-    try:
-        store.download_object(key, dest, callback=callback if progress else None)
-    except Exception as err:
-        raise CliError(f'cannot download {store.get_uri(key)} ({type(err).__name__}: {err})') from err
-    finally:
-        bar.close()
-
-
-def _load_sharded(location: str, folder: str) -> dict[str, Any]:
-    import torch.distributed.checkpoint as dcp
-
-    # the loader torch's own dcp_to_torch_save uses: the state dict is rebuilt from .metadata, no model needed
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-    try:
-        return _load_state_dict_from_keys(_KEYS, storage_reader=dcp.FileSystemReader(folder))
-    except Exception as err:
-        raise CliError(f'{location!r}: cannot read the sharded checkpoint ({type(err).__name__}: {err})') from err
 
 
 def _weights(state: dict[str, Any], which: str, location: str) -> dict[str, torch.Tensor]:
@@ -190,8 +65,6 @@ def _weights(state: dict[str, Any], which: str, location: str) -> dict[str, torc
 
 
 def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: str) -> Any:
-    import importlib
-
     from composer.models.huggingface import get_hf_config_from_composer_state_dict
     from transformers import AutoModelForCausalLM
     from transformers.modeling_utils import no_init_weights
@@ -235,10 +108,6 @@ def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: s
 def _tokenizer(state: dict[str, Any], name: Optional[str], model: Any, workdir: str, location: str) -> Any:
     from composer.models import HuggingFaceModel
     from transformers import AutoTokenizer
-
-    from pipeline.bundled_tokenizer import bundled_tokenizer_dir
-    from rlp.config import TemplateConfig
-    from rlp.template import TemplateError, tag_token_id
 
     hf_state = state['integrations']['huggingface']
     if name is not None:
@@ -324,10 +193,9 @@ def export_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the Hugging Face folder ``out_dir`` from ``checkpoint``; returns what ``rlp_export.json`` records."""
-    from tqdm import tqdm
     from transformers import GenerationConfig
 
-    from rlp.run.checkpoint import checkpoint_batch
+    from rlp.run.checkpoint_load import CheckpointError, load_checkpoint, resolve_checkpoint
 
     if weights not in ('policy', 'ema'):
         raise CliError(f'--weights {weights!r}: use policy (the trained model) or ema (the RLP EMA teacher)')
@@ -344,9 +212,12 @@ def export_checkpoint(
     stages = tqdm(total=4, desc='rlp export', disable=not progress, leave=False)
     try:
         with tempfile.TemporaryDirectory(dir=parent, prefix=f'.{os.path.basename(out_dir)}.work-') as work:
-            kind, location = resolve_checkpoint(checkpoint)
-            stages.update()
-            state = load_checkpoint(kind, location, work, progress)
+            try:
+                kind, location = resolve_checkpoint(checkpoint)
+                stages.update()
+                state = load_checkpoint(kind, location, work, progress)
+            except CheckpointError as err:
+                raise CliError(str(err)) from err.__cause__
             stages.update()
             model = _build_model(state, _weights(state, weights, location), location)
             tok = _tokenizer(state, tokenizer, model, work, location)

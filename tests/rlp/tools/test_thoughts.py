@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from rlp.run.thoughts import parse_batches, read_thoughts, select
+from rlp.tools.thoughts import parse_batches, read_thoughts, select
 from tests.helpers.runs import run_cli
 
 

@@ -20,9 +20,9 @@ from rlp.config import PositionsConfig, TemplateConfig
 from rlp.keys import row_key
 from rlp.positions import select_positions
 from rlp.rollouts import rollout_uniforms
-from rlp.run.cli import main
-from rlp.run.evaluate import EvalSettings, _batches, _dataset, evaluate
 from rlp.template import resolve_template
+from rlp.tools.cli import main
+from rlp.tools.evaluate import EvalSettings, _batches, _dataset, evaluate
 from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased
 from tests.helpers.tiny_models import build_tiny_model
 

@@ -1,9 +1,9 @@
-"""rlp.run.demo's report: the table lists every metric for every model, and the verdict's differences are the
+"""rlp.tools.demo's report: the table lists every metric for every model, and the verdict's differences are the
 ones computed here from the evaluation results (the full demo runs minutes and is not part of the suite)."""
 
 from __future__ import annotations
 
-from rlp.run.demo import ROWS, table, verdict
+from rlp.tools.demo import ROWS, table, verdict
 
 
 def _result(**metrics):

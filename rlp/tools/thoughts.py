@@ -16,7 +16,7 @@ import os
 import textwrap
 from typing import Any, Optional
 
-from rlp.run.cli import CliError
+from rlp.tools.cli import CliError
 
 __all__ = ['add_parser', 'format_row', 'parse_batches', 'read_thoughts', 'run', 'select']
 

@@ -62,7 +62,7 @@ class EvalSettings:
 
 
 def _cli_error(message: str) -> Exception:
-    from rlp.run.cli import CliError
+    from rlp.tools.cli import CliError
 
     return CliError(message)
 
@@ -72,7 +72,7 @@ def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
     local or object store) exported to a temporary Hugging Face folder first."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
         return _load_folder(path, path, tokenizer)
-    from rlp.run import export
+    from rlp.tools import export
 
     with tempfile.TemporaryDirectory(prefix='rlp-eval-') as tmp:
         export.export_checkpoint(path, os.path.join(tmp, 'model'), tokenizer=tokenizer)

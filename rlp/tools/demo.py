@@ -99,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in ('base', 'rlp', 'ntp'):
         run = demo / f'demo-{name}'
-        _run([py, '-m', 'rlp.run.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / name), '--overwrite'])
+        _run([py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / name), '--overwrite'])
     for name in ('base', 'rlp', 'ntp'):
         out = demo / 'eval' / f'{name}.json'
-        _run([py, '-m', 'rlp.run.cli', 'eval', '--model', rel(demo / 'hf' / name), '--data', rel(demo / 'heldout'),
+        _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', rel(demo / 'hf' / name), '--data', rel(demo / 'heldout'),
               '--baseline', rel(demo / 'hf' / 'base'), '--positions', str(args.positions), *ANSWERS, *THOUGHTS,
               '--json', rel(out)])  # fmt: skip
         results[name] = json.loads(out.read_text())
-    _run([py, '-m', 'rlp.run.cli', 'plot', rel(demo / 'demo-rlp'), rel(demo / 'demo-ntp'), '--out', rel(demo / 'plots'),
-          '--eval', *[rel(demo / 'eval' / f'{n}.json') for n in results]])  # fmt: skip
+    _run([py, '-m', 'rlp.tools.cli', 'plot', rel(demo / 'demo-rlp'), rel(demo / 'demo-ntp'), '--out',
+          rel(demo / 'plots'), '--eval', *[rel(demo / 'eval' / f'{n}.json') for n in results]])  # fmt: skip
     print('\n== demo: held-out answer positions (gain and NLL in nats)\n' + table(results))
     print('\n' + verdict(results['base'], results['rlp'], results['ntp']))
     print(f'plots: {demo / "plots"}   runs: {demo / "demo-rlp"}, {demo / "demo-ntp"}   evaluations: {demo / "eval"}')

@@ -14,10 +14,10 @@ from typing import Optional
 __all__ = ['CliError', 'main']
 
 SUBCOMMANDS = {
-    'export': 'rlp.run.export',
-    'eval': 'rlp.run.evaluate',
-    'plot': 'rlp.run.plot',
-    'thoughts': 'rlp.run.thoughts',
+    'export': 'rlp.tools.export',
+    'eval': 'rlp.tools.evaluate',
+    'plot': 'rlp.tools.plot',
+    'thoughts': 'rlp.tools.thoughts',
 }
 
 EPILOG = """examples:
@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
-if __name__ == '__main__':  # `python -m rlp.run.cli`: run the imported module, whose CliError the subcommands raise
-    from rlp.run.cli import main as _main
+if __name__ == '__main__':  # `python -m rlp.tools.cli`: run the imported module, whose CliError the subcommands raise
+    from rlp.tools.cli import main as _main
 
     sys.exit(_main())

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from rlp.run.cli import CliError
+from rlp.tools.cli import CliError
 
 __all__ = ['FIGURES', 'Run', 'add_parser', 'eval_figure', 'figures', 'load_evals', 'load_run', 'moving_average', 'run']
 

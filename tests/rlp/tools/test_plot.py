@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rlp.run.plot import FIGURES, RAW_ALPHA, eval_figure, figures, load_evals, load_run
+from rlp.tools.plot import FIGURES, RAW_ALPHA, eval_figure, figures, load_evals, load_run
 from tests.helpers.runs import run_cli
 
 ALL = [m for metrics in FIGURES.values() for m in metrics]

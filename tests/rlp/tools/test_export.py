@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlp.run.export import MARKER, export_checkpoint
+from rlp.tools.export import MARKER, export_checkpoint
 from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased, packed_batch
 from tests.helpers.runs import logits, run_cli, train_run, upload, write_sharded
 from tests.helpers.tiny_models import build_tiny_model
