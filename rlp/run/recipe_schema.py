@@ -15,7 +15,6 @@ the launch (world size) live in :func:`validate_for_world`; checks that need the
 :mod:`rlp.run.trainer`; checks that need the network (the save folder's bucket) live in :mod:`rlp.run.checkpoint`;
 checks that need the tokenizer, the model or the data files are made where those are built (:mod:`rlp.run.models`,
 :mod:`rlp.run.data`). Nothing here loads weights, so every recipe in ``recipes/`` validates on a laptop.
-
 """
 
 from __future__ import annotations
