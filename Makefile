@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# mosaicml-streaming 0.13.0 declares transformers<5; it runs on transformers 5 (it imports only BatchFeature and
+# BatchEncoding from it), so it is installed without its dependency metadata. Its runtime requirements are listed in
+# pyproject.toml and requirements/keep-torch.txt.
+STREAMING := mosaicml-streaming==0.13.0
 
 .PHONY: install install-keep-torch lint format test demo bench clean
 
@@ -10,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(STREAMING)
+	$(PY) -c "import composer, streaming, transformers; print('composer', composer.__version__, 'streaming', streaming.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,9 +26,9 @@ install-keep-torch:
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch, torchvision; print('keeping torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	$(PY) -m pip install -q -r requirements/keep-torch.txt
-	$(PY) -m pip install -q --no-deps mosaicml==0.32.1 mosaicml-streaming==0.13.0
+	$(PY) -m pip install -q --no-deps mosaicml==0.32.1 $(STREAMING)
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -c "import composer, streaming, torch; print('composer', composer.__version__, 'on torch', torch.__version__)"
+	$(PY) -c "import composer, streaming, torch, transformers; print('composer', composer.__version__, 'on torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 
 lint: $(STAMP)
