@@ -67,7 +67,7 @@ def build_tokenizer(save_dir: str | Path | None = None, vocab_size: int = VOCAB_
         tokenizer_object=tok,
         eos_token=EOS_TEXT,
         pad_token=EOS_TEXT,
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        extra_special_tokens=SPECIAL_TOKENS[1:],
         model_max_length=1 << 20,
     )
     if save_dir is not None:

@@ -30,11 +30,18 @@ from typing import Any, Iterator, Optional
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from rlp.hf import unwrap_hf
 
-__all__ = ['ATTENTION_NAME', 'SharedPrefixCache', 'decoding_with', 'shared_prefix_attention', 'supports_shared_prefix']
+__all__ = [
+    'ATTENTION_NAME',
+    'SharedPrefixCache',
+    'SharedPrefixLayer',
+    'decoding_with',
+    'shared_prefix_attention',
+    'supports_shared_prefix',
+]
 
 ATTENTION_NAME = 'rlp_shared_prefix'
 
@@ -57,8 +64,66 @@ def supports_shared_prefix(model: Any) -> bool:
     return not getattr(config, 'use_sliding_window', False)
 
 
+class SharedPrefixLayer(CacheLayerMixin):
+    """One attention layer of :class:`SharedPrefixCache`: the prompts' keys/values and each live row's thought.
+
+    Attributes:
+        prefix_k, prefix_v: (P, Hkv, Lp, d), the prompts' keys/values from the prefill.
+        own_k, own_v: (N_live, Hkv, capacity, d), the thought tokens' keys/values (``length`` filled; the capacity
+            doubles when full, up to ``max_tokens``).
+        length: thought tokens stored so far.
+    """
+
+    is_sliding = False
+    supports_early_init = False
+
+    def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, rows: int, max_tokens: int):
+        super().__init__()
+        self.prefix_k, self.prefix_v = prefix_k, prefix_v
+        self.keys = self.values = None  # this layer's keys/values are the two parts above, never one tensor
+        self.max_tokens = max_tokens
+        first = min(max_tokens, 64)  # grown by doubling: thoughts that close early never pay for the budget
+        self.own_k = prefix_k.new_empty(rows, prefix_k.shape[1], first, prefix_k.shape[3])
+        self.own_v = prefix_v.new_empty(rows, prefix_v.shape[1], first, prefix_v.shape[3])
+        self.length = 0
+        self.dtype, self.device = prefix_k.dtype, prefix_k.device
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Nothing to do: the layer is built from the prefill."""
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (N_live, Hkv, q, d) keys/values of the new tokens; return the thought part so far."""
+        t, q = self.length, key_states.shape[2]
+        if t + q > self.max_tokens:
+            raise ValueError(f'SharedPrefixCache holds {self.max_tokens} thought tokens; got {t + q}')
+        if t + q > self.own_k.shape[2]:
+            size = min(self.max_tokens, max(2 * self.own_k.shape[2], t + q))
+            self.own_k, self.own_v = _grown(self.own_k, t, size), _grown(self.own_v, t, size)
+        self.own_k[:, :, t : t + q] = key_states
+        self.own_v[:, :, t : t + q] = value_states
+        self.length = t + q
+        return self.own_k[:, :, : t + q], self.own_v[:, :, : t + q]
+
+    def get_seq_length(self) -> int:
+        return self.prefix_k.shape[2] + self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.own_k, self.own_v = self.own_k[indices], self.own_v[indices]
+
+
 class SharedPrefixCache(Cache):
     """The KV cache of G rollouts per prompt: each prompt's keys/values once, each live row's thought apart.
+
+    One :class:`SharedPrefixLayer` per attention layer (``layers``); the views below list their parts by layer.
 
     Attributes:
         prefix_k, prefix_v: per layer (P, Hkv, Lp, d), the prompts' keys/values from the prefill.
@@ -70,54 +135,40 @@ class SharedPrefixCache(Cache):
     """
 
     def __init__(self, prefill: Any, prefix_mask: torch.Tensor, group_size: int, max_tokens: int):
-        super().__init__()
-        layers = [prefill[i] for i in range(len(prefill))]
-        self.prefix_k = [k for k, _ in layers]
-        self.prefix_v = [v for _, v in layers]
+        """``prefill``: the prefill's cache (a transformers ``Cache`` of full-attention layers) or its per-layer
+        (keys, values) pairs."""
         self.prefix_mask = prefix_mask.bool()
         self.group_size = group_size
-        n = prefix_mask.shape[0] * group_size
         self.max_tokens = max(max_tokens, 1)
-        first = min(self.max_tokens, 64)  # grown by doubling: thoughts that close early never pay for the budget
-        self.own_k = [k.new_empty(n, k.shape[1], first, k.shape[3]) for k in self.prefix_k]
-        self.own_v = [v.new_empty(n, v.shape[1], first, v.shape[3]) for v in self.prefix_v]
-        self.lengths = [0] * len(layers)
+        n = prefix_mask.shape[0] * group_size
+        kv = [(layer.keys, layer.values) for layer in prefill.layers] if isinstance(prefill, Cache) else prefill
+        super().__init__(layers=[SharedPrefixLayer(k, v, n, self.max_tokens) for k, v in kv])
         self.rows = torch.arange(n, device=prefix_mask.device)
 
-    def __len__(self) -> int:
-        return len(self.prefix_k)
+    @property
+    def prefix_k(self) -> list[torch.Tensor]:
+        return [layer.prefix_k for layer in self.layers]
 
-    def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        layer_idx: int,
-        cache_kwargs: Optional[dict[str, Any]] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (N_live, Hkv, q, d) keys/values of the new tokens; return the thought part so far."""
-        t, q = self.lengths[layer_idx], key_states.shape[2]
-        if t + q > self.max_tokens:
-            raise ValueError(f'SharedPrefixCache holds {self.max_tokens} thought tokens; got {t + q}')
-        if t + q > self.own_k[layer_idx].shape[2]:
-            size = min(self.max_tokens, max(2 * self.own_k[layer_idx].shape[2], t + q))
-            self.own_k[layer_idx] = _grown(self.own_k[layer_idx], t, size)
-            self.own_v[layer_idx] = _grown(self.own_v[layer_idx], t, size)
-        self.own_k[layer_idx][:, :, t : t + q] = key_states
-        self.own_v[layer_idx][:, :, t : t + q] = value_states
-        self.lengths[layer_idx] = t + q
-        return self.own_k[layer_idx][:, :, : t + q], self.own_v[layer_idx][:, :, : t + q]
+    @property
+    def prefix_v(self) -> list[torch.Tensor]:
+        return [layer.prefix_v for layer in self.layers]
 
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
-        return self.prefix_mask.shape[1] + self.lengths[layer_idx or 0]
+    @property
+    def own_k(self) -> list[torch.Tensor]:
+        return [layer.own_k for layer in self.layers]
 
-    def get_max_cache_shape(self) -> Optional[int]:
-        return None
+    @property
+    def own_v(self) -> list[torch.Tensor]:
+        return [layer.own_v for layer in self.layers]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [layer.length for layer in self.layers]
 
     def select(self, idx: torch.Tensor) -> None:
         """Keep only the live rows ``idx`` (indices into the current rows)."""
         self.rows = self.rows[idx]
-        self.own_k = [k[idx] for k in self.own_k]
-        self.own_v = [v[idx] for v in self.own_v]
+        self.batch_select_indices(idx)
 
 
 def _grown(buffer: torch.Tensor, filled: int, size: int) -> torch.Tensor:
@@ -162,8 +213,8 @@ def shared_prefix_attention(
         raise RuntimeError(f'attention {ATTENTION_NAME!r} runs only inside rlp.cascade.decoding_with(cache)')
     if dropout:
         raise ValueError('shared-prefix attention is for sampling in eval mode; dropout must be 0')
-    layer = module.layer_idx
-    pk, pv = cache.prefix_k[layer], cache.prefix_v[layer]  # (P, Hkv, Lp, d)
+    layer = cache.layers[module.layer_idx]
+    pk, pv = layer.prefix_k, layer.prefix_v  # (P, Hkv, Lp, d)
     n, h, q, d = query.shape
     hkv, t = key.shape[1], key.shape[2]
     scale = d**-0.5 if scaling is None else scaling

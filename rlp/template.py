@@ -142,9 +142,7 @@ def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
     ]
     if not missing:
         return 0
-    added = tokenizer.add_special_tokens(
-        {'additional_special_tokens': missing}, replace_additional_special_tokens=False
-    )
+    added = tokenizer.add_special_tokens({'extra_special_tokens': missing}, replace_extra_special_tokens=False)
     if added and model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return added

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rlp.run.checkpoint import find_latest_checkpoint, list_remote, split_remote
 
-__all__ = ['CheckpointError', 'load_checkpoint', 'resolve_checkpoint']
+__all__ = ['CheckpointError', 'load_checkpoint', 'resolve_checkpoint', 'restore_dropped_special_tokens']
 
 _KEYS = {'state.model', 'state.integrations', 'state.algorithms'}  # what a sharded load reads (no optimizer)
 _LAYOUTS = 'a checkpoint file (ep<E>-ba<B>-rank0.pt), a sharded folder (ep<E>-ba<B>/ with .metadata) or a save folder'
@@ -143,8 +143,33 @@ def _download(store: Any, key: str, dest: str, progress: bool) -> None:
 
 def _load_sharded(location: str, folder: str) -> dict[str, Any]:
     try:
-        return _load_state_dict_from_keys(_KEYS, storage_reader=dcp.FileSystemReader(folder))
+        ck = _load_state_dict_from_keys(_KEYS, storage_reader=dcp.FileSystemReader(folder))
     except Exception as err:
         raise CheckpointError(
             f'{location!r}: cannot read the sharded checkpoint ({type(err).__name__}: {err})'
         ) from err
+    restore_dropped_special_tokens(ck)
+    return ck
+
+
+def restore_dropped_special_tokens(ck: dict[str, Any]) -> None:
+    """Put back the tokenizer post-processor's empty ``special_tokens`` map that a sharded checkpoint loses.
+
+    torch.distributed.checkpoint flattens a state dict into its leaves (``_traverse.traverse_state_dict`` walks
+    every mapping), so an empty dict has no leaf and is missing when the state is read back. transformers 5 saves a
+    template post-processor with ``"special_tokens": {}`` (no token carries an id of its own) inside the
+    ``tokenizer.json`` that Composer keeps in ``state.integrations.huggingface.tokenizer``, and the tokenizers
+    library refuses the file without that key ("data did not match any variant of untagged enum
+    PostProcessorWrapper"). The key is required and, when it was dropped, was empty: restoring ``{}`` is exact.
+    Test: ``tests/rlp/tools/test_export.py::test_sharded_state_drops_empty_dicts``."""
+    files = ck.get('state', {}).get('integrations', {}).get('huggingface', {}).get('tokenizer') or {}
+    content = (files.get('tokenizer.json') or {}).get('content')
+    processor = content.get('post_processor') if isinstance(content, dict) else None
+    stack = [processor]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if node.get('type') == 'TemplateProcessing':
+            node.setdefault('special_tokens', {})
+        stack.extend(node.get('processors') or ())  # a Sequence post-processor

@@ -125,7 +125,7 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     if cfg.attn_implementation is not None:
         common['attn_implementation'] = cfg.attn_implementation
     if cfg.torch_dtype is not None:
-        common['torch_dtype'] = _DTYPES[cfg.torch_dtype]
+        common['dtype'] = _DTYPES[cfg.torch_dtype]
     if cfg.config is not None:
         hf_config = _config_from_mapping(cfg.config, tokenizer)
     elif not cfg.pretrained or cfg.config_overrides:

@@ -67,7 +67,7 @@ def _weights(state: dict[str, Any], which: str, location: str) -> dict[str, torc
 def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: str) -> Any:
     from composer.models.huggingface import get_hf_config_from_composer_state_dict
     from transformers import AutoModelForCausalLM
-    from transformers.modeling_utils import no_init_weights
+    from transformers.initialization import no_init_weights
 
     hf_model = state['integrations']['huggingface']['model']
     try:
@@ -91,7 +91,7 @@ def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: s
     dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
-        model.config.torch_dtype = next(model.parameters()).dtype
+        model.config.dtype = next(model.parameters()).dtype
     result = model.load_state_dict(sd, strict=False)
     tied = set(getattr(model, '_tied_weights_keys', None) or ()) if getattr(config, 'tie_word_embeddings', 0) else ()
     missing = [k for k in result.missing_keys if k not in tied]

@@ -115,6 +115,43 @@ def test_sharded_checkpoint_local_and_s3(trained, held_out, tmp_path, s3):
     _assert_same_model(tmp_path / 'ema', trained.algo.teachers.ema.module, held_out)
 
 
+def test_sharded_state_drops_empty_dicts(trained, tokenizer, tmp_path):
+    """The upstream loss that restore_dropped_special_tokens repairs: read back raw, a sharded checkpoint misses the
+    tokenizer post-processor's empty ``special_tokens`` map and transformers cannot load that tokenizer; repaired,
+    the tokenizer state equals the monolithic checkpoint's exactly, also for a template inside a Sequence."""
+    import copy
+
+    import torch.distributed.checkpoint as dcp
+    from composer.models import HuggingFaceModel
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    from rlp.run.checkpoint_load import restore_dropped_special_tokens
+
+    want = torch.load(trained.checkpoint(2), map_location='cpu', weights_only=False)['state']
+    want_tok = want['integrations']['huggingface']['tokenizer']
+    assert want_tok['tokenizer.json']['content']['post_processor']['special_tokens'] == {}
+    folder = write_sharded(trained.checkpoint(2), tmp_path / 'sharded')
+    raw = _load_state_dict_from_keys({'state'}, storage_reader=dcp.FileSystemReader(str(folder)))
+    got_tok = raw['state']['integrations']['huggingface']['tokenizer']
+    assert 'special_tokens' not in got_tok['tokenizer.json']['content']['post_processor']
+    with pytest.raises(Exception, match='PostProcessorWrapper'):
+        HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(
+            copy.deepcopy(raw['state']['integrations']['huggingface']), tokenizer_save_dir=str(tmp_path / 'raw')
+        )
+    restore_dropped_special_tokens(raw)
+    assert got_tok == want_tok
+    tok = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(
+        raw['state']['integrations']['huggingface'], tokenizer_save_dir=str(tmp_path / 'fixed')
+    )
+    assert tok('<think>x</think>')['input_ids'] == tokenizer('<think>x</think>')['input_ids']
+    template = {'type': 'TemplateProcessing', 'single': [], 'pair': []}
+    nested = {'type': 'Sequence', 'processors': [{'type': 'ByteLevel'}, dict(template)]}
+    ck = {'state': {'integrations': {'huggingface': {'tokenizer': {'tokenizer.json': {'content': {}}}}}}}
+    ck['state']['integrations']['huggingface']['tokenizer']['tokenizer.json']['content']['post_processor'] = nested
+    restore_dropped_special_tokens(ck)
+    assert nested['processors'] == [{'type': 'ByteLevel'}, {**template, 'special_tokens': {}}]
+
+
 def test_weights_ema_is_the_teacher(trained, held_out, tmp_path, capsys):
     """--weights ema writes the RLP algorithm's EMA teacher (weights and logits equal), which differs from the
     policy after two SGD steps at tau 0.5."""
