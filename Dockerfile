@@ -6,8 +6,8 @@
 #
 # --ipc=host (or a large --shm-size): streaming and the DataLoader workers use /dev/shm, which is 64 MB by default.
 # torch/torchvision come from the base image and are never replaced: composer and streaming are installed
-# without their dependency pins (the same path as `make install-keep-torch`), everything else from
-# requirements/keep-torch.txt.
+# without their dependency pins (the same path as `make install-keep-torch`; streaming 0.13.0's metadata also pins
+# transformers<5, and this image runs transformers 5.23.0), everything else from requirements/keep-torch.txt.
 FROM pytorch/pytorch:2.7.0-cuda12.6-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 \

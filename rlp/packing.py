@@ -23,7 +23,7 @@ A row holds at most ``max_tokens`` tokens (prompt + whole thoughts, at least one
 (R, 1, W, W), so its memory and the attention's work grow with W^2 -- at long thoughts a position's thoughts are
 spread over several rows (each with its own copy of the prompt).
 
-Which models: the mask goes through ``attention_mask`` as a 4D tensor, which transformers (4.53) uses as is for
+Which models: the mask goes through ``attention_mask`` as a 4D tensor, which transformers (5.23) uses as is for
 ``eager`` (additive float: 0 or the dtype's min) and ``sdpa`` (bool) attention in the model types of
 :data:`PACKABLE_MODEL_TYPES` (each checked against the unpacked path in ``tests/rlp/test_packing.py``). Anything
 else -- flash-attention kernels (which ignore the mask), an active sliding window, another architecture -- is not
@@ -50,7 +50,7 @@ __all__ = [
     'supports_block_mask',
 ]
 
-# model types whose transformers 4.53 code passes a 4D attention_mask through unchanged (tested here)
+# model types whose transformers 5.23 code passes a 4D attention_mask through unchanged (tested here)
 PACKABLE_MODEL_TYPES = frozenset({'llama', 'qwen2', 'qwen3', 'mistral', 'gpt2'})
 _PACKABLE_ATTENTION = ('eager', 'sdpa')
 
