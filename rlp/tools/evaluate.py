@@ -81,13 +81,21 @@ def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
 
 def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # transformers 5 draws a per-tensor "Loading weights" bar on stderr, which this command keeps for its own
+    # progress and its one-line errors
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder)
         tok = AutoTokenizer.from_pretrained(tokenizer or folder)
     except (OSError, ValueError) as err:
         message = f'{path}: cannot load a model and tokenizer ({err}); give a folder written by rlp export'
         raise _cli_error(message) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.eval(), tok
 
 
