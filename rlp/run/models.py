@@ -50,7 +50,7 @@ def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigErr
             f'{key}={name!r}: the folder holds no loadable {what} ({detail}); fix: point at a folder written by '
             f'save_pretrained'
         )
-    from transformers.utils import is_offline_mode
+    from huggingface_hub import is_offline_mode  # reads HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE
 
     if is_offline_mode():
         reason = (
