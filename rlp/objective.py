@@ -3,7 +3,7 @@
 No Composer, no logging, no distributed code: the Algorithm gathers tensors and calls these functions.
 
 Letters used in shapes:
-    B  positions (one prefix x_<t and its target x_t each)
+    P  positions (one prefix x_<t and its target x_t each)
     G  thoughts sampled per position (the group)
     T  thought tokens (padded; ``mask`` says which are real)
 
@@ -11,10 +11,11 @@ The paper (arXiv 2510.01265, Eq. 3-8):
     r      = S_pred - S_EMA,  S_pred = log p_theta(x_t | x_<t, c),  S_EMA = log p_phi(x_t | x_<t)
     A_i    = G/(G-1) * (r_i - mean_j r_j)                          (no std division)
     L_clip = -1/|c_i| * sum_u min(rho_u A_i, clip(rho_u, 1-eps_low, 1+eps_high) A_i)
-    L      = mean over the B*G rollouts of L_clip
+    L      = mean over the P*G rollouts of L_clip
 
-Normalisation is owned by :func:`clipped_surrogate` alone: per-rollout length-normalised mean, then a sum over
-rollouts divided by ``normalizer`` (default: the number of rollouts with at least one token in this call).
+:func:`clipped_surrogate` length-normalises each rollout, sums over the rollouts and divides by ``normalizer``
+(default: the number of rollouts with at least one token in this call); which ``normalizer`` a microbatch of a
+larger batch needs is decided by :func:`rlp.step.loss_normalizer`.
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def information_gain(logp_with_thought: torch.Tensor, logp_no_think: torch.Tensor) -> torch.Tensor:
     """Information-gain reward of each thought.
 
-    .. math:: r_{b,g} = S^{pred}_{b,g} - S^{EMA}_b
+    .. math:: r_{p,g} = S^{pred}_{p,g} - S^{EMA}_p
 
     Args:
-        logp_with_thought: (B, G) log p_theta(x_t | x_<t, c_g), the current model after thought g.
-        logp_no_think: (B,) log p_teacher(x_t | x_<t), the no-think baseline of each position.
+        logp_with_thought: (P, G) log p_theta(x_t | x_<t, c_g), the current model after thought g.
+        logp_no_think: (P,) log p_teacher(x_t | x_<t), the no-think baseline of each position.
 
     Returns:
-        (B, G) rewards, in the inputs' promoted dtype. Not detached: callers pass no-grad scores (the paper
+        (P, G) rewards, in the inputs' promoted dtype. Not detached: callers pass no-grad scores (the paper
         treats r as a constant).
     """
     if logp_with_thought.dim() != 2 or logp_no_think.shape != logp_with_thought.shape[:1]:
         raise ValueError(
-            f'information_gain expects (B, G) and (B,), got {tuple(logp_with_thought.shape)} and '
+            f'information_gain expects (P, G) and (P,), got {tuple(logp_with_thought.shape)} and '
             f'{tuple(logp_no_think.shape)}'
         )
     return logp_with_thought - logp_no_think.unsqueeze(-1)
@@ -55,22 +56,22 @@ def information_gain(logp_with_thought: torch.Tensor, logp_no_think: torch.Tenso
 def group_advantages(rewards: torch.Tensor, std_normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages (the paper's Eq. 7), detached.
 
-    .. math:: A_{b,g} = \\frac{G}{G-1}\\,(r_{b,g} - \\bar r_b), \\qquad \\bar r_b = \\frac1G \\sum_j r_{b,j}
+    .. math:: A_{p,g} = \\frac{G}{G-1}\\,(r_{p,g} - \\bar r_p), \\qquad \\bar r_p = \\frac1G \\sum_j r_{p,j}
 
     With ``std_normalize`` (off in the paper; GRPO's default) the result is further divided by
-    ``std_b + eps``, std_b the unbiased standard deviation of the group. Adding a constant to every reward of a
+    ``std_p + eps``, std_p the unbiased standard deviation of the group. Adding a constant to every reward of a
     group (e.g. S_EMA) leaves A unchanged; a group of identical rewards gives A = 0.
 
     Args:
-        rewards: (B, G) rewards, G >= 2.
+        rewards: (P, G) rewards, G >= 2.
         std_normalize: divide by the group's standard deviation. Default: False.
         eps: added to the std before dividing. Default: 1e-6.
 
     Returns:
-        (B, G) advantages (float32, or float64 for float64 input), detached.
+        (P, G) advantages (float32, or float64 for float64 input), detached.
     """
     if rewards.dim() != 2:
-        raise ValueError(f'group_advantages expects rewards of shape (B, G), got {tuple(rewards.shape)}')
+        raise ValueError(f'group_advantages expects rewards of shape (P, G), got {tuple(rewards.shape)}')
     group = rewards.shape[1]
     if group < 2:
         raise ValueError(
@@ -78,7 +79,7 @@ def group_advantages(rewards: torch.Tensor, std_normalize: bool = False, eps: fl
             f'is the baseline, so set rlp.rollouts.group_size >= 2'
         )
     r = rewards.detach().to(_compute_dtype(rewards))
-    centred = r - r.mean(dim=1, keepdim=True)  # (B, G)
+    centred = r - r.mean(dim=1, keepdim=True)  # (P, G)
     adv = centred * (group / (group - 1))
     if std_normalize:
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
@@ -97,24 +98,24 @@ def clipped_surrogate(
     """PPO-clipped surrogate over thought tokens, length-normalised per rollout (the paper's Eq. 8).
 
     .. math::
-        \\rho_{b,g,u} = \\exp(\\log\\pi_{new} - \\log\\pi_{old}), \\quad
-        \\ell_{b,g} = -\\frac{1}{|c_{b,g}|}\\sum_{u \\in c_{b,g}}
-            \\min\\big(\\rho A_{b,g},\\ \\mathrm{clip}(\\rho, 1-\\epsilon_{low}, 1+\\epsilon_{high}) A_{b,g}\\big)
+        \\rho_{p,g,u} = \\exp(\\log\\pi_{new} - \\log\\pi_{old}), \\quad
+        \\ell_{p,g} = -\\frac{1}{|c_{p,g}|}\\sum_{u \\in c_{p,g}}
+            \\min\\big(\\rho A_{p,g},\\ \\mathrm{clip}(\\rho, 1-\\epsilon_{low}, 1+\\epsilon_{high}) A_{p,g}\\big)
 
     and ``loss = sum over rollouts with |c| >= 1 of l / normalizer``. Rollouts without any masked-in token
     contribute nothing; masked slots may hold any value (NaN, inf) without effect on the loss or its gradient.
     An all-masked input gives loss 0 that still has a graph to ``logp_new``.
 
     Args:
-        logp_new: (B, G, T) log pi_theta of each thought token (carries the gradient).
-        logp_old: (B, G, T) log pi_old of each token (the sampling policy); treated as a constant.
-        advantages: (B, G) advantages; treated as a constant.
-        mask: (B, G, T) bool, True on trained thought tokens.
+        logp_new: (P, G, T) log pi_theta of each thought token (carries the gradient).
+        logp_old: (P, G, T) log pi_old of each token (the sampling policy); treated as a constant.
+        advantages: (P, G) advantages; treated as a constant.
+        mask: (P, G, T) bool, True on trained thought tokens.
         eps_low: lower clip, ratio >= 1 - eps_low, in [0, 1).
         eps_high: upper clip, ratio <= 1 + eps_high, >= 0.
         normalizer: the denominator of the sum over rollouts. Default (None): the number of rollouts in this
-            call with at least one token (clamped to >= 1), i.e. the mean of the paper. The Algorithm passes
-            the count of the whole (global) batch so that gradient accumulation is exact.
+            call with at least one token (clamped to >= 1), i.e. the mean of the paper. A microbatch of a larger
+            batch passes :func:`rlp.step.loss_normalizer` so that gradient accumulation is exact.
 
     Returns:
         ``(loss, metrics)``: a scalar loss (float32, float64 for float64 input) and detached 0-dim metrics
@@ -123,12 +124,12 @@ def clipped_surrogate(
     """
     if logp_new.shape != logp_old.shape or logp_new.shape != mask.shape or logp_new.dim() != 3:
         raise ValueError(
-            f'clipped_surrogate expects logp_new, logp_old and mask of one shape (B, G, T), got '
+            f'clipped_surrogate expects logp_new, logp_old and mask of one shape (P, G, T), got '
             f'{tuple(logp_new.shape)}, {tuple(logp_old.shape)}, {tuple(mask.shape)}'
         )
     if advantages.shape != logp_new.shape[:2]:
         raise ValueError(
-            f'clipped_surrogate expects advantages of shape (B, G) = {tuple(logp_new.shape[:2])}, '
+            f'clipped_surrogate expects advantages of shape (P, G) = {tuple(logp_new.shape[:2])}, '
             f'got {tuple(advantages.shape)}'
         )
     if not (0.0 <= eps_low < 1.0 and eps_high >= 0.0):
@@ -140,14 +141,14 @@ def clipped_surrogate(
     new = logp_new.to(dtype)
     old = logp_old.detach().to(dtype)
     # Poison-safe: masked slots become log-ratio 0 before exp, and their gradient is cut by torch.where.
-    log_ratio = torch.where(mask, new - old, torch.zeros_like(new))  # (B, G, T)
+    log_ratio = torch.where(mask, new - old, torch.zeros_like(new))  # (P, G, T)
     ratio = torch.exp(log_ratio)
-    adv = advantages.detach().to(dtype).unsqueeze(-1)  # (B, G, 1)
+    adv = advantages.detach().to(dtype).unsqueeze(-1)  # (P, G, 1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    per_token = torch.where(mask, -torch.minimum(unclipped, clipped), torch.zeros_like(new))  # (B, G, T)
-    n_tok = mask.sum(dim=-1)  # (B, G)
-    per_rollout = per_token.sum(dim=-1) / n_tok.clamp(min=1).to(dtype)  # (B, G); 0 where n_tok == 0
+    per_token = torch.where(mask, -torch.minimum(unclipped, clipped), torch.zeros_like(new))  # (P, G, T)
+    n_tok = mask.sum(dim=-1)  # (P, G)
+    per_rollout = per_token.sum(dim=-1) / n_tok.clamp(min=1).to(dtype)  # (P, G); 0 where n_tok == 0
     has_tokens = n_tok > 0
     if normalizer is None:
         denom = has_tokens.sum().clamp(min=1).to(dtype)

@@ -16,7 +16,7 @@ For one position (prefix x_<t, target x_t) and its G thoughts c_1..c_G:
     s_ema    = log p_phi(x_t | x_<t)              (the EMA teacher, no thought)
     r_g      = s_pred_g - s_base                  (s_base = s_ema for the paper's teacher kind ``ema``)
     A_g      = G/(G-1) (r_g - mean_g r)
-    loss     = sum over rollouts of the length-normalised clipped surrogate / normalizer
+    loss     = sum over rollouts of the length-normalised clipped surrogate / loss_normalizer(...)
 
 Shapes: P positions in the batch, G = ``cfg.rollouts.group_size``, T = longest thought.
 
@@ -33,7 +33,7 @@ steps on every rank. The returned :class:`rlp.stats.RLPStats` sums over microbat
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, NamedTuple, Optional
 
 import torch
 
@@ -51,7 +51,7 @@ from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate
 from rlp.timing import StepTimer, untimed
 
-__all__ = ['check_no_dropout', 'choose_positions', 'count_rollouts', 'rlp_loss']
+__all__ = ['GlobalRollouts', 'check_no_dropout', 'choose_positions', 'count_rollouts', 'loss_normalizer', 'rlp_loss']
 
 
 def check_no_dropout(model: Any, training: Optional[bool] = None) -> None:
@@ -115,16 +115,48 @@ def choose_positions(
     )
 
 
-def count_rollouts(batch: dict[str, torch.Tensor], cfg: RLPConfig, template: ThoughtTemplate, *, key: tuple[int, int]):
-    """``(N, rows)`` over ALL ranks (collective): the rollouts and rows of the global batch.
+class GlobalRollouts(NamedTuple):
+    """What the RLP loss of a global batch is divided by: its rollouts and rows, summed over all ranks.
 
-    The RLP loss of a batch is the mean over all N rollouts of the global batch; a microbatch of ``n_m`` rows passes
-    ``normalizer = N * n_m / rows`` to :func:`rlp_loss` so that the update does not depend on the microbatch split
-    (Composer scales a microbatch's loss by ``n_m / C``, C the mean rows per rank, and DDP averages over W ranks).
+    :func:`count_rollouts` measures it once per global batch; :func:`loss_normalizer` turns it into the denominator
+    of one microbatch.
     """
+
+    rollouts: float  # N: G times the positions of the global batch
+    rows: float  # the rows of the global batch
+
+
+def count_rollouts(
+    batch: dict[str, torch.Tensor], cfg: RLPConfig, template: ThoughtTemplate, *, key: tuple[int, int]
+) -> GlobalRollouts:
+    """The rollouts and rows of the global batch, over ALL ranks (collective; positions counted, nothing sampled)."""
     pos = choose_positions(batch, cfg.positions, template, key=key, count_only=True)
     n_pos, rows = dist.all_reduce([float(len(pos)), float(batch['input_ids'].shape[0])])
-    return n_pos * cfg.rollouts.group_size, rows
+    return GlobalRollouts(rollouts=n_pos * cfg.rollouts.group_size, rows=rows)
+
+
+def loss_normalizer(global_rollouts: Optional[GlobalRollouts], rows: int) -> Optional[float]:
+    """What the summed clipped surrogate of a (micro)batch of ``rows`` rows is divided by.
+
+    The RLP loss of a global batch is the mean over its N = ``global_rollouts.rollouts`` rollouts of the
+    length-normalised surrogate. A microbatch of B = ``rows`` rows is divided by ``N * B / B_all``
+    (B_all = ``global_rollouts.rows``, at least 1): Composer scales a microbatch's loss by ``B / C`` (C the mean rows
+    per rank) and DDP averages over W ranks with ``W * C = B_all``, so the update is the sum over all rollouts / N
+    whatever the microbatch split or the world size.
+
+    ``global_rollouts=None`` (one call per update, as in a plain loop): None, which
+    :func:`rlp.objective.clipped_surrogate` reads as the rollouts of this call with at least one token (their mean).
+
+    Example: 48 rollouts over 8 rows; a microbatch of 2 rows carries a quarter of them.
+
+        >>> loss_normalizer(GlobalRollouts(rollouts=48.0, rows=8.0), rows=2)
+        12.0
+        >>> loss_normalizer(None, rows=2) is None
+        True
+    """
+    if global_rollouts is None:
+        return None
+    return global_rollouts.rollouts * rows / max(global_rollouts.rows, 1.0)
 
 
 def _dummy_position(input_ids: torch.Tensor, min_context: int) -> Positions:
@@ -143,7 +175,7 @@ def rlp_loss(
     template: ThoughtTemplate,
     *,
     key: tuple[int, int],
-    normalizer: Optional[float] = None,
+    global_rollouts: Optional[GlobalRollouts] = None,
     synced: bool = False,
     keep_samples: bool = False,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
@@ -160,7 +192,9 @@ def rlp_loss(
         cfg: the algorithm's configuration (:class:`rlp.config.RLPConfig`).
         template: the resolved thought template (:func:`rlp.template.resolve_template`).
         key: ``(seed, global batch index)``, the shared part of every generator key.
-        normalizer: denominator of the sum over rollouts; None = the rollouts of this call (their mean).
+        global_rollouts: the rollouts and rows of the global batch (:func:`count_rollouts`) when this call is one
+            microbatch of it; the summed surrogate is divided by :func:`loss_normalizer`. None = the mean over the
+            rollouts of this call.
         synced: several ranks with collective forwards: all ranks run the same decode steps, and a rank without
             positions runs one rollout with weight 0.
         keep_samples: also return what was sampled, on CPU, in ``stats.samples``.
@@ -198,7 +232,6 @@ def rlp_loss(
         with part('rollout'):
             ro = sample_thoughts(
                 model,
-                model,
                 prompts,
                 u,
                 temperature=ro_cfg.temperature,
@@ -224,7 +257,13 @@ def rlp_loss(
         adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
         logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
         loss, m = clipped_surrogate(
-            logp_new, logp_old, adv, ro.mask, cfg.loss.eps_low, cfg.loss.eps_high, normalizer=normalizer
+            logp_new,
+            logp_old,
+            adv,
+            ro.mask,
+            cfg.loss.eps_low,
+            cfg.loss.eps_high,
+            normalizer=loss_normalizer(global_rollouts, input_ids.shape[0]),
         )
     if dummy:
         return loss * 0.0, stats

@@ -3,7 +3,8 @@
 - ``INIT``: resolve the thought template; refuse dropout; copy the teachers from the unwrapped HF module (INIT runs
   before Composer's FSDP wrap; see :mod:`rlp.teacher`).
 - ``BEFORE_TRAIN_BATCH`` (the device batch; reruns with auto-microbatching): the batch index; phi <- theta at the
-  first batch; the rollouts of the whole global batch (:func:`rlp.step.count_rollouts`, the loss normaliser).
+  first batch; the rollouts and rows of the whole global batch (:func:`rlp.step.count_rollouts`), from which
+  :func:`rlp.step.loss_normalizer` gives each microbatch's denominator.
 - ``BEFORE_FORWARD`` / ``AFTER_FORWARD``, with ``ntp_weight: 0`` only: Composer's next-token forward runs on a
   two-token stub and the real microbatch is put back at once, so no NTP forward or backward is wasted (the stub's
   loss enters the total times 0, keeping every forward in the graph).
@@ -24,7 +25,8 @@ from rlp.config import RLPConfig
 from rlp.hf import is_fsdp, unwrap_hf
 from rlp.run.thought_log import ThoughtLog
 from rlp.stats import RLPStats
-from rlp.step import check_no_dropout, count_rollouts, rlp_loss
+from rlp.step import GlobalRollouts, check_no_dropout, count_rollouts, rlp_loss
+from rlp.strictcfg import ConfigError
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate, resolve_template
 
@@ -56,7 +58,7 @@ class RLP(Algorithm):
         self.batch_index = 0
         self.totals = {'positions': 0, 'rows_skipped': 0, 'batches': 0}
         self.stats = RLPStats()
-        self._norm = (0.0, 1.0)  # (rollouts of the global batch, rows of the global batch)
+        self._global = GlobalRollouts(rollouts=0.0, rows=1.0)  # counted at BEFORE_TRAIN_BATCH
         self._batch: Any = None
 
     def match(self, event: Event, state: State) -> bool:
@@ -91,7 +93,7 @@ class RLP(Algorithm):
             self._init(state)
         self.batch_index = int(state.timestamp.batch.value)
         self.teachers.ensure(unwrap_hf(state.model), state.batch['input_ids'].device)
-        self._norm = count_rollouts(state.batch, self.config, self.template, key=(self.seed, self.batch_index))
+        self._global = count_rollouts(state.batch, self.config, self.template, key=(self.seed, self.batch_index))
         self.stats = RLPStats()
         self.thought_log.reset()
 
@@ -100,7 +102,6 @@ class RLP(Algorithm):
         ntp = state.loss['total'] if isinstance(state.loss, dict) else state.loss
         ntp = ntp.mean() if ntp.dim() else ntp
         world, rank = dist.world()
-        rows_all = max(self._norm[1], 1.0)
         rlp, stats = rlp_loss(
             state.model,
             self.teachers,
@@ -108,7 +109,7 @@ class RLP(Algorithm):
             cfg,
             self.template,
             key=(self.seed, self.batch_index),
-            normalizer=self._norm[0] * batch['input_ids'].shape[0] / rows_all,
+            global_rollouts=self._global,
             synced=world > 1,
             keep_samples=self.thought_log.due(self.batch_index, rank),
             autocast=lambda: get_precision_context(state.precision, state.precision_config),
@@ -137,7 +138,20 @@ class RLP(Algorithm):
         return {'teacher': teacher, 'totals': dict(self.totals), 'thoughts_written': written, 'seed': self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created)."""
+        """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created).
+
+        Raises:
+            ConfigError: the checkpoint was written with another seed (every RLP draw is keyed on it, so the run
+                would not continue the one that wrote the checkpoint).
+        """
+        saved = state.get('seed')
+        if saved is not None and int(saved) != self.seed:
+            raise ConfigError(
+                f'the checkpoint was written by a run with seed {int(saved)} but this run has seed {self.seed}: '
+                f'every RLP position and thought is keyed on the seed, so the resumed run would not continue the one '
+                f'that wrote it; set seed: {int(saved)} to resume it (or trainer.load_weights_only: true to start a '
+                f'new run from its weights)'
+            )
         self.teachers.load_state_dict(state.get('teacher', {}))
         self.totals.update({k: int(v) for k, v in state.get('totals', {}).items()})
         self.thought_log.written = int(state.get('thoughts_written', 0))
