@@ -5,7 +5,7 @@ Composer; gradient accumulation gives the same update for 1 microbatch of 8 rows
 have no eligible position, pure RLP and mixed with NTP), compared parameter by parameter; a batch without any
 eligible position is a counted skip with a finite zero RLP loss; a run resumed from a checkpoint ends with the
 same weights and teacher as the uninterrupted run (keyed draws + teacher in the checkpoint); the thought JSONL;
-the algorithm state is tensors/scalars only.
+the algorithm state is tensors/scalars only; a state written with another seed is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from composer.models import HuggingFaceModel
 
 from rlp.config import RLPConfig
 from rlp.run.algorithm import RLP
+from rlp.strictcfg import ConfigError
 from tests.helpers.rlp_batches import (
     CLOSE_ID,
     VOCAB,
@@ -180,6 +181,20 @@ def test_state_dict_is_plain_and_round_trips(tokenizer):
     other.load_state_dict(state)
     assert other.totals == algo.totals
     assert other.teachers.state_dict()['ema'].keys() == state['teacher']['ema'].keys()
+
+
+def test_checkpoint_of_another_seed_is_refused(tokenizer):
+    """The seed travels in the state and is checked on load: a state written with seed 11 loads into RLP(seed=11)
+    and is refused by RLP(seed=12) with one line naming both seeds and the fix, nothing restored."""
+    state = RLP(rlp_config(tokenizer), seed=11).state_dict()
+    state['totals'] = {'positions': 5, 'rows_skipped': 1, 'batches': 2}
+    RLP(rlp_config(tokenizer), seed=11).load_state_dict(state)
+    other = RLP(rlp_config(tokenizer), seed=12)
+    with pytest.raises(ConfigError) as err:
+        other.load_state_dict(state)
+    line = str(err.value)
+    assert '\n' not in line and 'seed 11' in line and 'seed 12' in line and 'set seed: 11' in line
+    assert other.totals == {'positions': 0, 'rows_skipped': 0, 'batches': 0}
 
 
 def test_missing_tags_refused_at_init(tokenizer):
