@@ -2,8 +2,8 @@
 
 Defaults are the paper's settings where the paper gives one (arXiv 2510.01265: G = 16, temperature 0.7,
 2048-token thoughts, tau = 0.999, one uniform position per document, no NTP term); where the paper is silent the
-default is the documented choice of this project (see ``rlp/algorithm.py``'s module docstring). Build from a
-mapping with :meth:`RLPConfig.from_dict`, which rejects unknown keys at any depth (``rlp.strictcfg.build``);
+default is the documented choice of this project (``docs/design.md``, "Decisions where the paper is silent"). Build
+from a mapping with :meth:`RLPConfig.from_dict`, which rejects unknown keys at any depth (``rlp.strictcfg.build``);
 cross-field rules are checked in each ``__post_init__`` with one-line errors that name the value, the rule and
 the fix.
 """
@@ -93,8 +93,8 @@ class RolloutConfig:
 
     Attributes:
         group_size: G thoughts per position (>= 2: the group mean is the baseline). Paper: 16.
-        temperature: sampling temperature (> 0); the policy whose log-probs are trained is softmax(logits/T).
-            Paper: 0.7.
+        temperature: sampling temperature (> 0); the policy whose log-probs are trained is
+            softmax(logits / temperature). Paper: 0.7.
         top_p: nucleus sampling mass in (0, 1]; 1 = off (the paper states no top-p).
         max_thought_tokens: the most tokens the policy may sample per thought, closing tag included. Paper: 2048.
     """

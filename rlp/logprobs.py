@@ -6,7 +6,7 @@ gradient). Here the M trained tokens are gathered from the hidden states h (M, D
 time, each chunk under ``torch.utils.checkpoint`` (non-reentrant), so only h, the head weight and the (M,) result
 are saved; the (chunk, V) logits exist transiently, in the forward and again in the backward recomputation.
 
-    logp_i = log_softmax((W h_i + b) / T)[y_i],   i in one chunk of rows at a time
+    logp_i = log_softmax((W h_i + b) / temperature)[y_i],   i in one chunk of rows at a time
 
 Peak extra memory ~ 3 * chunk * V * 4 bytes (fp32 logits, log_softmax, its gradient) instead of ~3 * N*(T+2)*V*4.
 Values: the same ops as the unchunked path on the same rows, so equal up to GEMM blocking (fp32: |diff| <~ 1e-6,
@@ -127,7 +127,7 @@ def fp32_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def _chunk_logp(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / T)[target], all in fp32."""
+    """(C, D) hidden, (V, D) weight, (C,) targets -> (C,) log softmax((W h + b) / temperature)[target], all in fp32."""
     logits = fp32_linear(h, weight, bias)
     return torch.log_softmax(logits / temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
 

@@ -9,8 +9,8 @@ G times (``batch_repeat_interleave``). Decoding is our own loop over the HF mode
 
 - every rollout draws from its own keyed stream: the uniforms ``u`` of rollout (position, g) come from a generator
   keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
-  ``token = min{j : CDF_j > u * CDF_V}`` over softmax(logits / T) (top-p: over the renormalised nucleus). This is
-  exact categorical sampling, fully batched, independent of the global RNG and of the microbatch split;
+  ``token = min{j : CDF_j > u * CDF_V}`` over softmax(logits / temperature) (top-p: over the renormalised nucleus).
+  This is exact categorical sampling, fully batched, independent of the global RNG and of the microbatch split;
 - a rollout stops at the closing tag, and its row leaves the decoded batch and the KV cache (finished thoughts cost
   no compute); the loop stops when all rollouts have stopped. Under torch.distributed
   (``synced=True``) the stop decision is all-reduced, so every rank runs the same number of decode steps
@@ -20,7 +20,7 @@ G times (``batch_repeat_interleave``). Decoding is our own loop over the HF mode
   policy did not choose it) and the rollout is flagged truncated. A sampled closing tag is a trained thought token.
 
 Sampling runs under ``torch.no_grad()`` in eval mode (the previous mode is restored). The recorded log-probs are
-those of the tempered policy softmax(logits / T) (top-p is treated as a sampler detail, as TRL/vLLM do).
+those of the tempered policy softmax(logits / temperature) (top-p is treated as a sampler detail, as TRL/vLLM do).
 """
 
 from __future__ import annotations
@@ -121,9 +121,10 @@ def rollout_uniforms(keys: Sequence[tuple], group_size: int, steps: int) -> torc
 def sample_from_logits(
     logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse-CDF sampling: (N, V) logits, (N,) uniforms -> (N,) tokens and their log-probs under softmax(l/T).
+    """Inverse-CDF sampling: (N, V) logits, (N,) uniforms -> (N,) tokens and their log-probs under
+    softmax(l / temperature).
 
-    With z = l / T, m = max z and the unnormalised weights e = exp(z - m), S = sum e:
+    With z = l / temperature, m = max z and the unnormalised weights e = exp(z - m), S = sum e:
 
         token = min{j : cumsum(e)_j > u * S}           (top-p: over e sorted descending, cut to the nucleus)
         logp  = z_token - m - log S                     (the tempered distribution before top-p truncation)
@@ -173,7 +174,6 @@ def _all_done(done: torch.Tensor, synced: bool) -> bool:
 @torch.no_grad()
 def sample_thoughts(
     model: Any,
-    module: torch.nn.Module,
     prompts: Prompts,
     uniforms: torch.Tensor,
     *,
@@ -187,8 +187,8 @@ def sample_thoughts(
     """Sample G thoughts per prompt with a shared prefix KV cache (see the module docstring).
 
     Args:
-        model: what to call (an HF causal LM, or Composer's HuggingFaceModel around it).
-        module: the ``nn.Module`` whose train/eval mode is switched (usually ``model`` itself).
+        model: what to call (an HF causal LM, or Composer's HuggingFaceModel around it); switched to eval mode for
+            the sampling and back.
         prompts: P left-padded prompts ending with the opening tag.
         uniforms: (P, G, max_thought_tokens) keyed uniforms (:func:`rollout_uniforms`).
         temperature / top_p: sampling settings (temperature > 0, top_p in (0, 1]).
@@ -210,7 +210,7 @@ def sample_thoughts(
             'window; pass shared_prefix=None to use it where it applies'
         )
     n = p * g
-    with eval_mode(module):
+    with eval_mode(model):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
         out, last2 = last_logits(  # (P, 2, V) fp32
             model,

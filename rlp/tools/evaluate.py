@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from rlp.config import PositionsConfig, TemplateConfig
 from rlp.hf import eval_mode
@@ -41,8 +44,13 @@ from rlp.rollouts import build_prompts, rollout_uniforms, sample_thoughts
 from rlp.scoring import nothink_logprob
 from rlp.step import choose_positions, pad_id
 from rlp.template import resolve_template
+from rlp.tools import export
+from rlp.tools.cli import CliError
 
 __all__ = ['EvalSettings', 'add_parser', 'evaluate', 'run']
+
+# streaming and the run layer's data module (which loads it) are imported inside the functions that read data:
+# ``rlp --help`` imports every subcommand module to build its parser, and should not wait for them.
 
 
 @dataclass
@@ -62,8 +70,6 @@ class EvalSettings:
 
 
 def _cli_error(message: str) -> Exception:
-    from rlp.tools.cli import CliError
-
     return CliError(message)
 
 
@@ -72,17 +78,12 @@ def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
     local or object store) exported to a temporary Hugging Face folder first."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
         return _load_folder(path, path, tokenizer)
-    from rlp.tools import export
-
     with tempfile.TemporaryDirectory(prefix='rlp-eval-') as tmp:
         export.export_checkpoint(path, os.path.join(tmp, 'model'), tokenizer=tokenizer)
         return _load_folder(path, os.path.join(tmp, 'model'), None)
 
 
 def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     # transformers 5 draws a per-tensor "Loading weights" bar on stderr, which this command keeps for its own
     # progress and its one-line errors
     bars = hf_logging.is_progress_bar_enabled()
@@ -164,8 +165,6 @@ def _after_thought(model: Any, prompts: Any, ro: Any, pad: int) -> tuple[torch.T
 
 def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, baseline: Any = None) -> dict[str, Any]:
     """The metrics of the module docstring for ``model`` on ``data`` (``baseline`` optional)."""
-    from tqdm import tqdm
-
     template = resolve_template(tokenizer, TemplateConfig(), model, settings.after)
     pad = pad_id(template)
     max_len = int(getattr(model.config, 'max_position_embeddings', 2048) or 2048)
@@ -196,7 +195,7 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
         prompts = build_prompts(batch['input_ids'], pos, template, pad)
         keys = [(settings.seed, index, int(batch['sample_id'][r]), int(t)) for r, t in zip(pos.row, pos.target)]
         u = rollout_uniforms(keys, settings.group_size, settings.max_thought_tokens)
-        ro = sample_thoughts(model, model, prompts, u, temperature=settings.temperature, top_p=1.0,
+        ro = sample_thoughts(model, prompts, u, temperature=settings.temperature, top_p=1.0,
                              close_id=template.close_id, pad_id=pad)  # fmt: skip
         with eval_mode(model):
             _, last = last_logits(model, 2, input_ids=prompts.ids, attention_mask=prompts.mask,

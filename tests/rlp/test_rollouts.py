@@ -53,7 +53,6 @@ def test_shared_cache_matches_full_forward(tokenizer, kind):
     g, temp = 3, 0.7
     ro = sample_thoughts(
         model,
-        model,
         prompts,
         rollout_uniforms(rkeys, g, 6),
         temperature=temp,
@@ -91,7 +90,6 @@ def test_stop_and_force_close_rules(tokenizer):
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=2.0)
     ro = sample_thoughts(
         model,
-        model,
         prompts,
         rollout_uniforms(rkeys, 4, 5),
         temperature=1.0,
@@ -114,7 +112,6 @@ def test_stop_and_force_close_rules(tokenizer):
     never = close_biased(build_tiny_model('gpt2', VOCAB), tpl.close_id, -50.0)
     ro2 = sample_thoughts(
         never,
-        never,
         prompts,
         rollout_uniforms(rkeys, 2, 3),
         temperature=1.0,
@@ -125,7 +122,6 @@ def test_stop_and_force_close_rules(tokenizer):
     assert ro2.truncated.all() and (ro2.lengths == 4).all() and ro2.decode_steps == 2
     always = close_biased(build_tiny_model('qwen3', VOCAB), tpl.close_id, 50.0)
     ro3 = sample_thoughts(
-        always,
         always,
         prompts,
         rollout_uniforms(rkeys, 2, 3),
@@ -144,18 +140,18 @@ def test_keyed_determinism_batched_equals_one_by_one_and_mode_restored(tokenizer
     model.train()
     kw = dict(temperature=0.7, top_p=0.9, close_id=tpl.close_id, pad_id=0)
     u = rollout_uniforms(rkeys, 3, 6)
-    a = sample_thoughts(model, model, prompts, u, **kw)
-    b = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 3, 6), **kw)
+    a = sample_thoughts(model, prompts, u, **kw)
+    b = sample_thoughts(model, prompts, rollout_uniforms(rkeys, 3, 6), **kw)
     assert model.training
     assert torch.equal(a.tokens, b.tokens) and not a.logp.requires_grad
     for i in range(len(prompts)):
         sub = build_prompts(
             batch['input_ids'], type(pos)(pos.row[i : i + 1], pos.target[i : i + 1], pos.start[i : i + 1], 1, 0), tpl, 0
         )
-        one = sample_thoughts(model, model, sub, u[i : i + 1], **kw)
+        one = sample_thoughts(model, sub, u[i : i + 1], **kw)
         n = one.tokens.shape[-1]
         assert torch.equal(one.tokens[0], a.tokens[i, :, :n]), f'position {i} differs when sampled alone'
-    other = sample_thoughts(model, model, prompts, rollout_uniforms([k + ('x',) for k in rkeys], 3, 6), **kw)
+    other = sample_thoughts(model, prompts, rollout_uniforms([k + ('x',) for k in rkeys], 3, 6), **kw)
     assert not torch.equal(other.tokens, a.tokens)
 
 
@@ -198,7 +194,6 @@ def _synced_worker(rank, world, port, out_dir, prompts, rkeys, close_id):
         model = close_biased(build_tiny_model('llama', VOCAB), close_id, 50.0 if rank == 0 else -50.0)
         ro = sample_thoughts(
             model,
-            model,
             prompts,
             rollout_uniforms(rkeys, 2, 5),
             temperature=1.0,
@@ -237,7 +232,7 @@ def test_closed_thoughts_leave_the_decoded_batch(tokenizer):
     g, steps = 4, 10
     sizes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw['input_ids'].shape), with_kwargs=True)
-    ro = sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, g, steps), temperature=1.0, top_p=1.0,
+    ro = sample_thoughts(model, prompts, rollout_uniforms(rkeys, g, steps), temperature=1.0, top_p=1.0,
                          close_id=tpl.close_id, pad_id=0)  # fmt: skip
     hook.remove()
     lengths = ro.lengths.flatten()
@@ -254,8 +249,8 @@ def test_shared_prefix_decoding_equals_the_expanded_cache(tokenizer, kind):
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind, bias=3.0)
     u = rollout_uniforms(rkeys, 4, 8)
     kw = dict(temperature=0.8, top_p=0.9, close_id=tpl.close_id, pad_id=0)
-    shared = sample_thoughts(model, model, prompts, u, shared_prefix=True, **kw)
-    expanded = sample_thoughts(model, model, prompts, u, shared_prefix=False, **kw)
+    shared = sample_thoughts(model, prompts, u, shared_prefix=True, **kw)
+    expanded = sample_thoughts(model, prompts, u, shared_prefix=False, **kw)
     assert 1 < len(set(shared.lengths.flatten().tolist())), 'thoughts should close at different steps'
     assert torch.equal(shared.tokens, expanded.tokens) and torch.equal(shared.lengths, expanded.lengths)
     assert torch.equal(shared.truncated, expanded.truncated) and shared.decode_steps == expanded.decode_steps
@@ -268,5 +263,5 @@ def test_shared_prefix_refused_for_a_model_without_it(tokenizer):
     """shared_prefix=True on GPT-2 (its attention does not take the shared-prefix cache): a ValueError saying so."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'gpt2')
     with pytest.raises(ValueError, match='shared_prefix=True needs a Llama, Qwen2 or Qwen3 model'):
-        sample_thoughts(model, model, prompts, rollout_uniforms(rkeys, 2, 4), temperature=1.0, top_p=1.0,
+        sample_thoughts(model, prompts, rollout_uniforms(rkeys, 2, 4), temperature=1.0, top_p=1.0,
                         close_id=tpl.close_id, pad_id=0, shared_prefix=True)  # fmt: skip
