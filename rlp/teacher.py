@@ -1,4 +1,4 @@
-"""The no-think teacher: our own frozen copies of the model (not ``composer.algorithms.EMA``, which swaps weights).
+"""The no-think teacher: our own copies of the model (not ``composer.algorithms.EMA``, which swaps weights).
 
 Kinds (``rlp.teacher.kind``):
   - ``ema``: phi <- tau * phi + (1 - tau) * theta after every optimizer step (the paper, tau = 0.999);
@@ -50,7 +50,7 @@ from rlp.hf import full_params, is_fsdp, is_fsdp2
 from rlp.rollouts import Prompts
 from rlp.scoring import nothink_logprob
 
-__all__ = ['FrozenCopy', 'Teachers', 'ema_update']
+__all__ = ['TeacherCopy', 'Teachers', 'ema_update']
 
 _WRAPPER_PREFIXES = ('_fsdp_wrapped_module.', '_checkpoint_wrapped_module.', '_orig_mod.')
 
@@ -99,8 +99,10 @@ def _has_meta(module: torch.nn.Module) -> bool:
     return any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
 
 
-class FrozenCopy:
-    """A frozen copy of a model (see the module docstring's life cycle); weights round-trip as plain tensors."""
+class TeacherCopy:
+    """A copy of the model outside autograd (eval mode, no gradients): the EMA teacher, moved by :func:`ema_update`
+    after every step, or the frozen one, never moved. See the module docstring's life cycle. Only its weights are
+    checkpointed, as plain tensors under the teacher's kind (not under this class's name)."""
 
     def __init__(self) -> None:
         self.module: Optional[torch.nn.Module] = None
@@ -177,11 +179,11 @@ class Teachers:
             raise ValueError(f'teacher kind {kind!r} unknown; use ema, frozen or none')
         self.kind = kind
         self.tau = tau
-        self.ema = FrozenCopy()
-        self.frozen = FrozenCopy() if kind == 'frozen' else None
+        self.ema = TeacherCopy()
+        self.frozen = TeacherCopy() if kind == 'frozen' else None
         self.updates = 0
 
-    def _copies(self) -> list[FrozenCopy]:
+    def _copies(self) -> list[TeacherCopy]:
         return [self.ema] + ([self.frozen] if self.frozen is not None else [])
 
     def create(self, model: torch.nn.Module) -> None:
