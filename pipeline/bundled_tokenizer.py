@@ -15,6 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.synthetic import generate_documents
+
+# tokenizers and transformers load inside the functions that train or load the tokenizer: importing this module
+# for the tokenizer's folder (``bundled_tokenizer_dir``) stays cheap.
 __all__ = [
     'EOS_TEXT',
     'SPECIAL_TOKENS',
@@ -45,8 +49,6 @@ def build_tokenizer(save_dir: str | Path | None = None, vocab_size: int = VOCAB_
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from pipeline.synthetic import generate_documents
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(

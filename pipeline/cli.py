@@ -11,6 +11,8 @@ import sys
 
 from pipeline.errors import DataError, UsageError
 
+# Each subcommand's module (and the heavy libraries it loads) is imported when that subcommand runs, so
+# ``rlp-data --help`` and a mistyped command answer at once.
 __all__ = ['main', 'build_parser']
 
 EXAMPLES = """examples:

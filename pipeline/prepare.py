@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
@@ -34,6 +35,7 @@ import xxhash
 
 from pipeline.errors import DataError, UsageError
 from pipeline.inputs.expand import expand_inputs
+from pipeline.mds import publish as pub
 from pipeline.mds.manifest import build_manifest, combine_hashes, hash_file, relative_name, tool_version
 from pipeline.mds.writer import SIZE_LIMIT, columns_for, merged_index
 from pipeline.prepare_args import PrepareArgs
@@ -99,8 +101,6 @@ def _input_hashes(specs, staging: Path) -> list[list[tuple[str, str]]]:
 
 def prepare(a: PrepareArgs, log=print) -> dict:
     """Run the whole preparation; return the summary dict (also printed through ``log``)."""
-    from pipeline.mds import publish as pub
-
     _check_args(a)
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     t_start = time.monotonic()
@@ -166,8 +166,6 @@ def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_
     write_json_atomic(staging_root / 'state.json', {'fingerprint': fingerprint, 'run_key': run_key})
     staging = Staging(staging_root)
     groups = [g for spec in specs for g in spec.groups]
-
-    import multiprocessing as mp
 
     counters = (mp.Value('q', 0), mp.Value('q', 0))  # documents, tokens: shared with the workers for the bar
     ctx = Ctx(a, staging_root, dtype, run_key, tok, policy, counters)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -142,8 +143,6 @@ def write_jsonl(path: str | Path, n_docs: int, seed: int = 0, think_fraction: fl
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.synthetic --docs N --seed S --out corpus.jsonl``: write the corpus as JSON lines."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog='python -m pipeline.synthetic',
         description='Write the synthetic reasoning corpus as JSON lines {"id", "text"}.',

@@ -15,6 +15,7 @@ the pool initializer (spawn).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.inputs.groups import Group
 from pipeline.mds.writer import columns_for, write_mds_folder
@@ -32,6 +34,7 @@ from pipeline.tokenize.pack import part_ranges
 from pipeline.tokenize.samples import concat_samples, none_samples
 from pipeline.tokenize.tokenizer import load_tokenizer
 
+# ctypes and signal are imported inside ``_die_with_parent``, under its try: the prctl call exists on Linux only.
 __all__ = ['Ctx', 'tokenize_unit', 'write_unit', 'run_pool', 'progress_bar']
 
 
@@ -116,8 +119,6 @@ def run_pool(fn, jobs: list, ctx: Ctx, workers: int, bar, label: str) -> None:
     Results are not returned: every job leaves a done marker that the caller reads back, so a resumed run and a
     fresh one take the same path. A worker's :class:`~pipeline.errors.DataError` is re-raised here.
     """
-    import multiprocessing as mp
-
     counters = ctx.counters
     if workers == 1 or len(jobs) <= 1:
         _init_worker(ctx, counters)
@@ -166,8 +167,6 @@ def progress_bar(enabled: bool, total_hint: int | None = None):
     """A tqdm bar on stderr counting tokens (its postfix shows documents, tokens and tokens/s), or None."""
     if not enabled:
         return None
-    from tqdm import tqdm
-
     bar = tqdm(total=total_hint, unit='tok', unit_scale=True, dynamic_ncols=True, desc='rlp-data', leave=False)
     bar.t0 = time.monotonic()
     return bar

@@ -104,6 +104,7 @@ def full_params(model: torch.nn.Module) -> Iterator[None]:
     if not is_fsdp(model):
         yield
         return
+    # Imported here, for FSDP models only: torch builds without distributed support lack the module.
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     with FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False):

@@ -6,14 +6,13 @@ import json
 
 from pipeline.dataset.files import DatasetFiles
 from pipeline.dataset.shards import decode_shard, decompress
+from pipeline.tokenize.tokenizer import load_tokenizer
 
 __all__ = ['inspect_dataset']
 
 
 def _load_tokenizer(name: str):
     try:
-        from pipeline.tokenize.tokenizer import load_tokenizer
-
         return load_tokenizer(name)
     except Exception:
         return None

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
+# streaming's decoders load inside the functions that decode a shard (streaming takes seconds to import), so a
+# command that fails before reading a shard answers at once.
 __all__ = ['decompress', 'decode_shard']
 
 

@@ -29,12 +29,15 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import braceexpand
+
 from pipeline.errors import DataError, one_line
 from pipeline.inputs.groups import SUPPORTED, Group, Piece, kind_of
 from pipeline.inputs.readers import load_disk, load_hf
 from pipeline.inputs.s3 import fetch_s3_inputs
 from pipeline.storage import remote
 
+# pyarrow loads inside the function that splits a parquet file: only runs with parquet inputs pay for it.
 __all__ = ['InputSpec', 'expand_inputs']
 
 
@@ -57,8 +60,6 @@ def _parse_query(src: str) -> tuple[str, dict[str, str]]:
 def _brace_expand(src: str) -> list[str]:
     if '{' not in src:
         return [src]
-    import braceexpand
-
     return list(braceexpand.braceexpand(src))
 
 

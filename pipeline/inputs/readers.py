@@ -15,6 +15,8 @@ from typing import Iterator
 from pipeline.errors import DataError, one_line
 from pipeline.inputs.groups import Group, Piece
 
+# Each reader imports its input kind's library (datasets, pyarrow, webdataset) itself: a run, and each worker
+# process, loads only the libraries of the kinds it reads, and none of them is needed for plain text or JSON.
 __all__ = ['iter_records', 'load_disk', 'load_hf']
 
 

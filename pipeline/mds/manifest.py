@@ -13,6 +13,7 @@ documents as read (each followed by a NUL byte).
 from __future__ import annotations
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 
 import xxhash
 
@@ -25,8 +26,6 @@ IDENTITY_KEYS = ('tool', 'tokenizer', 'policy', 'seq_len', 'dtype', 'pack', 'col
 
 def tool_version() -> str:
     """The installed version of this project (``rlp-pretrain``), or ``unknown``."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version('rlp-pretrain')
     except PackageNotFoundError:

@@ -17,6 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
+# streaming's MDSWriter loads inside the function that writes (streaming takes seconds to import): importing this
+# module for the column schema and the index merge stays cheap.
 __all__ = ['COMPRESSION', 'HASHES', 'SIZE_LIMIT', 'columns_for', 'write_mds_folder', 'merged_index']
 
 COMPRESSION = 'zstd'

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
 from pipeline.errors import DataError, one_line
 
+# boto3, botocore and streaming's cloud storage load inside the functions that reach an object store: a run on
+# local folders never imports them.
 __all__ = [
     'RETRY_ENV',
     'StoreError',
@@ -175,8 +178,6 @@ def check_output_location(uri: str) -> None:
     from streaming.base.storage.upload import CloudUploader
 
     try:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             CloudUploader.get((tmp, uri), exist_ok=True)
     except Exception as exc:
@@ -197,8 +198,6 @@ def list_objects(uri: str) -> dict[str, int]:
             return out
 
         return _retrying(listing, uri, 'list')
-    import tempfile
-
     from streaming.base.storage.upload import CloudUploader
 
     try:

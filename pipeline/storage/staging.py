@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 
+# fcntl is imported inside ``lock_staging``: it exists on POSIX systems only.
 __all__ = ['Staging', 'GroupTokenWriter', 'TokenStream', 'lock_staging', 'write_json_atomic', 'read_json']
 
 

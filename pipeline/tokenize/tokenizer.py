@@ -22,6 +22,8 @@ import xxhash
 
 from pipeline.errors import DataError, UsageError, one_line
 
+# transformers loads inside the function that loads a tokenizer (it takes seconds to import): the choice of
+# the token dtype and the BOS/EOS policy are usable without it.
 __all__ = [
     'TokenPolicy',
     'load_tokenizer',

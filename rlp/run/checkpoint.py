@@ -56,6 +56,9 @@ from typing import Optional
 from rlp.run.recipe_schema import ConfigError
 from rlp.strictcfg import one_line
 
+# Composer and boto3 are imported inside the functions that use them: ``rlp --help`` imports this module (through
+# ``rlp.tools.export``, for ``checkpoint_batch``) and should not wait for them.
+
 __all__ = [
     'SYMLINK_POLL_ENV',
     'check_save_folder',

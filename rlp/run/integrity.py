@@ -29,7 +29,14 @@ import tempfile
 from typing import Any, Optional
 
 import xxhash
+import zstd
+from streaming.base.hashing import get_hash, get_hashes
+from transformers import AutoTokenizer
 
+from pipeline.bundled_tokenizer import bundled_tokenizer_dir
+from pipeline.errors import DataError
+from pipeline.storage import remote
+from pipeline.tokenize.tokenizer import tokenizer_hash
 from rlp.run.recipe_schema import ConfigError, DataConfig, TokenizerConfig
 
 __all__ = ['DataIntegrityError', 'ShardChecker', 'check_stream_tokenizers', 'file_hash']
@@ -58,8 +65,6 @@ def file_hash(path: str, algo: str) -> str:
             while block := fh.read(1 << 23):
                 h.update(block)
         return h.hexdigest()
-    from streaming.base.hashing import get_hash
-
     with open(path, 'rb') as fh:
         return get_hash(algo, fh.read())
 
@@ -80,8 +85,6 @@ class ShardChecker:
         self._ok: set[str] = set()  # files this process has checked
 
     def _pick(self, hashes: dict[str, str]) -> Optional[str]:
-        from streaming.base.hashing import get_hashes
-
         for algo in (self.algo, 'xxh64', *sorted(hashes)):
             if algo in hashes and algo in get_hashes():
                 return algo
@@ -146,8 +149,6 @@ class ShardChecker:
 
     def explain(self, shard: Any, exc: BaseException) -> Optional[DataIntegrityError]:
         """A one-line error for a failure of streaming to decompress or validate ``shard``; None for other errors."""
-        import zstd
-
         text = str(exc)
         raw_info, zip_info = shard.file_pairs[0]
         name = zip_info.basename if zip_info else raw_info.basename
@@ -170,9 +171,6 @@ class ShardChecker:
 
 def _read_manifest(name: str, folder: str) -> Optional[dict]:
     """The stream's ``manifest.json`` beside its ``index.json`` (local folder or object-store prefix), or None."""
-    from pipeline.errors import DataError
-    from pipeline.storage import remote
-
     try:
         if remote.is_remote(folder):
             if 'manifest.json' not in remote.list_objects(folder):
@@ -196,11 +194,6 @@ def _read_manifest(name: str, folder: str) -> Optional[dict]:
 
 def _recipe_tokenizer(cfg: TokenizerConfig) -> tuple[int, str]:
     """(length, hash) of the recipe's tokenizer as loaded from its files (before training adds pad or tags)."""
-    from transformers import AutoTokenizer
-
-    from pipeline.bundled_tokenizer import bundled_tokenizer_dir
-    from pipeline.tokenize.tokenizer import tokenizer_hash
-
     name = str(bundled_tokenizer_dir()) if cfg.name_or_path == 'bundled' else cfg.name_or_path
     try:
         tok = AutoTokenizer.from_pretrained(name, **cfg.kwargs)

@@ -30,6 +30,7 @@ from typing import Any, Optional, TextIO
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
+from tqdm import tqdm
 
 __all__ = ['ConsoleLine', 'MetricsJsonlLogger', 'SampleIdRecorder', 'read_metrics']
 
@@ -220,12 +221,7 @@ class ConsoleLine(LoggerDestination):
         duration = state.max_duration
         total = int(duration.value) if duration is not None and duration.unit == TimeUnit.BATCH else None
         line = self.format_line(batch, total)
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=self.stream or sys.stdout)
-        except ImportError:  # pragma: no cover - tqdm comes with Composer
-            print(line, file=self.stream or sys.stdout, flush=True)
+        tqdm.write(line, file=self.stream or sys.stdout)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         """Print at every ``Nba`` interval (logger destinations run after the algorithms and callbacks, so the

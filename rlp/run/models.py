@@ -13,8 +13,13 @@ import os
 from typing import Any
 
 import torch
+from composer.models import HuggingFaceModel
+from huggingface_hub import is_offline_mode  # reads HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.bundled_tokenizer import bundled_tokenizer_dir
 from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
+from rlp.template import TemplateError, add_think_tokens, resolve_template
 
 __all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer']
 
@@ -50,8 +55,6 @@ def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigErr
             f'{key}={name!r}: the folder holds no loadable {what} ({detail}); fix: point at a folder written by '
             f'save_pretrained'
         )
-    from huggingface_hub import is_offline_mode  # reads HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE
-
     if is_offline_mode():
         reason = (
             'cannot be downloaded: this machine is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set) and the '
@@ -68,12 +71,8 @@ def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigErr
 def build_tokenizer(cfg: TokenizerConfig):
     """The tokenizer named by the recipe; a missing pad token is set to EOS (batches carry no padding in
     packed mode; the pad id only matters for pack mode ``none`` and for generation)."""
-    from transformers import AutoTokenizer
-
     name = cfg.name_or_path
     if name == 'bundled':
-        from pipeline.bundled_tokenizer import bundled_tokenizer_dir
-
         name = str(bundled_tokenizer_dir())
     else:
         _check_local('tokenizer.name_or_path', name, 'a tokenizer')
@@ -87,8 +86,6 @@ def build_tokenizer(cfg: TokenizerConfig):
 
 
 def _config_from_mapping(mapping: dict[str, Any], tokenizer):
-    from transformers import AutoConfig
-
     fields = dict(mapping)
     model_type = fields.pop('model_type')
     fields.setdefault('vocab_size', len(tokenizer))
@@ -117,8 +114,6 @@ def _override(hf_config: Any, overrides: dict[str, Any]) -> None:
 
 def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     """The HF causal LM; random init is seeded with ``seed`` so every rank builds the same weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if cfg.name_or_path is not None:
         _check_local('model.name_or_path', cfg.name_or_path, 'a model')
     common: dict[str, Any] = {}
@@ -166,13 +161,9 @@ def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig,
     ``template`` is the recipe's ``rlp.template``; with ``add_tags: true`` missing think tags are added to the
     tokenizer and the embeddings resized here, before the optimizer exists.
     """
-    from composer.models import HuggingFaceModel
-
     tokenizer = build_tokenizer(tokenizer_cfg)
     hf_model = build_hf_model(model_cfg, tokenizer, seed=seed)
     if template is not None:
-        from rlp.template import TemplateError, add_think_tokens, resolve_template
-
         if template.add_tags:
             add_think_tokens(tokenizer, hf_model, template)
         try:  # the algorithm resolves it again at the start of fit; refuse here, before Composer starts

@@ -27,6 +27,9 @@ from rlp.tools.cli import CliError
 
 __all__ = ['FIGURES', 'Run', 'add_parser', 'eval_figure', 'figures', 'load_evals', 'load_run', 'moving_average', 'run']
 
+# matplotlib and the metrics reader (which loads Composer) are imported inside the functions that use them:
+# ``rlp --help`` imports every subcommand module to build its parser, and should not wait for them.
+
 FIGURES: dict[str, tuple[str, ...]] = {
     'losses': ('loss/train/total', 'loss/train/ntp', 'loss/train/rlp'),
     'reward': ('rlp/reward_mean', 'rlp/gain_vs_ema', 'rlp/gain_vs_current'),
