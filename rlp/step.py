@@ -141,7 +141,7 @@ def loss_normalizer(global_rollouts: Optional[GlobalRollouts], rows: int) -> Opt
     The RLP loss of a global batch is the mean over its N = ``global_rollouts.rollouts`` rollouts of the
     length-normalised surrogate. A microbatch of B = ``rows`` rows is divided by ``N * B / B_all``
     (B_all = ``global_rollouts.rows``, at least 1): Composer scales a microbatch's loss by ``B / C`` (C the mean rows
-    per rank) and DDP averages over W ranks with ``W * C = B_all``, so the update is the sum over all rollouts / N
+    per rank) and DDP averages over the ranks (ranks * C = B_all), so the update is the sum over all rollouts / N
     whatever the microbatch split or the world size.
 
     ``global_rollouts=None`` (one call per update, as in a plain loop): None, which
