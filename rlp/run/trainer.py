@@ -160,6 +160,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
 
     load_path, load_weights_only = t.load_path, t.load_weights_only
     if t.autoresume and t.save_folder is not None:
+        checkpoint.set_aside_torn(t.save_folder, recipe.run_name)
         newest = checkpoint.find_latest_checkpoint(t.save_folder, recipe.run_name)
         if newest is not None:
             done = checkpoint.checkpoint_batch(newest)
