@@ -210,7 +210,7 @@ def _umask() -> int:
 def _publish_modes(folder: str) -> None:
     """Give ``folder`` (made by mkdtemp: 0700) and its files the modes a plain mkdir/open would: 0777/0666 & ~umask."""
     mask = _umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
@@ -317,7 +317,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--tokenizer', metavar='NAME_OR_DIR', help="tokenizer to write (default: the checkpoint's own)")
     p.add_argument('--weights', choices=('policy', 'ema'), default='policy',
                    help='the trained policy (default) or the RLP EMA teacher')  # fmt: skip
-    p.add_argument('--overwrite', action='store_true', help='replace an OUT_DIR holding a different model exported by rlp export (never any other folder)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an OUT_DIR holding another model rlp export wrote (never any other folder)')  # fmt: skip
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 

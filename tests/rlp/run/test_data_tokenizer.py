@@ -139,7 +139,9 @@ def test_seq_len_must_match_the_manifest(world, tmp_path, capsys, monkeypatch):
     shutil.copytree(data, tmp_path / 'data16')
     manifest = tmp_path / 'data16' / 'manifest.json'
     manifest.write_text(manifest.read_text().replace('"seq_len": 32', '"seq_len": 16'))
-    two = DataConfig(seq_len=32, streams={'web': StreamConfig(local=str(data)), 'b': StreamConfig(local=str(manifest.parent))})
+    two = DataConfig(
+        seq_len=32, streams={'web': StreamConfig(local=str(data)), 'b': StreamConfig(local=str(manifest.parent))}
+    )
     with pytest.raises(ConfigError, match='data.streams.b was prepared with seq_len 16'):
         check_stream_tokenizers(two, TokenizerConfig())
     monkeypatch.chdir(tmp_path)

@@ -279,7 +279,9 @@ def test_overwrite_replaces_only_an_exported_model(trained, tmp_path, capsys):
         assert snapshot(target) == before
     (exported / 'checkpoints' / 'ep0-ba1-rank0.pt').unlink()
     (exported / 'checkpoints').rmdir()
-    rc, _, err = run_cli(capsys, 'export', trained.save_folder, exported, '--weights', 'ema', '--overwrite', '--no-progress')
+    rc, _, err = run_cli(
+        capsys, 'export', trained.save_folder, exported, '--weights', 'ema', '--overwrite', '--no-progress'
+    )
     assert rc == 0, err
     assert _leftovers(tmp_path) == []
 
