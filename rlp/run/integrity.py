@@ -200,6 +200,7 @@ def _recipe_tokenizer(cfg: TokenizerConfig) -> tuple[int, str]:
 
     from pipeline.bundled_tokenizer import bundled_tokenizer_dir
     from pipeline.tokenize.tokenizer import tokenizer_hash
+    from rlp.run.recipe_freeform import check_tokenizer_kwargs
 
     name = str(bundled_tokenizer_dir()) if cfg.name_or_path == 'bundled' else cfg.name_or_path
     try:
@@ -209,6 +210,7 @@ def _recipe_tokenizer(cfg: TokenizerConfig) -> tuple[int, str]:
             f'tokenizer.name_or_path={cfg.name_or_path!r} cannot be loaded ({type(err).__name__}: '
             f'{" ".join(str(err).split())[:200]}); give a local tokenizer folder, a reachable hub name, or "bundled"'
         ) from None
+    check_tokenizer_kwargs(tok, cfg.kwargs)
     return len(tok), tokenizer_hash(tok)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlp.run.recipe_freeform import check_tokenizer_kwargs
 from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
 
 __all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer']
@@ -81,6 +82,7 @@ def build_tokenizer(cfg: TokenizerConfig):
         tokenizer = AutoTokenizer.from_pretrained(name, **cfg.kwargs)
     except (OSError, ValueError) as err:
         raise _load_error('tokenizer.name_or_path', cfg.name_or_path, 'tokenizer', err) from err
+    check_tokenizer_kwargs(tokenizer, cfg.kwargs)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
