@@ -318,7 +318,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--weights', choices=('policy', 'ema'), default='policy',
                    help='the trained policy (default) or the RLP EMA teacher')  # fmt: skip
     p.add_argument('--overwrite', action='store_true',
-                   help='replace an OUT_DIR holding another model rlp export wrote (never any other folder)')  # fmt: skip
+                   help='replace an OUT_DIR holding another model rlp export wrote (never other folders)')  # fmt: skip
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
