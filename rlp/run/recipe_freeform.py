@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 from typing import Any, Callable, Iterable
 
@@ -84,6 +85,14 @@ def check_model_config(mapping: dict[str, Any]) -> None:
     _unknown('model.config', mapping, known | set(defaults), cls.__name__)
     for key, value in mapping.items():
         default = defaults.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f'model.config.{key}: got {value!r}, expected a finite number')
+        if isinstance(default, int | float) and not isinstance(default, bool) and default >= 0:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(
+                    f'model.config.{key}: got {value!r}, which is negative; rule: {cls.__name__}.{key} is >= 0 '
+                    f'(default {default!r}); fix: give a value >= 0'
+                )
         if default is None or isinstance(value, type(default)):
             continue
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
