@@ -103,7 +103,8 @@ def test_train_refuses_the_mismatch_before_building_the_model(world, tmp_path, c
 def test_train_stops_on_foreign_ids_and_on_a_damaged_shard(world, tmp_path):
     """Two real runs: the mismatch allowed, the 400-embedding model meets an id >= 400 and the run stops with exit 1
     and one line; on a copy of the data with one flipped byte in each .zstd shard (the right tokenizer) the run
-    stops with exit 1 naming the stream and the shard. Neither prints a traceback."""
+    stops with exit 1 naming the stream and the shard, and leaves no run folder (it trained nothing). Neither prints a
+    traceback."""
     data, tok400 = world
     recipe = tiny_recipe(streams={'web': {'local': str(data), 'allow_tokenizer_mismatch': True}}, max_duration='4ba')
     recipe['tokenizer'] = {'name_or_path': str(tok400)}
@@ -122,6 +123,7 @@ def test_train_stops_on_foreign_ids_and_on_a_damaged_shard(world, tmp_path):
     line = [x for x in proc.stderr.splitlines() if x.startswith('rlp.train: stopped:')]
     assert line and 'data.streams.web:' in line[0] and '.mds.zstd' in line[0] and 'prepare the data again' in line[0]
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'runs' / 'bad').exists()  # trained nothing: no empty run folder left behind
 
 
 def test_seq_len_must_match_the_manifest(world, tmp_path, capsys, monkeypatch):
