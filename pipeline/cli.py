@@ -171,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error(tracker, 'interrupted; rerun the same command to resume')
         return 130
+    except OSError as exc:  # a full disk or a refused write in the middle of the work: finished units are kept
+        where = f' on {exc.filename!r}' if exc.filename else ''
+        _error(
+            tracker,
+            f'{exc.strerror or type(exc).__name__}{where} ({type(exc).__name__}, errno {exc.errno}); finished work is '
+            f'kept; fix: free space or fix permissions there, then rerun the same command to resume',
+        )
+        return 1
     finally:
         sys.stderr = stderr
 

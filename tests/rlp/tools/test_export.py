@@ -298,3 +298,29 @@ def test_exported_files_follow_the_umask(trained, tmp_path, capsys):
     assert oct(out.stat().st_mode & 0o777) == oct(0o755)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
     assert set(modes.values()) == {oct(0o644)}, modes
+
+
+@pytest.mark.parametrize(
+    'fault, code, words',
+    [
+        (KeyboardInterrupt(), 130, ['interrupted', 'nothing was written']),
+        (OSError(28, 'No space left on device', 'model.safetensors'), 1, ['No space left', 'free space']),
+        (OSError(13, 'Permission denied', 'config.json'), 1, ['Permission denied', 'writable']),
+    ],
+    ids=['ctrl-c', 'enospc', 'eacces'],
+)
+def test_interruption_and_os_errors_leave_nothing(trained, tmp_path, capsys, monkeypatch, fault, code, words):
+    """Ctrl-C, a full disk and a refused write while the folder is written (raised where the files get their modes,
+    after every file was written): one line, exit 130 or 1, no OUT_DIR and no temporary sibling left."""
+    from rlp.tools import export
+    from rlp.tools.cli import main
+
+    def fail(folder):
+        raise fault
+
+    monkeypatch.setattr(export, '_publish_modes', fail)
+    rc = main(['export', str(trained.save_folder), str(tmp_path / 'hf'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == code and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    assert err.startswith('rlp export: ') and all(w in err for w in words), err
+    assert not (tmp_path / 'hf').exists() and _leftovers(tmp_path) == []
