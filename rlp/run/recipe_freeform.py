@@ -62,6 +62,18 @@ def _init_names(cls: type) -> set[str]:
     return names - {'self', 'kwargs', 'args'}
 
 
+def _methods_popped(cls: type) -> set[str]:
+    """Names any method of ``cls`` or its bases reads out of ``**kwargs`` (transformers 5 reads legacy keys such as
+    ``rope_theta`` in a mixin's helper, not in ``__init__``)."""
+    names: set[str] = set()
+    for klass in cls.__mro__[:-1]:
+        for attr in vars(klass).values():
+            fn = getattr(attr, '__func__', attr)
+            if inspect.isfunction(fn):
+                names |= _popped_names(fn)
+    return names
+
+
 def check_model_config(mapping: dict[str, Any]) -> None:
     """Refuse a key of ``model.config`` that the transformers config class of its ``model_type`` does not define,
     and a value whose type differs from the class default's (an integer field given ``"64x"``)."""
@@ -77,7 +89,7 @@ def check_model_config(mapping: dict[str, Any]) -> None:
             f'model.config.model_type={model_type!r} is not a model type of this transformers{hint}; fix: use one '
             f'transformers knows, e.g. llama, qwen3, gpt2'
         ) from None
-    known = _init_names(cls) | set(getattr(cls, 'attribute_map', {}) or {}) | {'model_type'}
+    known = _init_names(cls) | _methods_popped(cls) | set(getattr(cls, 'attribute_map', {}) or {}) | {'model_type'}
     try:
         defaults = vars(cls())
     except Exception:  # a config that cannot be built with defaults: its signature and pops still count
