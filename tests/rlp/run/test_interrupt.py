@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.training import launch, packed_samples, tiny_recipe, write_mds, write_recipe
+from tests.helpers.training import launch, local_run_recipe
 
 pytestmark = pytest.mark.slow
 
 
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path):
-    write_mds(str(tmp_path / 'data' / 'train'), packed_samples(48, 32, seed=3))
-    recipe = tiny_recipe(
-        streams={'web': {'local': str(tmp_path / 'data'), 'split': 'train'}},
-        save_folder=str(tmp_path / 'ckpt' / '{run_name}'),
-        max_duration='400ba',
-    )
-    path = write_recipe(tmp_path / 'recipe.yaml', recipe)
+    path = local_run_recipe(tmp_path, '400ba')
     proc = launch(path, nproc=None, cwd=tmp_path, popen=True)
     first = tmp_path / 'ckpt' / 'tiny' / 'ep0-ba2-rank0.pt'
     deadline = time.monotonic() + 240

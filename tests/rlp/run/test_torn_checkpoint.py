@@ -13,19 +13,13 @@ from __future__ import annotations
 import shutil
 
 from rlp.run.metrics import read_metrics
-from tests.helpers.training import launch, packed_samples, tiny_recipe, write_mds, write_recipe
+from tests.helpers.training import launch, local_run_recipe
 
 COMPARED = ('sample_ids', 'loss/train/total')
 
 
 def test_torn_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path):
-    write_mds(str(tmp_path / 'data' / 'train'), packed_samples(48, 32, seed=3))
-    recipe = tiny_recipe(
-        streams={'web': {'local': str(tmp_path / 'data'), 'split': 'train'}},
-        save_folder=str(tmp_path / 'ckpt' / '{run_name}'),
-        max_duration='6ba',
-    )
-    path = write_recipe(tmp_path / 'recipe.yaml', recipe)
+    path = local_run_recipe(tmp_path, '6ba')
     done = launch(path, nproc=None, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     finished = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
