@@ -267,7 +267,7 @@ def export_checkpoint(
                 if value is not None and (key != 'bos_token_id' or gen.bos_token_id is None):
                     setattr(gen, key, value)
             model.generation_config = gen
-            model.save_pretrained(staging, safe_serialization=True)
+            _save_quietly(model, staging)
             gen.save_pretrained(staging)
             tok.save_pretrained(staging)
             batch = checkpoint_batch(location) if re.search(r'ep\d+-ba\d+(?:-rank0\.pt)?/?$', location) else None
@@ -286,6 +286,20 @@ def export_checkpoint(
     finally:
         stages.close()
     return record
+
+
+def _save_quietly(model: Any, folder: str) -> None:
+    """``save_pretrained`` without transformers 5's "Writing model shards" bar (this command draws its own, or none
+    under ``--no-progress``)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _swap(staging: str, out_dir: str) -> None:

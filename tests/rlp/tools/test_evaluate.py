@@ -207,6 +207,7 @@ def test_data_manifest_and_tokenizer_are_checked(prepared, tmp_path, capsys):
         assert want in err and str(tmp_path / name) in err and 'fix:' in err and '\n' not in err, err
     bare = tmp_path / 'bare'
     model.save_pretrained(bare)
+    capsys.readouterr()  # transformers 5's "Writing model shards" bar of the line above
     assert main([*base, '--model', str(bare), '--data', str(root / 'data')]) == 2
     err = capsys.readouterr().err.strip()
     assert '--tokenizer' in err and '\n' not in err and len(err) < 400, err
