@@ -1,7 +1,11 @@
 """The ``rlp-data`` command: ``prepare``, ``inspect`` and ``verify``.
 
-Every user error ends as one line ``rlp-data: error: <value, rule, fix>`` on stderr with exit code 2 (bad
-command-line value) or 1 (bad input, output or environment); no traceback. ``main(argv)`` returns the exit code.
+Every user error ends as one line ``rlp-data: error: <value, rule, fix>`` on stderr; no traceback. Exit codes, one
+rule for every subcommand: 0 done; 1 the data, a store or the machine is at fault (an unreadable or malformed input,
+a missing bucket, a full disk, a refused write, ``verify`` finding a problem); 2 the command line is at fault (an
+unknown flag, a value out of range, a flag that does not fit the input); 130 interrupted (Ctrl-C: rerun the same
+command to resume). ``main(argv)`` returns the exit code. The error line always starts a line of its own, also after
+a progress bar's carriage-return text in a log file.
 """
 
 from __future__ import annotations
@@ -136,17 +140,49 @@ def _run(args: argparse.Namespace) -> int:
     return verify_dataset(args.path)
 
 
+class _LineTracker:
+    """``sys.stderr`` that remembers whether its last character ended a line (progress bars end theirs with ``\r``)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith('\n')
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _error(tracker: _LineTracker, message: str) -> None:
+    print(('' if tracker.at_line_start else '\n') + f'rlp-data: error: {message}', file=tracker)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rlp-data`` console script; returns the exit code."""
+    """Entry point of the ``rlp-data`` console script; returns the exit code (see the module docstring)."""
+    stderr, tracker = sys.stderr, _LineTracker(sys.stderr)
+    sys.stderr = tracker
     try:
         args = build_parser().parse_args(argv)
         return _run(args)
     except DataError as exc:
-        print(f'rlp-data: error: {exc}', file=sys.stderr)
+        _error(tracker, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print('rlp-data: error: interrupted; rerun the same command to resume', file=sys.stderr)
+        _error(tracker, 'interrupted; rerun the same command to resume')
         return 130
+    except OSError as exc:  # a full disk or a refused write in the middle of the work: finished units are kept
+        where = f' on {exc.filename!r}' if exc.filename else ''
+        _error(
+            tracker,
+            f'{exc.strerror or type(exc).__name__}{where} ({type(exc).__name__}, errno {exc.errno}); finished work is '
+            f'kept; fix: free space or fix permissions there, then rerun the same command to resume',
+        )
+        return 1
+    finally:
+        sys.stderr = stderr
 
 
 if __name__ == '__main__':

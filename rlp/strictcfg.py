@@ -7,16 +7,25 @@ error that names the full key path and the keys allowed there, so a typo never p
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
 ``dict[str, X]``, ``Any`` and nested dataclasses (also inside lists and dicts). Ints are accepted where floats
 are expected; bools are never accepted as numbers.
+
+Ranges every number obeys, so that no value reaches the trainer to fail there with a traceback: a float is finite
+(NaN and infinities are refused), and a number is not negative unless its field says so with
+``field(metadata={NEGATIVE: 'what a negative value means'})``. Tighter bounds (``>= 1``) live in each section's
+``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
 
-__all__ = ['ConfigError', 'build', 'one_line', 'to_dict']
+__all__ = ['NEGATIVE', 'ConfigError', 'build', 'one_line', 'to_dict']
+
+NEGATIVE = 'negative'
+"""Field metadata key: negative numbers are allowed there (the value says what they mean)."""
 
 T = TypeVar('T')
 
@@ -95,14 +104,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f'{where}: got {value!r}, expected an integer')
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:  # YAML 1.1 reads "1e-6" as a string; accept it as the float it clearly is
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f'{where}: got {value!r}, expected a number')
+        if number is None:
+            raise ConfigError(f'{where}: got {value!r}, expected a number')
+        if not math.isfinite(number):
+            raise ConfigError(f'{where}: got {value!r}, expected a finite number')
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -110,6 +124,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f'{where}: got {value!r}, expected {_type_name(tp)}')
+
+
+def _not_negative(value: Any, where: str) -> None:
+    """Refuse a negative number (also inside a list, e.g. Adam's betas); nested dataclasses checked themselves."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _not_negative(item, _join(where, i))
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f'{where}: got {value!r}, which is negative; rule: it must be >= 0; fix: give a value >= 0')
 
 
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str = '') -> T:
@@ -157,11 +180,18 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str = '') -> T:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f'missing required key {path!r} ({_type_name(hints[name])})')
     try:
-        return cls(**kwargs)
-    except ConfigError:
+        obj = cls(**kwargs)
+    except ConfigError as err:  # a __post_init__ check: make sure the line says where (which stream, ...)
+        last = where.rpartition('.')[2]
+        if last and last not in str(err):
+            raise ConfigError(f'{where}: {err}') from None
         raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f'{where or "config"}: {err}') from err
+    for name in kwargs:  # after the section's own checks, whose messages say more
+        if NEGATIVE not in fields[name].metadata:
+            _not_negative(kwargs[name], _join(where, name))
+    return obj
 
 
 def to_dict(obj: Any) -> Any:

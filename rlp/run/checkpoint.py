@@ -40,6 +40,12 @@ Completeness: an object-store object exists only once its upload finished; a loc
 torch zip file whose central directory is written last (a truncated file fails ``zipfile.is_zipfile``); a
 sharded checkpoint folder is complete once its ``.metadata`` file exists (torch.distributed.checkpoint writes it
 after every shard).
+
+A torn local checkpoint (a save cut short by a full disk or a kill: a ``.pt`` file that is not a complete zip, a
+sharded folder without ``.metadata``) newer than the newest complete one is never resumed from, and would make
+Composer refuse to write the same name again (``FileExistsError ... may conflict``) when the resumed run reaches
+that batch. Training therefore sets it aside (:func:`set_aside_torn`): renamed to ``<name>.torn`` (kept, not
+deleted) with one warning line naming it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ __all__ = [
     'format_save_folder',
     'list_remote',
     'manage_uploads',
+    'set_aside_torn',
     'set_symlink_upload_poll',
     'split_remote',
     'upload_failure',
@@ -129,6 +136,49 @@ def _list_local(folder: str) -> list[str]:
         elif os.path.isdir(full) and os.path.isfile(os.path.join(full, '.metadata')):
             names.append(f'{entry}/.metadata')
     return names
+
+
+def _torn_local(folder: str) -> list[str]:
+    """Checkpoint names in a local ``folder`` that were started but never completed (see the module docstring)."""
+    torn = []
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        full = os.path.join(folder, entry)
+        if os.path.islink(full):
+            continue
+        if _MONOLITHIC.search(entry) and os.path.isfile(full) and not zipfile.is_zipfile(full):
+            torn.append(entry)
+        elif re.fullmatch(r'ep\d+-ba\d+', entry) and os.path.isdir(full) and not os.path.isfile(f'{full}/.metadata'):
+            torn.append(entry)
+    return torn
+
+
+def set_aside_torn(save_folder: str, run_name: str) -> list[str]:
+    """Rename each torn checkpoint of a local save folder to ``<name>.torn`` (one warning line each); rank 0 only.
+
+    Returns the new paths. Object stores need nothing: an object exists only once its upload finished.
+    """
+    from composer.utils import dist
+
+    folder = format_save_folder(save_folder, run_name)
+    if dist.get_global_rank() != 0 or split_remote(folder) is not None:
+        return []
+    moved = []
+    for name in _torn_local(folder):
+        src = os.path.join(folder, name)
+        dest = f'{src}.torn'
+        n = 1
+        while os.path.exists(dest):
+            n += 1
+            dest = f'{src}.torn{n}'
+        os.rename(src, dest)
+        moved.append(dest)
+        log.warning(
+            'torn checkpoint %s (an interrupted save: not a complete checkpoint) set aside as %s; resuming from the '
+            'newest complete one; delete it once you no longer need it',
+            src,
+            os.path.basename(dest),
+        )
+    return moved
 
 
 def checkpoint_batch(path: str) -> int:

@@ -37,9 +37,10 @@ from pipeline.bundled_tokenizer import bundled_tokenizer_dir
 from pipeline.errors import DataError
 from pipeline.storage import remote
 from pipeline.tokenize.tokenizer import tokenizer_hash
+from rlp.run.recipe_freeform import check_tokenizer_kwargs
 from rlp.run.recipe_schema import ConfigError, DataConfig, TokenizerConfig
 
-__all__ = ['DataIntegrityError', 'ShardChecker', 'check_stream_tokenizers', 'file_hash']
+__all__ = ['DataIntegrityError', 'ShardChecker', 'check_stream_tokenizers', 'file_hash', 'read_manifest']
 
 log = logging.getLogger('rlp.data')
 
@@ -169,7 +170,7 @@ class ShardChecker:
         )
 
 
-def _read_manifest(name: str, folder: str) -> Optional[dict]:
+def read_manifest(name: str, folder: str) -> Optional[dict]:
     """The stream's ``manifest.json`` beside its ``index.json`` (local folder or object-store prefix), or None."""
     try:
         if remote.is_remote(folder):
@@ -202,20 +203,36 @@ def _recipe_tokenizer(cfg: TokenizerConfig) -> tuple[int, str]:
             f'tokenizer.name_or_path={cfg.name_or_path!r} cannot be loaded ({type(err).__name__}: '
             f'{" ".join(str(err).split())[:200]}); give a local tokenizer folder, a reachable hub name, or "bundled"'
         ) from None
+    check_tokenizer_kwargs(tok, cfg.kwargs)
     return len(tok), tokenizer_hash(tok)
 
 
-def check_stream_tokenizers(data: DataConfig, tokenizer: TokenizerConfig) -> None:
-    """Refuse a stream whose ``manifest.json`` names another tokenizer than the recipe's (ConfigError, one line).
+def _check_seq_len(name: str, folder: str, manifest: dict, seq_len: int) -> None:
+    theirs, pack = manifest.get('seq_len'), manifest.get('pack')
+    if not isinstance(theirs, int) or theirs == seq_len or (pack == 'none' and theirs < seq_len):
+        return
+    effect = 'each sample would be cut to' if theirs > seq_len else 'each packed sample would be padded to'
+    raise ConfigError(
+        f'data.streams.{name} was prepared with seq_len {theirs} (pack {pack}) but the recipe has '
+        f'data.seq_len={seq_len}: {effect} {seq_len} tokens; fix: set data.seq_len={theirs}, or prepare {folder} '
+        f'again with --seq-len {seq_len}'
+    )
 
-    Equal means the same hash and vocabulary size (the name may differ: a hub name and a local copy are the same
-    tokenizer). ``data.streams.<name>.allow_tokenizer_mismatch: true`` turns the refusal into a warning.
+
+def check_stream_tokenizers(data: DataConfig, tokenizer: TokenizerConfig) -> None:
+    """Refuse a stream whose ``manifest.json`` names another tokenizer or another ``seq_len`` than the recipe's
+    (ConfigError, one line).
+
+    Tokenizers are equal with the same hash and vocabulary size (the name may differ: a hub name and a local copy
+    are the same tokenizer); ``data.streams.<name>.allow_tokenizer_mismatch: true`` turns that refusal into a
+    warning. ``seq_len`` must equal ``data.seq_len`` (a longer sample would be cut, a shorter packed one padded); data
+    prepared with ``--pack none`` (samples of 1..seq_len tokens) may be shorter than ``data.seq_len``.
     """
     mine: Optional[tuple[int, str]] = None
     for name, s in data.streams.items():
         source = s.remote if s.remote is not None else s.local
         folder = source.rstrip('/') + '/' + s.split if s.split else source
-        manifest = _read_manifest(name, folder)
+        manifest = read_manifest(name, folder)
         if manifest is None:
             log.info(
                 'data.streams.%s: no manifest.json in %s (not written by rlp-data prepare, e.g. llm-foundry): '
@@ -224,6 +241,7 @@ def check_stream_tokenizers(data: DataConfig, tokenizer: TokenizerConfig) -> Non
                 folder,
             )
             continue
+        _check_seq_len(name, folder, manifest, data.seq_len)
         theirs = manifest.get('tokenizer') or {}
         mine = mine or _recipe_tokenizer(tokenizer)
         if (theirs.get('vocab_size'), theirs.get('hash')) == mine:

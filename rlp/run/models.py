@@ -18,6 +18,7 @@ from huggingface_hub import is_offline_mode  # reads HF_HUB_OFFLINE and TRANSFOR
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.bundled_tokenizer import bundled_tokenizer_dir
+from rlp.run.recipe_freeform import check_tokenizer_kwargs
 from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
 from rlp.template import TemplateError, add_think_tokens, resolve_template
 
@@ -80,6 +81,7 @@ def build_tokenizer(cfg: TokenizerConfig):
         tokenizer = AutoTokenizer.from_pretrained(name, **cfg.kwargs)
     except (OSError, ValueError) as err:
         raise _load_error('tokenizer.name_or_path', cfg.name_or_path, 'tokenizer', err) from err
+    check_tokenizer_kwargs(tokenizer, cfg.kwargs)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

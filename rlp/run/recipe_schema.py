@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 from rlp.config import RLPConfig
 from rlp.run.recipe_checks import check_save_folder_scheme
 from rlp.run.recipe_streams import DataConfig, StreamConfig
-from rlp.strictcfg import ConfigError, to_dict
+from rlp.strictcfg import NEGATIVE, ConfigError, to_dict
 
 __all__ = [
     'CallbacksConfig',
@@ -198,7 +198,7 @@ class TrainerConfig:
     fsdp: Optional[dict[str, Any]] = None
     save_folder: Optional[str] = None
     save_interval: str = '1000ba'
-    save_num_checkpoints_to_keep: int = -1
+    save_num_checkpoints_to_keep: int = field(default=-1, metadata={NEGATIVE: '-1 keeps every checkpoint'})
     autoresume: bool = True
     load_path: Optional[str] = None
     load_weights_only: bool = False
@@ -219,6 +219,11 @@ class TrainerConfig:
             raise ConfigError(
                 f'trainer.max_duration={self.max_duration!r} is not a Composer time; '
                 f'write e.g. 100ba, 1ep or 2000000tok'
+            )
+        if not int(re.match(r'\d+', self.max_duration).group()):
+            raise ConfigError(
+                f'trainer.max_duration={self.max_duration!r} is a run of zero length; give a positive duration, '
+                f'e.g. 100ba'
             )
         if not re.fullmatch(r'\d+(ba|ep|sp|tok)', self.save_interval):
             raise ConfigError(
@@ -314,7 +319,7 @@ class Recipe:
     def __post_init__(self):
         if not re.fullmatch(r'[A-Za-z0-9._-]+', self.run_name):
             raise ConfigError(
-                f'run_name={self.run_name!r} may only hold letters, digits, ".", "_" and "-" '
+                f'run_name={self.run_name!r} may only hold ASCII letters (a-z, A-Z), digits, ".", "_" and "-" '
                 f'(it names folders and object keys)'
             )
         if self.model.torch_dtype in ('bfloat16', 'float16') and not self.trainer.low_precision_weights:

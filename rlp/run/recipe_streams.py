@@ -6,6 +6,7 @@ Part of the recipe schema (:mod:`rlp.run.recipe_schema`, which holds the other s
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -157,6 +158,18 @@ class DataConfig:
                     f'data.streams.{name} has neither remote nor local; set remote (s3://... or a '
                     f'folder) or local (a folder holding index.json)'
                 )
+        seen: dict[tuple[str, str], str] = {}
+        for name, s in self.streams.items():
+            if s.local is None:
+                continue
+            key = (os.path.normpath(s.local), s.split or '')
+            if key in seen:
+                raise ConfigError(
+                    f'data.streams.{seen[key]} and data.streams.{name} share the local folder {s.local!r}'
+                    f'{f" (split {s.split!r})" if s.split else ""}; streaming needs one local folder per stream; fix: '
+                    f'give one of them another local folder, or merge them into one stream'
+                )
+            seen[key] = name
         if 'proportion' in families.values() and set(families.values()) != {'proportion'}:
             raise ConfigError(
                 f'data.streams mix weighting families {families}: streaming refuses relative '

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
 import sys
 import time
 from typing import Optional
@@ -70,6 +72,42 @@ def _write_resolved(recipe: Recipe, recipe_path: str, output_dir: str, world_siz
         log.info('resolved recipe %s (world size %d) written to %s', recipe_path, world_size, os.path.abspath(path))
 
 
+def _signal_exit(stop: BaseException) -> Optional[int]:
+    """The exit code of Ctrl-C or SIGTERM (Composer's engine turns both into ``sys.exit(128 + signal)``), else None."""
+    if isinstance(stop, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return stop.code if stop.code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else None
+
+
+def _remove_skeleton(output_dir: str) -> None:
+    """Remove the run folder this run created when it trained nothing: only the resolved config, empty files and empty
+    folders are there (anything else keeps the folder)."""
+    for root, _dirs, files in os.walk(output_dir):
+        for name in files:
+            if name != 'resolved_config.yaml' and os.path.getsize(os.path.join(root, name)) > 0:
+                return
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _interrupted(trainer, recipe: Recipe, save_folder: Optional[str]) -> str:
+    """The one line for Ctrl-C during ``fit``: where the run stopped and how to go on."""
+    batch = trainer.state.timestamp.batch.value
+    if save_folder is None:
+        return (
+            f'interrupted at batch {batch}; nothing was saved (trainer.save_folder is null), so the same command '
+            f'starts over; set trainer.save_folder to make runs resumable'
+        )
+    newest = None
+    try:
+        from rlp.run.checkpoint import find_latest_checkpoint
+
+        newest = find_latest_checkpoint(recipe.trainer.save_folder, recipe.run_name)
+    except Exception:  # a store that cannot be listed now: the line below still says what to do
+        pass
+    where = f'from {newest}' if newest else f'from the start (no checkpoint in {save_folder} yet)'
+    return f'interrupted at batch {batch}; rerun the same command to resume {where}'
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``rlp.train`` (and the ``rlp-train`` console script)."""
     args = _parse_args(argv)
@@ -97,8 +135,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     output_dir = output_dir_of(recipe)
     save_folder = save_folder_of(recipe)
     start = time.time()
+    fresh = not os.path.exists(output_dir)
     try:
         trainer, output_dir = build_trainer(recipe, world_size=world_size)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        code = _signal_exit(stop)
+        if code is None:
+            raise
+        print('rlp.train: interrupted before training started; nothing was trained', file=sys.stderr, flush=True)
+        return code
     except ConfigError as err:  # nothing is written before this point: the run folder appears only below
         print(f'rlp.train: {one_line(err)}', file=sys.stderr)
         return 2
@@ -111,9 +156,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         _write_resolved(recipe, args.recipe, output_dir, world_size)
     try:
         trainer.fit()
+    except (KeyboardInterrupt, SystemExit) as stop:
+        code = _signal_exit(stop)
+        if code is None:
+            raise
+        if rank == 0:
+            print(f'rlp.train: {_interrupted(trainer, recipe, save_folder)}', file=sys.stderr, flush=True)
+        return code
     except (NonFiniteError, DataIntegrityError) as err:  # a run of NaN steps; a damaged shard, a foreign token id
-        print(f'rlp.train: stopped: {err}', file=sys.stderr, flush=True)
         trainer.close()
+        if rank == 0 and fresh and trainer.state.timestamp.batch.value == 0:
+            _remove_skeleton(output_dir)
+        print(f'rlp.train: stopped: {err}', file=sys.stderr, flush=True)
         return 1
     except Exception as err:  # a checkpoint upload that failed: one line (rlp.run.checkpoint.upload_failure)
         line = upload_failure(trainer, err)

@@ -44,6 +44,7 @@ from rlp.run.guards import FiniteSteps
 from rlp.run.integrity import check_stream_tokenizers
 from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, SampleIdRecorder
 from rlp.run.models import build_composer_model
+from rlp.run.recipe_freeform import check_free_form
 from rlp.run.recipe_schema import ConfigError, Recipe, validate_for_world
 
 __all__ = ['AlreadyFinished', 'build_trainer', 'check_output_folders', 'output_dir_of', 'save_folder_of']
@@ -111,6 +112,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     """Everything from step 2 to 5 of the module docstring; returns ``(trainer, output_dir)``."""
     t = recipe.trainer
     device_batch = validate_for_world(recipe, world_size)
+    check_free_form(recipe)  # model.config, trainer.fsdp keys against their transformers / Composer classes
     device = _device_name(t.device)
     # Recipe checks that need the machine stay here (this one and _device_name's); all others are in the recipe layer.
     # TrainerConfig refuses amp on device: cpu; device: auto turns into the CPU only where no CUDA device is visible.
@@ -160,6 +162,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
 
     load_path, load_weights_only = t.load_path, t.load_weights_only
     if t.autoresume and t.save_folder is not None:
+        checkpoint.set_aside_torn(t.save_folder, recipe.run_name)
         newest = checkpoint.find_latest_checkpoint(t.save_folder, recipe.run_name)
         if newest is not None:
             done = checkpoint.checkpoint_batch(newest)

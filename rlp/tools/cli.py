@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Optional
 
-__all__ = ['CliError', 'main']
+__all__ = ['CliError', 'main', 'os_error_line']
 
 SUBCOMMANDS = {
     'export': 'rlp.tools.export',
@@ -54,6 +54,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CliError as err:
         print(f'rlp {args.command}: {err}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # each command writes into a temporary sibling and renames last: nothing half-written
+        print(f'rlp {args.command}: interrupted; nothing was written; rerun the same command', file=sys.stderr)
+        return 130
+    except OSError as err:  # a full disk, a refused write: the machine, not the command line
+        print(f'rlp {args.command}: {os_error_line(err)}', file=sys.stderr)
+        return 1
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OS error (ENOSPC, EACCES, ...): what failed on which path, and the fix."""
+    import errno
+
+    fixes = {
+        errno.ENOSPC: 'free space there (or choose another folder), then rerun the same command',
+        errno.EDQUOT: 'free space there (or choose another folder), then rerun the same command',
+        errno.EACCES: 'make it writable for this user (or choose another folder), then rerun the same command',
+        errno.EPERM: 'make it writable for this user (or choose another folder), then rerun the same command',
+        errno.EROFS: 'choose a folder on a writable file system, then rerun the same command',
+    }
+    where = f' on {err.filename!r}' if err.filename else ''
+    fix = fixes.get(err.errno, 'fix the cause, then rerun the same command')
+    return f'{err.strerror or type(err).__name__}{where} ({type(err).__name__}, errno {err.errno}); fix: {fix}'
 
 
 if __name__ == '__main__':  # `python -m rlp.tools.cli`: run the imported module, whose CliError the subcommands raise

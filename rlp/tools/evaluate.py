@@ -90,14 +90,61 @@ def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any,
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder)
-        tok = AutoTokenizer.from_pretrained(tokenizer or folder)
     except (OSError, ValueError) as err:
-        message = f'{path}: cannot load a model and tokenizer ({err}); give a folder written by rlp export'
+        message = f'{path}: cannot load a model ({_short(err)}); give a folder written by rlp export, or a checkpoint'
         raise _cli_error(message) from err
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    if tokenizer == 'bundled':
+        from pipeline.bundled_tokenizer import bundled_tokenizer_dir
+
+        tokenizer = str(bundled_tokenizer_dir())
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or folder)
+    except (OSError, ValueError, TypeError) as err:
+        where = f'--tokenizer {tokenizer!r}' if tokenizer else f'{path} holds no tokenizer'
+        raise _cli_error(
+            f'{where} ({_short(err)}); fix: pass --tokenizer NAME_OR_DIR, the tokenizer the model was trained with '
+            f'(e.g. --tokenizer bundled)'
+        ) from err
     return model.eval(), tok
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = ' '.join(str(err).split())
+    return f'{type(err).__name__}: {text[: limit - 3] + "..." if len(text) > limit else text}'
+
+
+def check_data_manifest(data: str, tokenizer: Any, max_len: int) -> None:
+    """Refuse ``--data`` whose ``manifest.json`` names another tokenizer than the model's, or samples longer than the
+    model's ``max_position_embeddings`` (they would be cut); data without a manifest (llm-foundry's) is not checked."""
+    from pipeline.tokenize.tokenizer import tokenizer_hash
+    from rlp.run.integrity import read_manifest
+    from rlp.run.recipe_schema import ConfigError
+
+    try:
+        manifest = read_manifest('--data', data)
+    except ConfigError as err:
+        raise _cli_error(f'--data {data}: cannot read its manifest.json ({_short(err)})') from None
+    if manifest is None:
+        return
+    theirs = manifest.get('tokenizer') or {}
+    mine = (len(tokenizer), tokenizer_hash(tokenizer))
+    if (theirs.get('vocab_size'), theirs.get('hash')) != mine:
+        raise _cli_error(
+            f'--data {data} was prepared with tokenizer {theirs.get("name")!r} ({theirs.get("vocab_size")} tokens, '
+            f'{theirs.get("hash")}) but the model\'s tokenizer has {mine[0]} tokens ({mine[1]}); token ids mean '
+            f'different things under the two; fix: pass --tokenizer with the data\'s tokenizer, or prepare the data '
+            f'again with the model\'s tokenizer'
+        )
+    seq_len = manifest.get('seq_len')
+    if isinstance(seq_len, int) and seq_len > max_len:
+        raise _cli_error(
+            f'--data {data} holds samples of up to {seq_len} tokens (seq_len) but the model takes at most {max_len} '
+            f'positions (max_position_embeddings): each would be cut; fix: prepare the data again with --seq-len '
+            f'{max_len} or less'
+        )
 
 
 def _dataset(data: str, seq_len: int, eos_id: Optional[int]) -> Any:
@@ -168,6 +215,7 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
     template = resolve_template(tokenizer, TemplateConfig(), model, settings.after)
     pad = pad_id(template)
     max_len = int(getattr(model.config, 'max_position_embeddings', 2048) or 2048)
+    check_data_manifest(data, tokenizer, max_len)
     ds = _dataset(data, max_len, tokenizer.eos_token_id)
     cfg = PositionsConfig(
         strategy='after' if settings.after else 'uniform',
@@ -261,7 +309,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--model', required=True, help='Hugging Face folder, Composer checkpoint or save folder')
     p.add_argument('--data', required=True, help='MDS folder or URI written by rlp-data prepare')
     p.add_argument('--baseline', help='a second model whose no-think log-prob is the gain baseline')
-    p.add_argument('--tokenizer', help='tokenizer folder, for checkpoints that do not carry one')
+    p.add_argument('--tokenizer', help='tokenizer folder (or bundled), for models that do not carry one')
     p.add_argument('--positions', type=int, default=256, help='positions to evaluate (default: %(default)s)')
     p.add_argument('--group-size', type=int, default=8, help='thoughts per position (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of positions and thoughts (default: %(default)s)')

@@ -12,7 +12,8 @@ class) and the tokenizer's files (empty when the wrapper had no tokenizer); ``st
 rebuilt from the saved config without random init, the weights are loaded strictly (only tied weights may be
 absent) and the folder is written with ``save_pretrained`` into a temporary sibling that is renamed at the end.
 ``rlp_export.json`` in the folder records the source and a digest of the weights: re-exporting the same weights
-into it is allowed, a different model is refused unless ``--overwrite``.
+into it is allowed, a different model is refused unless ``--overwrite``; a folder export did not write is never
+replaced.
 """
 
 from __future__ import annotations
@@ -165,7 +166,12 @@ def weights_digest(model: Any) -> str:
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> Optional[dict]:
-    """The existing folder's marker (None when the folder is new or empty); refuses what may never be replaced."""
+    """The existing folder's marker (None when the folder is new or empty); refuses what may never be replaced.
+
+    Only a folder that export wrote is ever replaced, ``--overwrite`` or not: it holds ``rlp_export.json`` and
+    nothing but the files that marker lists (a save folder, a run folder, a folder of notes, or an exported folder
+    into which something else was put later are refused, so ``--overwrite`` cannot delete them).
+    """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CliError(f'OUT_DIR {out_dir!r} is a file; give a folder path')
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
@@ -175,12 +181,39 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> Optional[dict]:
             marker = json.load(fh)
     except (OSError, ValueError):
         marker = None
-    if marker is None and not overwrite:
+    if not isinstance(marker, dict) or 'weights_sha256' not in marker:
         raise CliError(
-            f'OUT_DIR {out_dir!r} is not empty and was not written by rlp export; pass --overwrite to replace it, '
-            f'or choose a new folder'
+            f'OUT_DIR {out_dir!r} is not empty and was not written by rlp export (no {MARKER}); --overwrite replaces '
+            f'only a folder rlp export wrote: choose a new folder'
         )
-    return marker or {}
+    listed = marker.get('files')
+    foreign = sorted(
+        name
+        for name in os.listdir(out_dir)
+        if name != MARKER
+        and (name not in listed if isinstance(listed, list) else os.path.isdir(os.path.join(out_dir, name)))
+    )
+    if foreign:
+        raise CliError(
+            f'OUT_DIR {out_dir!r} holds {foreign[:3]} besides what rlp export wrote; it is never replaced, '
+            f'--overwrite or not: move them out, or choose a new folder'
+        )
+    return marker
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish_modes(folder: str) -> None:
+    """Give ``folder`` (made by mkdtemp: 0700) and its files the modes a plain mkdir/open would: 0777/0666 & ~umask."""
+    mask = _umask()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def export_checkpoint(
@@ -234,15 +267,17 @@ def export_checkpoint(
                 if value is not None and (key != 'bos_token_id' or gen.bos_token_id is None):
                     setattr(gen, key, value)
             model.generation_config = gen
-            model.save_pretrained(staging, safe_serialization=True)
+            _save_quietly(model, staging)
             gen.save_pretrained(staging)
             tok.save_pretrained(staging)
             batch = checkpoint_batch(location) if re.search(r'ep\d+-ba\d+(?:-rank0\.pt)?/?$', location) else None
             params = sum(p.numel() for p in model.parameters())
             record = dict(checkpoint=location, kind=kind, batch=batch, weights=weights, parameters=params)
             record.update(model_class=type(model).__name__, tokenizer=tokenizer or 'checkpoint', weights_sha256=digest)
+            record['files'] = sorted(os.listdir(staging))
             with open(os.path.join(staging, MARKER), 'w', encoding='utf-8') as fh:
                 json.dump(record, fh, indent=2)
+            _publish_modes(staging)
         _swap(staging, out_dir)
         stages.update()
     except BaseException:
@@ -251,6 +286,20 @@ def export_checkpoint(
     finally:
         stages.close()
     return record
+
+
+def _save_quietly(model: Any, folder: str) -> None:
+    """``save_pretrained`` without transformers 5's "Writing model shards" bar (this command draws its own, or none
+    under ``--no-progress``)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _swap(staging: str, out_dir: str) -> None:
@@ -282,7 +331,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--tokenizer', metavar='NAME_OR_DIR', help="tokenizer to write (default: the checkpoint's own)")
     p.add_argument('--weights', choices=('policy', 'ema'), default='policy',
                    help='the trained policy (default) or the RLP EMA teacher')  # fmt: skip
-    p.add_argument('--overwrite', action='store_true', help='replace an OUT_DIR holding a different model')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an OUT_DIR holding another model rlp export wrote (never other folders)')  # fmt: skip
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 

@@ -208,3 +208,15 @@ def rank_logs(cwd: Path) -> str:
     if not logs.exists():
         return ''
     return '\n'.join(f'--- {p.name}\n{p.read_text()[-3000:]}' for p in sorted(logs.iterdir()))
+
+
+def local_run_recipe(folder: Path, max_duration: str) -> Path:
+    """Tiny local data (48 packed samples of 32 tokens) in ``folder/data`` and a recipe for it at
+    ``folder/recipe.yaml``, saving to ``folder/ckpt/{run_name}`` every 2 batches."""
+    write_mds(str(folder / 'data' / 'train'), packed_samples(48, 32, seed=3))
+    recipe = tiny_recipe(
+        streams={'web': {'local': str(folder / 'data'), 'split': 'train'}},
+        save_folder=str(folder / 'ckpt' / '{run_name}'),
+        max_duration=max_duration,
+    )
+    return write_recipe(folder / 'recipe.yaml', recipe)

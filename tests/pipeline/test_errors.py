@@ -263,3 +263,25 @@ def test_unsupported_scheme_for_inspect_and_verify(tmp_path, command):
         'alipan://); fix: pass the --out of rlp-data prepare'
     )
     assert tree(tmp_path) == []
+
+
+@pytest.mark.parametrize('code, words', [(28, 'No space left on device'), (13, 'Permission denied')])
+def test_os_error_mid_prepare_is_one_line_and_the_rerun_finishes(tmp_path, capsys, corpus, monkeypatch, code, words):
+    """A full disk (ENOSPC) or a refused write (EACCES) after the shards were tokenised, while the index is merged:
+    one line naming the error and the fix, exit 1, no manifest (the output is not taken for complete); the same
+    command afterwards finishes."""
+    import pipeline.prepare as prep
+
+    def fail(*args, **kwargs):
+        raise OSError(code, words, str(tmp_path / 'out' / 'index.json'))
+
+    out = tmp_path / 'out'
+    with monkeypatch.context() as patch:
+        patch.setattr(prep, 'merged_index', fail)
+        rc, _, err = prepare(capsys, [str(corpus)], out)
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith('rlp-data: error: '), err
+    assert words in err and 'rerun the same command' in err and 'Traceback' not in err
+    assert not (out / 'manifest.json').exists()
+    assert prepare(capsys, [str(corpus)], out)[0] == 0
+    assert (out / 'manifest.json').exists()

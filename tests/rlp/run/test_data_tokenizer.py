@@ -103,7 +103,8 @@ def test_train_refuses_the_mismatch_before_building_the_model(world, tmp_path, c
 def test_train_stops_on_foreign_ids_and_on_a_damaged_shard(world, tmp_path):
     """Two real runs: the mismatch allowed, the 400-embedding model meets an id >= 400 and the run stops with exit 1
     and one line; on a copy of the data with one flipped byte in each .zstd shard (the right tokenizer) the run
-    stops with exit 1 naming the stream and the shard. Neither prints a traceback."""
+    stops with exit 1 naming the stream and the shard, and leaves no run folder (it trained nothing). Neither prints a
+    traceback."""
     data, tok400 = world
     recipe = tiny_recipe(streams={'web': {'local': str(data), 'allow_tokenizer_mismatch': True}}, max_duration='4ba')
     recipe['tokenizer'] = {'name_or_path': str(tok400)}
@@ -122,3 +123,32 @@ def test_train_stops_on_foreign_ids_and_on_a_damaged_shard(world, tmp_path):
     line = [x for x in proc.stderr.splitlines() if x.startswith('rlp.train: stopped:')]
     assert line and 'data.streams.web:' in line[0] and '.mds.zstd' in line[0] and 'prepare the data again' in line[0]
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'runs' / 'bad').exists()  # trained nothing: no empty run folder left behind
+
+
+def test_seq_len_must_match_the_manifest(world, tmp_path, capsys, monkeypatch):
+    """The data is prepared at seq_len 32: a recipe at 64 (every sample padded) and at 16 (half of each sample cut)
+    are refused in one line naming the stream, both lengths and the fix, for a second stream too (every manifest is
+    read); through rlp.train: exit 2, nothing trained."""
+    data, _ = world
+    for seq_len, effect in ((64, 'padded to 64'), (16, 'cut to 16')):
+        cfg = DataConfig(seq_len=seq_len, streams={'web': StreamConfig(local=str(data))})
+        with pytest.raises(ConfigError) as err:
+            check_stream_tokenizers(cfg, TokenizerConfig())
+        text = str(err.value)
+        assert '\n' not in text and text.startswith('data.streams.web was prepared with seq_len 32'), text
+        assert f'data.seq_len={seq_len}' in text and effect in text and 'fix: set data.seq_len=32' in text
+    shutil.copytree(data, tmp_path / 'data16')
+    manifest = tmp_path / 'data16' / 'manifest.json'
+    manifest.write_text(manifest.read_text().replace('"seq_len": 32', '"seq_len": 16'))
+    two = DataConfig(
+        seq_len=32, streams={'web': StreamConfig(local=str(data)), 'b': StreamConfig(local=str(manifest.parent))}
+    )
+    with pytest.raises(ConfigError, match='data.streams.b was prepared with seq_len 16'):
+        check_stream_tokenizers(two, TokenizerConfig())
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(streams={'web': {'local': str(data)}}, seq_len=64)
+    assert train_main([str(write_recipe(tmp_path / 'r.yaml', recipe))]) == 2
+    err = capsys.readouterr().err
+    assert 'data.streams.web was prepared with seq_len 32' in err and 'Traceback' not in err
+    assert not (tmp_path / 'runs' / 'tiny' / 'metrics.jsonl').exists()

@@ -182,3 +182,35 @@ def test_bad_input_is_one_line(prepared, tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip()
     assert message in err and '\n' not in err
     assert not (tmp_path / 'out.json').exists()
+
+
+def test_data_manifest_and_tokenizer_are_checked(prepared, tmp_path, capsys):
+    """rlp eval compares --data's manifest.json with the model: a copy of the data whose manifest names another
+    tokenizer (its hash changed), and one whose seq_len exceeds the model's max_position_embeddings, are refused in
+    one line naming the data, both values and the fix; a model folder without a tokenizer gives one short line that
+    names --tokenizer, and --tokenizer bundled then evaluates. Nothing is written."""
+    import shutil
+
+    root, model = prepared
+    base = ['eval', '--samples', '2', '--positions', '2', '--group-size', '2', '--json', str(tmp_path / 'out.json')]
+    for name, old, new, want in (
+        ('other-tok', '"hash": "xxh64:', '"hash": "xxh64:0', 'was prepared with tokenizer'),
+        ('long', '"seq_len": 64', '"seq_len": 100000', 'samples of up to 100000 tokens'),
+    ):
+        shutil.copytree(root / 'data', tmp_path / name)
+        manifest = tmp_path / name / 'manifest.json'
+        text = manifest.read_text()
+        assert old in text
+        manifest.write_text(text.replace(old, new, 1))
+        assert main([*base, '--model', str(root / 'model'), '--data', str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert want in err and str(tmp_path / name) in err and 'fix:' in err and '\n' not in err, err
+    bare = tmp_path / 'bare'
+    model.save_pretrained(bare)
+    capsys.readouterr()  # transformers 5's "Writing model shards" bar of the line above
+    assert main([*base, '--model', str(bare), '--data', str(root / 'data')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert '--tokenizer' in err and '\n' not in err and len(err) < 400, err
+    assert not (tmp_path / 'out.json').exists()
+    assert main([*base, '--model', str(bare), '--data', str(root / 'data'), '--tokenizer', 'bundled']) == 0
+    assert (tmp_path / 'out.json').exists()

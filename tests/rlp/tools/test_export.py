@@ -254,3 +254,73 @@ def test_bad_inputs(tokenizer, tmp_path, capsys, s3):
     rc, _, err = run_cli(capsys, 'export', good.save_folder, tmp_path / 'hf', '--tokenizer', _tagless(tmp_path))
     assert rc == 2 and 'lacks the think tags <think> </think>' in err and not (tmp_path / 'hf').exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_only_an_exported_model(trained, tmp_path, capsys):
+    """--overwrite never replaces a folder export did not write: a run folder (the save folder of checkpoints, the
+    run folder above it), a folder of notes, and an exported folder into which something else was put later are
+    all refused with exit 2 and left byte for byte; an exported folder is replaced."""
+
+    def snapshot(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
+
+    notes = tmp_path / 'notes'
+    notes.mkdir()
+    (notes / 'todo.txt').write_text('mine')
+    exported = tmp_path / 'hf'
+    assert run_cli(capsys, 'export', trained.save_folder, exported, '--no-progress')[0] == 0
+    (exported / 'checkpoints').mkdir()
+    (exported / 'checkpoints' / 'ep0-ba1-rank0.pt').write_bytes(b'later')
+    for target in (trained.save_folder, trained.save_folder.parent, notes, exported):
+        before = snapshot(target)
+        rc, _, err = run_cli(capsys, 'export', trained.save_folder, target, '--overwrite', '--no-progress')
+        assert rc == 2 and str(target) in err and len(err.strip().splitlines()) == 1, err
+        assert 'rlp export' in err and 'choose' in err, err
+        assert snapshot(target) == before
+    (exported / 'checkpoints' / 'ep0-ba1-rank0.pt').unlink()
+    (exported / 'checkpoints').rmdir()
+    rc, _, err = run_cli(
+        capsys, 'export', trained.save_folder, exported, '--weights', 'ema', '--overwrite', '--no-progress'
+    )
+    assert rc == 0, err
+    assert _leftovers(tmp_path) == []
+
+
+def test_exported_files_follow_the_umask(trained, tmp_path, capsys):
+    """Under umask 022 the exported folder is 0755 and every file in it 0644 (a temporary folder is 0700 and its
+    files may be 0600: they must not stay private)."""
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, 'export', trained.save_folder, tmp_path / 'hf', '--no-progress')[0] == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / 'hf'
+    assert oct(out.stat().st_mode & 0o777) == oct(0o755)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert set(modes.values()) == {oct(0o644)}, modes
+
+
+@pytest.mark.parametrize(
+    'fault, code, words',
+    [
+        (KeyboardInterrupt(), 130, ['interrupted', 'nothing was written']),
+        (OSError(28, 'No space left on device', 'model.safetensors'), 1, ['No space left', 'free space']),
+        (OSError(13, 'Permission denied', 'config.json'), 1, ['Permission denied', 'writable']),
+    ],
+    ids=['ctrl-c', 'enospc', 'eacces'],
+)
+def test_interruption_and_os_errors_leave_nothing(trained, tmp_path, capsys, monkeypatch, fault, code, words):
+    """Ctrl-C, a full disk and a refused write while the folder is written (raised where the files get their modes,
+    after every file was written): one line, exit 130 or 1, no OUT_DIR and no temporary sibling left."""
+    from rlp.tools import export
+    from rlp.tools.cli import main
+
+    def fail(folder):
+        raise fault
+
+    monkeypatch.setattr(export, '_publish_modes', fail)
+    rc = main(['export', str(trained.save_folder), str(tmp_path / 'hf'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == code and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    assert err.startswith('rlp export: ') and all(w in err for w in words), err
+    assert not (tmp_path / 'hf').exists() and _leftovers(tmp_path) == []
