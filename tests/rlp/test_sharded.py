@@ -1,0 +1,122 @@
+"""rlp.sharded and the FSDP2 teacher (rlp.teacher with ``sharded=True``) on 2 gloo CPU ranks, raw ``fully_shard``.
+
+Checked against references computed here: the meta copy allocates nothing and keeps tied weights tied; after
+sharding, every teacher tensor has the policy's placement and local shape (half the rows on each rank); phi_0 =
+theta_0 and after 3 SGD steps phi equals the closed form tau^3 theta_0 + sum_k (1-tau) tau^(3-k) theta_k from the
+gathered thetas (fp32 rounding); the teacher's no-think forward (a collective) equals the same forward of an
+unsharded model holding the gathered phi, and leaves no gathered weights behind; the shards saved with
+torch.distributed.checkpoint and loaded into a fresh sharded teacher restore it bitwise, forward included (the
+non-persistent rotary buffers come from the policy, not from uninitialised memory).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+from tests.helpers.tiny_models import build_tiny_model
+
+pytestmark = pytest.mark.slow
+
+TAU = 0.5
+
+
+def _shard(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _worker(rank, world, port, out_dir):
+    import torch.distributed as tdist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import DTensor
+
+    from rlp.sharded import meta_copy, reshard
+    from rlp.teacher import Teachers
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    tdist.init_process_group('gloo', rank=rank, world_size=world)
+    res = {}
+    policy = build_tiny_model('llama', 64, seed=0)
+    copy_ = meta_copy(policy)
+    res['meta'] = all(t.is_meta for t in list(copy_.parameters()) + list(copy_.buffers()))
+    res['tied'] = copy_.lm_head.weight is copy_.model.embed_tokens.weight
+    thetas = [{k: v.detach().clone() for k, v in policy.named_parameters()}]
+    teachers = Teachers('ema', TAU)
+    teachers.create(policy, sharded=True)
+    _shard(policy)
+    teachers.shard(policy)
+    teachers.ensure(policy)
+    src = dict(policy.named_parameters())
+    res['layout'] = all(
+        isinstance(p, DTensor)
+        and p.placements == src[k].placements
+        and p.to_local().shape == src[k].to_local().shape
+        and p.to_local().shape[0] * world >= p.shape[0]
+        for k, p in teachers.ema.module.named_parameters()
+    )
+    res['phi0'] = all(torch.equal(p.full_tensor(), thetas[0][k]) for k, p in teachers.ema.module.named_parameters())
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    for step in range(3):
+        x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(10 * step + rank))
+        policy(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        teachers.update(policy)
+        thetas.append({k: v.full_tensor() for k, v in policy.named_parameters()})
+    res['thetas'] = thetas
+    res['phi'] = {k: p.full_tensor() for k, p in teachers.ema.module.named_parameters()}
+    ids = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        res['logits'] = teachers.ema.module(input_ids=ids).logits
+    reshard(teachers.ema.module)  # as Teachers.nothink_logprobs does after a teacher forward
+    res['resharded'] = all(isinstance(p, DTensor) for p in teachers.ema.module.parameters())
+    dcp.save({'teacher': teachers.shard_state()}, storage_writer=dcp.FileSystemWriter(os.path.join(out_dir, 'ck')))
+
+    fresh = Teachers('ema', TAU)
+    fresh.create(build_tiny_model('llama', 64, seed=5), sharded=True)
+    fresh.shard(policy)
+    target = {'teacher': fresh.shard_state()}
+    dcp.load(target, storage_reader=dcp.FileSystemReader(os.path.join(out_dir, 'ck')))
+    fresh.load_shard_state(target['teacher'])
+    res['restored'] = fresh.ema.synced and all(
+        torch.equal(p.full_tensor(), res['phi'][k]) for k, p in fresh.ema.module.named_parameters()
+    )
+    with torch.no_grad():
+        res['restored_logits'] = fresh.ema.module(input_ids=ids).logits
+    torch.save(res, os.path.join(out_dir, f'{rank}.pt'))
+    tdist.destroy_process_group()
+
+
+def test_sharded_teacher_two_gloo_ranks(tmp_path):
+    """See the module docstring."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
+    for r in (r0, r1):
+        assert r['meta'] and r['tied'] and r['layout'] and r['phi0'] and r['resharded'] and r['restored']
+        assert torch.equal(r['restored_logits'], r['logits'])
+    thetas = r0['thetas']
+    for name, phi in r0['phi'].items():
+        want = thetas[0][name] * TAU**3
+        for k in (1, 2, 3):
+            want = want + (1 - TAU) * TAU ** (3 - k) * thetas[k][name]
+        torch.testing.assert_close(phi, want, atol=1e-6, rtol=0, msg=name)
+        assert torch.equal(phi, r1['phi'][name]), name
+    reference = build_tiny_model('llama', 64, seed=0).eval()
+    reference.load_state_dict(r0['phi'], strict=False)
+    ids = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        torch.testing.assert_close(r0['logits'], reference(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
