@@ -7,8 +7,9 @@ Under FSDP2 every parameter of the policy is a DTensor sharded on dim 0 over a d
    whose parameters and buffers are meta tensors (fp32 for floating ones), so no rank ever allocates a full copy;
    tied parameters stay tied (one meta tensor per original tensor).
 2. :func:`shard_like` (after Composer's ``fully_shard``, before a checkpoint loads): ``fully_shard`` is applied to
-   the copy's modules with the same names as the policy's FSDP modules, innermost first, on the policy's mesh,
-   without a mixed-precision policy (the copy stays fp32), then ``to_empty`` allocates each rank's local shards.
+   the copy's modules with the same names as the policy's FSDP modules (plus untied input embeddings and head, each
+   its own unit), innermost first, on the policy's mesh, without a mixed-precision policy (the copy stays fp32),
+   then ``to_empty`` allocates each rank's local shards.
    Same global shapes, same mesh, same ``Shard(0)`` placement: phi's local shard covers exactly theta's rows.
 3. The EMA update is then elementwise on local shards (:func:`local_pairs`), with no communication; the teacher's
    forward all-gathers like the policy's (a collective: every rank must run it), and :func:`reshard` frees the
@@ -77,15 +78,30 @@ def shard_like(copy_: torch.nn.Module, policy: torch.nn.Module, device: torch.de
     mesh = next((p.device_mesh for p in policy.parameters() if isinstance(p, DTensor)), None)
     if mesh is None:
         raise ValueError('RLP teacher: the policy holds no FSDP2 (DTensor) parameter; nothing to shard like')
-    names = fsdp2_module_names(policy)
+    names = [n for n in fsdp2_module_names(policy) if n]
     modules = dict(copy_.named_modules())
+    units = [modules[n] for n in names]
+    # untied input embeddings and head get units of their own (not what the policy does: its root unit holds them,
+    # gathered for the whole forward and backward); a teacher forward then gathers at most one of them at a time.
+    # The placement of every parameter is the same either way: each is split by rows over the mesh.
+    emb, head = copy_.get_input_embeddings(), copy_.get_output_embeddings()
+    if emb is not None and head is not None and emb.weight is not head.weight:
+        units += [m for m in (emb, head) if not any(m is u or _contains(u, m) for u in units)]
     # innermost first (fully_shard of a parent leaves the parameters of already-sharded children alone); root last
-    for name in sorted((n for n in names if n), key=lambda n: -n.count('.')):
-        fully_shard(modules[name], mesh=mesh, reshard_after_forward=True)
+    for module in sorted(units, key=lambda m: -_depth(copy_, m)):
+        fully_shard(module, mesh=mesh, reshard_after_forward=True)
     fully_shard(copy_, mesh=mesh, reshard_after_forward=True)
     copy_.to_empty(device=device)
     for p in copy_.parameters():
         p.requires_grad_(False)
+
+
+def _contains(parent: torch.nn.Module, child: torch.nn.Module) -> bool:
+    return any(m is child for m in parent.modules())
+
+
+def _depth(root: torch.nn.Module, module: torch.nn.Module) -> int:
+    return next(name.count('.') + 1 for name, m in root.named_modules() if m is module)
 
 
 def local_pairs(
