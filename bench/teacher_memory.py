@@ -11,9 +11,12 @@ forward of the teacher on a (4, 256) batch.
 - ``sharded``: :class:`rlp.teacher.Teachers` with ``sharded=True`` (meta copy, ``fully_shard`` like the policy,
   updates on local shards, forward all-gathers one unit at a time).
 
-Printed per setting and rank: the teacher's weights held by the rank, the RSS once policy and teacher are
-allocated, the peak RSS over the teacher's steps (``VmHWM`` reset just before them), the process's lifetime peak
-(``ru_maxrss``, dominated by building the unsharded policy on every rank), and the ratios sharded / full.
+Printed per setting and rank: the teacher's weights held by the rank; the RSS before the teacher's steps (the
+sharded copy's pages are allocated but not yet touched, so they are not resident yet); the peak RSS (``VmHWM``,
+reset just before the steps) after sync + update (the teacher resident) and after its forward too; the process's
+lifetime peak (``ru_maxrss``, dominated by building the unsharded policy on every rank); the ratios sharded / full.
+On CPU, freed gather buffers stay in the process (glibc's heap), so the forward's peak overstates what a GPU's
+caching allocator would hold.
 
 Usage: ``python bench/teacher_memory.py [--hidden 768] [--layers 12] [--vocab 32000]``
 """
@@ -92,17 +95,19 @@ def _worker(rank: int, world: int, port: int, mode: str, args: argparse.Namespac
                     full = theta.full_tensor()
                     phi[name].copy_(full) if tau is None else phi[name].lerp_(full, 1 - tau)
                     del full
+            steady = _status_mib('VmHWM')
             teachers.ema.module(input_ids=ids, logits_to_keep=1)
         else:
             teachers.ensure(policy)
             teachers.update(policy)
+            steady = _status_mib('VmHWM')
             teachers.ema.module(input_ids=ids, logits_to_keep=1)
             from rlp.sharded import reshard
 
             reshard(teachers.ema.module)
     after = _status_mib('VmHWM')
     held = sum(getattr(p, '_local_tensor', p).numel() * 4 for p in teachers.ema.module.parameters()) / 2**20
-    res = {'before': before, 'after': after, 'model_mib': full_mib, 'held': held}
+    res = {'before': before, 'steady': steady, 'after': after, 'model_mib': full_mib, 'held': held}
     res['life'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     torch.save(res, os.path.join(out, f'{mode}{rank}.pt'))
     tdist.destroy_process_group()
@@ -125,20 +130,21 @@ def main() -> None:
     model_mib = results['full'][0]['model_mib']
     print(f'model: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: fp32 size {model_mib:.0f} MiB')
     print(
-        '| teacher | rank | teacher weights held (MiB) | RSS with policy + teacher allocated (MiB) '
-        '| peak RSS over sync, update, forward (MiB) | peak RSS of the whole process (MiB) |'
+        '| teacher | rank | teacher weights held (MiB) | RSS before the teacher steps (MiB) '
+        '| peak RSS over sync + update (MiB) | peak RSS with the forward (MiB) | peak RSS of the whole process (MiB) |'
     )
-    print('|---|---:|---:|---:|---:|---:|')
+    print('|---|---:|---:|---:|---:|---:|---:|')
     for mode, ranks in results.items():
         for r, res in enumerate(ranks):
             print(
-                f'| {mode} | {r} | {res["held"]:.0f} | {res["before"]:.0f} | {res["after"]:.0f} | {res["life"]:.0f} |'
+                f'| {mode} | {r} | {res["held"]:.0f} | {res["before"]:.0f} | {res["steady"]:.0f} | {res["after"]:.0f} '
+                f'| {res["life"]:.0f} |'
             )
     for r in range(2):
         full, shard = results['full'][r], results['sharded'][r]
         print(
-            f'rank {r}: sharded / full: weights held {shard["held"] / full["held"]:.2f}, '
-            f'peak over the teacher steps {shard["after"] / full["after"]:.2f}'
+            f'rank {r}: sharded / full: weights held {shard["held"] / full["held"]:.2f}, peak over sync + update '
+            f'{shard["steady"] / full["steady"]:.2f}, peak with the forward {shard["after"] / full["after"]:.2f}'
         )
 
 
