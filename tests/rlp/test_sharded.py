@@ -13,11 +13,11 @@ non-persistent rotary buffers come from the policy, not from uninitialised memor
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 
+from tests.helpers.gloo import run_ranks, save_rank
 from tests.helpers.tiny_models import build_tiny_model, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -44,17 +44,13 @@ def _shard(model):
     return model
 
 
-def _worker(rank, world, port, out_dir):
-    import torch.distributed as tdist
+def _worker(rank, world, out_dir):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.tensor import DTensor
 
     from rlp.sharded import fsdp2_module_names, meta_copy, reshard
     from rlp.teacher import Teachers
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    tdist.init_process_group('gloo', rank=rank, world_size=world)
     res = {}
     tied = meta_copy(build_tiny_model('llama', 64, seed=0))
     res['tied'] = tied.lm_head.weight is tied.model.embed_tokens.weight
@@ -105,19 +101,12 @@ def _worker(rank, world, port, out_dir):
     )
     with torch.no_grad():
         res['restored_logits'] = fresh.ema.module(input_ids=ids).logits
-    torch.save(res, os.path.join(out_dir, f'{rank}.pt'))
-    tdist.destroy_process_group()
+    save_rank(res, rank, out_dir)
 
 
 def test_sharded_teacher_two_gloo_ranks(tmp_path):
     """See the module docstring."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2)
-    r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
+    r0, r1 = run_ranks(_worker, tmp_path)
     for r in (r0, r1):
         assert r['meta'] and r['tied'] and r['layout'] and r['phi0'] and r['resharded'] and r['restored']
         assert torch.equal(r['restored_logits'], r['logits'])

@@ -10,12 +10,11 @@ max_norm / ||g||, ||g|| the norm of the full reference gradient, identically on 
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
 
+from tests.helpers.gloo import run_ranks, save_rank
 from tests.helpers.tiny_models import build_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -28,17 +27,13 @@ class _State:
         self.model = model
 
 
-def _worker(rank, world, port, out_dir):
-    import torch.distributed as tdist
+def _worker(rank, world, out_dir):
     from composer.algorithms.gradient_clipping.gradient_clipping import apply_gradient_clipping
     from composer.core import Event
     from torch.distributed.fsdp import fully_shard
 
     from rlp.run.fsdp import ClipGradNorm, GlooGradAverage, reduce_scatter_avg_sums
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    tdist.init_process_group('gloo', rank=rank, world_size=world)
     batches = [torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(r)) for r in range(world)]
     reference = build_tiny_model('llama', 64, seed=0)
     loss = sum(reference(input_ids=x, labels=x).loss for x in batches) / world
@@ -64,19 +59,12 @@ def _worker(rank, world, port, out_dir):
     res['composer_clipped'] = grads()
     ClipGradNorm(1e-3).apply(Event.AFTER_TRAIN_BATCH, state, None)
     res['clipped'] = grads()
-    torch.save(res, os.path.join(out_dir, f'{rank}.pt'))
-    tdist.destroy_process_group()
+    save_rank(res, rank, out_dir)
 
 
 def test_fsdp2_gradients_on_gloo_and_clipping(tmp_path):
     """See the module docstring."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2)
-    r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
+    r0, r1 = run_ranks(_worker, tmp_path)
     assert r0['sums'] and r1['sums']  # torch 2.7 gloo: AVG reduce-scatter sums
     want = r0['want']
     norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in want.values()))
