@@ -94,12 +94,13 @@ def full_params(model: torch.nn.Module) -> Iterator[None]:
     """Context in which ``model``'s parameters are full, unsharded tensors (read-only: ``writeback=False``).
 
     FSDP1: ``FSDP.summon_full_params(model, writeback=False, recurse=True, rank0_only=False)`` (collective, all ranks
-    get the full tensors). Anything else: no-op. FSDP2 is refused.
+    get the full tensors). Anything else: no-op. FSDP2 is refused: its teachers are sharded like the policy and read
+    theta shard by shard (:mod:`rlp.sharded`), never gathered whole.
     """
     if is_fsdp2(model):
         raise NotImplementedError(
-            'RLP teacher: FSDP2 (fully_shard) models are not supported; use FSDP1 '
-            '(Composer fsdp_config, use_orig_params=true)'
+            'full_params: an FSDP2 (fully_shard) model is never gathered whole here; create its teachers with '
+            'Teachers.create(model, sharded=True) before sharding (rlp.sharded)'
         )
     if not is_fsdp(model):
         yield

@@ -1,7 +1,10 @@
 """RLP as a Composer ``Algorithm``: the event handlers around :func:`rlp.step.rlp_loss`, and little else.
 
 - ``INIT``: resolve the thought template; refuse dropout; copy the teachers from the unwrapped HF module (INIT runs
-  before Composer's FSDP wrap; see :mod:`rlp.teacher`).
+  before Composer's FSDP wrap; see :mod:`rlp.teacher`); under FSDP2 the copies are meta skeletons and a
+  :class:`TeacherShards` callback is added to the state, which carries their shards in sharded checkpoints.
+- ``BEFORE_LOAD`` (after Composer's FSDP2 ``fully_shard``, before a checkpoint loads): shard the teachers like the
+  policy (:func:`rlp.sharded.shard_like`).
 - ``BEFORE_TRAIN_BATCH`` (the device batch; reruns with auto-microbatching): the batch index; phi <- theta at the
   first batch; the rollouts and rows of the whole global batch (:func:`rlp.step.count_rollouts`), from which
   :func:`rlp.step.loss_normalizer` gives each microbatch's denominator.
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from composer.core import Algorithm, Event, State, get_precision_context
+from composer.core import Algorithm, Callback, Event, State, get_precision_context
 from composer.loggers import Logger
+from composer.utils.parallelism import FSDP2Config
 
 from rlp import dist
 from rlp.config import RLPConfig
-from rlp.hf import is_fsdp, unwrap_hf
+from rlp.hf import is_fsdp, is_fsdp2, unwrap_hf
 from rlp.run.thought_log import ThoughtLog
 from rlp.stats import RLPStats
 from rlp.step import GlobalRollouts, check_no_dropout, count_rollouts, rlp_loss
@@ -30,7 +34,7 @@ from rlp.strictcfg import ConfigError
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate, resolve_template
 
-__all__ = ['RLP']
+__all__ = ['RLP', 'TeacherShards']
 
 
 class RLP(Algorithm):
@@ -63,11 +67,14 @@ class RLP(Algorithm):
 
     def match(self, event: Event, state: State) -> bool:
         skip_ntp = self.config.loss.ntp_weight == 0 and event in (Event.BEFORE_FORWARD, Event.AFTER_FORWARD)
-        return skip_ntp or event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
+        shard = event == Event.BEFORE_LOAD and self.teachers.sharded
+        return skip_ntp or shard or event in (Event.INIT, Event.BEFORE_TRAIN_BATCH, Event.AFTER_LOSS, Event.BATCH_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> Optional[int]:
         if event == Event.INIT:
             self._init(state)
+        elif event == Event.BEFORE_LOAD:
+            self.teachers.shard(unwrap_hf(state.model))
         elif event == Event.BEFORE_TRAIN_BATCH:
             self._start_batch(state)
         elif event == Event.BEFORE_FORWARD:
@@ -86,7 +93,10 @@ class RLP(Algorithm):
         self.template = resolve_template(self.tokenizer, self.config.template, hf, self.config.positions.after)
         check_no_dropout(hf, training=True)  # refused before the first batch
         if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
-            self.teachers.create(hf)
+            fsdp2 = isinstance(state.fsdp_config, FSDP2Config) and not is_fsdp2(hf)
+            self.teachers.create(hf, sharded=fsdp2)
+            if fsdp2 and not any(isinstance(c, TeacherShards) for c in state.callbacks):
+                state.callbacks.append(TeacherShards(self.teachers))
 
     def _start_batch(self, state: State) -> None:
         if self.template is None:
@@ -162,3 +172,22 @@ def _stub(batch: dict[str, Any]) -> dict[str, Any]:
     stub = {k: (v[:1, :2] if v.dim() == 2 else v[:1]) for k, v in batch.items() if hasattr(v, 'dim')}
     stub['labels'] = stub['input_ids'].clone()
     return stub
+
+
+class TeacherShards(Callback):
+    """Carries the FSDP2 teachers' shards in Composer checkpoints (added by :class:`RLP` at INIT under FSDP2).
+
+    Why a callback: Composer stores the algorithms' states as a list of ``(name, state)`` tuples, which a sharded
+    checkpoint (``torch.distributed.checkpoint``) writes as one pickled object from rank 0: rank 0's shards would be
+    restored on every rank. Callback states are stored as a mapping, whose DTensors a sharded checkpoint writes and
+    reads shard by shard. The state is the teachers' own DTensors, so a sharded load restores them in place.
+    """
+
+    def __init__(self, teachers: Teachers) -> None:
+        self.teachers = teachers
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.teachers.shard_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teachers.load_shard_state(state)

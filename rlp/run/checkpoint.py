@@ -39,7 +39,14 @@ Two more workarounds apply to object-store save folders only (:func:`manage_uplo
 Completeness: an object-store object exists only once its upload finished; a local monolithic checkpoint is a
 torch zip file whose central directory is written last (a truncated file fails ``zipfile.is_zipfile``); a
 sharded checkpoint folder is complete once its ``.metadata`` file exists (torch.distributed.checkpoint writes it
-after every shard).
+after every shard) in a local folder; on an object store each rank uploads its own shard file, so ``.metadata``
+(uploaded by rank 0) can land before another rank's shard, and a job killed then leaves a torn folder: a remote
+sharded folder counts only when every file its ``.metadata`` names is listed (:func:`_sharded_complete`), else the
+next older checkpoint is used. The torn folder's files stay where they are, and Composer refuses to write over
+them (an upload of an existing object fails; a local file with a later batch fails ``fit_start``'s conflict check):
+``rlp.run.train`` therefore passes ``save_overwrite=True`` when it resumes from the checkpoint found here, since
+everything newer in the folder is by construction an incomplete leftover of the killed run. Test:
+``tests/rlp/run/test_fsdp.py::test_sharded_kill_and_restart_is_bitwise_identical``.
 
 A torn local checkpoint (a save cut short by a full disk or a kill: a ``.pt`` file that is not a complete zip, a
 sharded folder without ``.metadata``) newer than the newest complete one is never resumed from, and would make
@@ -100,15 +107,40 @@ def split_remote(folder: str) -> Optional[tuple[str, str, str]]:
     return (backend, bucket, path.rstrip('/')) if backend else None
 
 
-def _newest(names: list[str], pattern: re.Pattern) -> Optional[tuple[tuple[int, int], str]]:
-    best = None
+def _newest(names: list[str], pattern: re.Pattern, accept=None) -> Optional[tuple[tuple[int, int], str]]:
+    """The newest name matching ``pattern`` (highest batch, then epoch) that ``accept`` (if given) takes."""
+    found = []
     for name in names:
         m = pattern.search(name)
         if m:
-            key = (int(m.group(2)), int(m.group(1)))  # batch first: it grows monotonically
-            if best is None or key > best[0]:
-                best = (key, name)
-    return best
+            found.append(((int(m.group(2)), int(m.group(1))), name))  # batch first: it grows monotonically
+    for key, name in sorted(found, reverse=True):
+        if accept is None or accept(name):
+            return key, name
+    return None
+
+
+def _sharded_complete(folder: str, metadata_name: str, names: list[str]) -> bool:
+    """True if every shard file that the remote sharded checkpoint's ``.metadata`` names is in ``names``."""
+    import pickle
+
+    from composer.utils.file_helpers import maybe_create_object_store_from_uri
+
+    store = maybe_create_object_store_from_uri(folder)
+    key = f'{split_remote(folder)[2]}/{metadata_name}'.lstrip('/')
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, '.metadata')
+        store.download_object(key, local)
+        with open(local, 'rb') as fh:
+            metadata = pickle.load(fh)  # torch.distributed.checkpoint's own format (FileSystemReader reads it so)
+    parent = metadata_name[: -len('.metadata')]
+    missing = sorted(
+        {info.relative_path for info in metadata.storage_data.values()}
+        - {n[len(parent) :] for n in names if n.startswith(parent)}
+    )
+    if missing:
+        log.warning('%s/%s is incomplete (missing %s): skipped', folder, parent.rstrip('/'), ', '.join(missing))
+    return not missing
 
 
 def list_remote(backend: str, bucket: str, path: str) -> list[str]:
@@ -203,7 +235,8 @@ def find_latest_checkpoint(save_folder: str, run_name: str) -> Optional[str]:
         folder = format_save_folder(save_folder, run_name)
         remote = split_remote(folder)
         names = list_remote(*remote) if remote else _list_local(folder)
-        candidates = [c for c in (_newest(names, _MONOLITHIC), _newest(names, _SHARDED)) if c is not None]
+        sharded = _newest(names, _SHARDED, accept=(lambda n: _sharded_complete(folder, n, names)) if remote else None)
+        candidates = [c for c in (_newest(names, _MONOLITHIC), sharded) if c is not None]
         if candidates:
             _, name = max(candidates)
             if name.endswith('/.metadata'):

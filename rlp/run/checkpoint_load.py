@@ -26,7 +26,7 @@ from rlp.run.checkpoint import find_latest_checkpoint, list_remote, split_remote
 
 __all__ = ['CheckpointError', 'load_checkpoint', 'resolve_checkpoint', 'restore_dropped_special_tokens']
 
-_KEYS = {'state.model', 'state.integrations', 'state.algorithms'}  # what a sharded load reads (no optimizer)
+_KEYS = {'state.model', 'state.integrations', 'state.algorithms', 'state.callbacks'}  # a sharded load (no optimizer)
 _LAYOUTS = 'a checkpoint file (ep<E>-ba<B>-rank0.pt), a sharded folder (ep<E>-ba<B>/ with .metadata) or a save folder'
 
 

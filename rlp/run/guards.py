@@ -74,7 +74,7 @@ class FiniteSteps(Algorithm):
         return None
 
     def _after_backward(self, state: State) -> None:
-        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        grads = [_local(p.grad) for p in state.model.parameters() if p.grad is not None]
         local_bad = self._bad or any(not bool(torch.isfinite(g).all()) for g in grads)
         if not dist.all_reduce([float(local_bad)], op='max')[0]:
             self.consecutive = 0
@@ -96,3 +96,8 @@ class FiniteSteps(Algorithm):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.totals.update({k: int(v) for k, v in state.get('totals', {}).items()})
         self.consecutive = int(state.get('consecutive', 0))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (checked without communication; the ranks agree through one all-reduce), else ``t``."""
+    return t.to_local() if hasattr(t, 'to_local') else t

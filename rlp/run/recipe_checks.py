@@ -1,5 +1,6 @@
 """Recipe checks that read text or URIs rather than one section's values: YAML syntax of recipe files and of
-command-line overrides, the URI schemes of stream and checkpoint locations, and query strings on remote folders.
+command-line overrides, the URI schemes of stream and checkpoint locations, query strings on remote folders, and the
+``trainer.fsdp`` mapping.
 
 Each raises :class:`~rlp.strictcfg.ConfigError` with one line naming the value (the file and line/column, the
 override, or the key), the rule and the fix; :mod:`rlp.run.recipe` calls them while it reads and validates.
@@ -177,3 +178,59 @@ def refuse_uri_queries(recipe: Any) -> None:
                 f'none: file names are appended to them and credentials come from the environment (AWS_*, '
                 f'S3_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...); remove everything from the ?'
             )
+
+
+# trainer.fsdp: the FSDP2Config options of Composer 0.32 a recipe may set (device_mesh is built by Composer)
+FSDP_OPTIONS = {
+    'reshard_after_forward': (bool, int),
+    'activation_checkpointing': (bool,),
+    'activation_cpu_offload': (bool,),
+    'state_dict_type': ('sharded',),
+    'mixed_precision': ('FULL', 'DEFAULT', 'PURE'),
+}
+# FSDP1 options and what replaces them under FSDP2
+_FSDP1_OPTIONS = {
+    'sharding_strategy': 'FSDP2 always shards parameters, gradients and optimizer state (FULL_SHARD)',
+    'use_orig_params': 'FSDP2 keeps the original parameters (as DTensors)',
+    'limit_all_gathers': 'FSDP2 has no such option',
+    'backward_prefetch': 'FSDP2 prefetches on its own',
+    'forward_prefetch': 'FSDP2 prefetches on its own',
+    'sync_module_states': 'Composer sets it for FSDP2 when needed',
+    'cpu_offload': 'use activation_cpu_offload for activations; parameter offload is not supported',
+    'activation_checkpointing_reentrant': 'FSDP2 activation checkpointing is non-reentrant',
+}
+
+
+def check_fsdp(fsdp: Optional[dict[str, Any]]) -> None:
+    """Refuse a ``trainer.fsdp`` mapping that Composer's FSDP2Config would not take as the recipes mean it.
+
+    Every key must be in :data:`FSDP_OPTIONS` with an allowed value; FSDP1-only keys are named with what FSDP2 does
+    instead; ``state_dict_type`` must be ``sharded`` (the default): the teachers' shards and the optimizer's
+    DTensor state go to sharded checkpoints (``rlp export`` writes a full Hugging Face model from one).
+    """
+    if fsdp is None:
+        return
+    if not isinstance(fsdp, dict):
+        raise ConfigError(f'trainer.fsdp={fsdp!r} must be a mapping of FSDP2 options (or null for no FSDP)')
+    for key, value in fsdp.items():
+        if key in _FSDP1_OPTIONS:
+            raise ConfigError(
+                f'trainer.fsdp.{key}={value!r} is an FSDP1 option; rule: trainer.fsdp configures FSDP2 '
+                f'(fully_shard), where {_FSDP1_OPTIONS[key]}; fix: remove trainer.fsdp.{key}'
+            )
+        if key not in FSDP_OPTIONS:
+            raise ConfigError(
+                f'trainer.fsdp.{key} is not an FSDP2 option; rule: trainer.fsdp takes {", ".join(sorted(FSDP_OPTIONS))}'
+                f'; fix: remove or rename it'
+            )
+        allowed = FSDP_OPTIONS[key]
+        types = tuple(a for a in allowed if isinstance(a, type))
+        ok = isinstance(value, types) if types else value in allowed
+        if not ok:
+            shown = ' or '.join(a.__name__ if isinstance(a, type) else str(a) for a in allowed)
+            fix = (
+                "sharded checkpoints carry the teachers' shards; rlp export turns one into a full model"
+                if key == 'state_dict_type'
+                else f'set trainer.fsdp.{key} to {shown}'
+            )
+            raise ConfigError(f'trainer.fsdp.{key}={value!r} is not allowed; rule: {shown}; fix: {fix}')

@@ -133,10 +133,10 @@ def check_tokenizer_kwargs(tokenizer: Any, kwargs: dict[str, Any]) -> None:
 
 
 def fsdp_config_class() -> type:
-    """The Composer dataclass that ``trainer.fsdp`` becomes."""
-    from composer.utils.parallelism import FSDPConfig
+    """The Composer dataclass that ``trainer.fsdp`` becomes (FSDP2: ``parallelism_config={'fsdp': FSDP2Config}``)."""
+    from composer.utils.parallelism import FSDP2Config
 
-    return FSDPConfig
+    return FSDP2Config
 
 
 def check_fsdp_keys(fsdp: dict[str, Any], cls: type | None = None) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from rlp.config import RLPConfig
-from rlp.run.recipe_checks import check_save_folder_scheme
+from rlp.run.recipe_checks import check_fsdp, check_save_folder_scheme
 from rlp.run.recipe_streams import DataConfig, StreamConfig
 from rlp.strictcfg import NEGATIVE, ConfigError, to_dict
 
@@ -164,8 +164,11 @@ class TrainerConfig:
         optimizer: see :class:`OptimizerConfig`.
         scheduler: see :class:`SchedulerConfig`.
         grad_clip_norm: clip the global gradient norm to this value. None = no clipping.
-        fsdp: passed through to Composer's FSDP config (``parallelism_config={'fsdp': ...}``) on more than one
-            GPU; ignored (with a warning) otherwise. None = no FSDP (DDP on several GPUs).
+        fsdp: FSDP2 (``fully_shard``) options, passed to Composer as ``parallelism_config={'fsdp':
+            FSDP2Config(...)}`` on more than one rank (GPUs with NCCL, or CPU ranks with gloo); ignored (with a
+            warning) on one rank. Keys: ``reshard_after_forward``, ``activation_checkpointing``,
+            ``activation_cpu_offload``, ``mixed_precision`` (FULL | DEFAULT | PURE), ``state_dict_type`` (sharded
+            only). None = no FSDP (DDP on several ranks).
         save_folder: local folder or ``s3://``/``gs://`` URI; ``{run_name}`` is filled in. None = no checkpoints.
         save_interval: Composer time between checkpoints, e.g. ``500ba`` or ``1ep``.
         save_num_checkpoints_to_keep: checkpoints kept in the local save folder; -1 = all.
@@ -235,6 +238,7 @@ class TrainerConfig:
                 f'on CPU use trainer.precision=fp32'
             )
         check_save_folder_scheme(self.save_folder)
+        check_fsdp(self.fsdp)
         if self.max_nonfinite_steps < 1:
             raise ConfigError(
                 f'trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1 (the number of skipped '

@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 from composer import Trainer
-from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 from composer.devices import DeviceCPU, DeviceGPU
 from composer.optim import (
@@ -40,6 +39,7 @@ from rlp.run import checkpoint
 from rlp.run.algorithm import RLP
 from rlp.run.checkpoint import format_save_folder
 from rlp.run.data import build_dataloader
+from rlp.run.fsdp import ClipGradNorm, GlooGradAverage, fsdp2_config
 from rlp.run.guards import FiniteSteps
 from rlp.run.integrity import check_stream_tokenizers
 from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, SampleIdRecorder
@@ -92,10 +92,10 @@ def output_dir_of(recipe: Recipe) -> str:
     return recipe.trainer.output_dir.replace('{run_name}', recipe.run_name)
 
 
-def _algorithms(recipe: Recipe, tokenizer, output_dir: str) -> list:
+def _algorithms(recipe: Recipe, tokenizer, output_dir: str, fsdp2: bool) -> list:
     algorithms: list = []
-    if recipe.trainer.grad_clip_norm is not None:
-        algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=recipe.trainer.grad_clip_norm))
+    if recipe.trainer.grad_clip_norm is not None:  # not Composer's GradientClipping: it skips FSDP2 (rlp.run.fsdp)
+        algorithms.append(ClipGradNorm(recipe.trainer.grad_clip_norm))
     if recipe.rlp is not None:
         rlp_cfg = recipe.rlp
         if rlp_cfg.log.path is None:  # the sampled-thoughts JSONL lives beside metrics.jsonl
@@ -103,8 +103,10 @@ def _algorithms(recipe: Recipe, tokenizer, output_dir: str) -> list:
                 rlp_cfg, log=dataclasses.replace(rlp_cfg.log, path=os.path.join(output_dir, 'thoughts.jsonl'))
             )
         algorithms.append(RLP(rlp_cfg, seed=recipe.seed, tokenizer=tokenizer))
-    # last in the list: Composer runs AFTER_* events in reverse order, so it sees the NTP loss before RLP does
+    # after RLP: Composer runs AFTER_* events in reverse order, so it sees the NTP loss before RLP does
     algorithms.append(FiniteSteps(max_consecutive=recipe.trainer.max_nonfinite_steps))
+    if fsdp2:  # last: averages gloo's summed FSDP2 gradients before anything reads them (rlp.run.fsdp)
+        algorithms.append(GlooGradAverage())
     return algorithms
 
 
@@ -160,7 +162,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
     if recipe.callbacks.memory_monitor and device == 'gpu':
         callbacks.append(MemoryMonitor())
 
-    load_path, load_weights_only = t.load_path, t.load_weights_only
+    load_path, load_weights_only, resuming = t.load_path, t.load_weights_only, False
     if t.autoresume and t.save_folder is not None:
         checkpoint.set_aside_torn(t.save_folder, recipe.run_name)
         newest = checkpoint.find_latest_checkpoint(t.save_folder, recipe.run_name)
@@ -171,17 +173,15 @@ def build_trainer(recipe: Recipe, *, world_size: int):
                     f'{newest} already covers trainer.max_duration={t.max_duration}; raise '
                     f'max_duration to train further, or change run_name/save_folder to start over'
                 )
-            load_path, load_weights_only = newest, False
+            load_path, load_weights_only, resuming = newest, False, True
             log.info('resuming from %s', newest)
 
     parallelism = None
     if t.fsdp is not None:
-        if device == 'gpu' and world_size > 1:
-            parallelism = {'fsdp': dict(t.fsdp)}
+        if world_size > 1:  # FSDP2 on GPUs (NCCL) or on CPU ranks (gloo): the same code path
+            parallelism = {'fsdp': fsdp2_config(t.fsdp)}
         else:
-            log.warning(
-                'trainer.fsdp is ignored: FSDP needs more than one GPU (device=%s, world=%d)', device, world_size
-            )
+            log.warning('trainer.fsdp is ignored: FSDP needs more than one rank (world=%d)', world_size)
 
     trainer = Trainer(
         model=model,
@@ -189,7 +189,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         max_duration=t.max_duration,
         optimizers=optimizer,
         schedulers=_scheduler(recipe),
-        algorithms=_algorithms(recipe, tokenizer, output_dir),
+        algorithms=_algorithms(recipe, tokenizer, output_dir, fsdp2=parallelism is not None),
         device=device,
         precision=t.precision,
         device_train_microbatch_size=t.device_train_microbatch_size,
@@ -205,7 +205,7 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         save_folder=t.save_folder,
         save_interval=t.save_interval,
         save_num_checkpoints_to_keep=t.save_num_checkpoints_to_keep,
-        save_overwrite=False,
+        save_overwrite=resuming,  # what is newer than the resumed checkpoint is a torn leftover (rlp.run.checkpoint)
         autoresume=False,  # rlp.run.checkpoint picks the newest complete checkpoint (see its docstring)
         load_path=load_path,
         load_weights_only=load_weights_only,

@@ -8,8 +8,10 @@ URI of either, or a save folder, meaning the newest complete checkpoint in it (f
 What a checkpoint of ``composer.models.HuggingFaceModel`` holds (Composer 0.32.1): ``state.model``, the wrapper's
 state dict (keys ``model.<HF key>``); ``state.integrations['huggingface']``, the HF config (content and model
 class) and the tokenizer's files (empty when the wrapper had no tokenizer); ``state.algorithms``, a list of
-``(name, state_dict)`` where RLP's holds ``{'teacher': {'ema': {HF key: tensor}, ...}, ...}``. The model class is
-rebuilt from the saved config without random init, the weights are loaded strictly (only tied weights may be
+``(name, state_dict)`` where RLP's holds ``{'teacher': {'ema': {HF key: tensor}, ...}, ...}`` (under FSDP2 the EMA
+teacher's shards are in ``state.callbacks['TeacherShards']['ema']`` instead, see
+:class:`rlp.run.algorithm.TeacherShards`; a sharded checkpoint's metadata stitches them into whole tensors). The model
+class is rebuilt from the saved config without random init, the weights are loaded strictly (only tied weights may be
 absent) and the folder is written with ``save_pretrained`` into a temporary sibling that is renamed at the end.
 ``rlp_export.json`` in the folder records the source and a digest of the weights: re-exporting the same weights
 into it is allowed, a different model is refused unless ``--overwrite``; a folder export did not write is never
@@ -56,7 +58,8 @@ def _weights(state: dict[str, Any], which: str, location: str) -> dict[str, torc
     rlp = _rlp_state(state)
     if rlp is None:
         raise CliError(f'{location!r} holds no RLP algorithm state, hence no EMA teacher; use --weights policy')
-    ema = rlp.get('teacher', {}).get('ema') or {}
+    shards = (state.get('callbacks') or {}).get('TeacherShards') or {}
+    ema = shards.get('ema') or rlp.get('teacher', {}).get('ema') or {}
     if not ema:
         raise CliError(
             f'{location!r}: the EMA teacher is empty (saved before its first batch); use --weights policy or a '

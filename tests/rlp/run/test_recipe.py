@@ -199,7 +199,7 @@ BASE_YAML = """
       max_duration: 10ba
       global_train_batch_size: 8
       optimizer: {lr: 1.0e-4, betas: [0.8, 0.9]}
-      fsdp: {sharding_strategy: FULL_SHARD, use_orig_params: true}
+      fsdp: {mixed_precision: FULL, activation_checkpointing: true}
 """
 
 
@@ -230,7 +230,7 @@ def test_base_deep_merge(tmp_path):
     assert r.data.streams['web'].remote == 's3://other/web' and r.data.streams['web'].proportion == 0.75
     assert list(r.data.streams) == ['web', 'code'] and r.data.streams['code'].remote == 's3://other/code'
     assert r.trainer.optimizer.betas == [0.7, 0.8] and r.trainer.optimizer.lr == 1e-4  # the list replaced
-    assert r.trainer.fsdp == {'sharding_strategy': 'FULL_SHARD', 'use_orig_params': True}
+    assert r.trainer.fsdp == {'mixed_precision': 'FULL', 'activation_checkpointing': True}
     assert 'base' not in recipe_to_dict(r)
 
 
@@ -248,12 +248,12 @@ def test_base_delete_and_replace(tmp_path):
             $replace: true
             docs: {remote: s3://bkt/docs}
         trainer:
-          fsdp: {use_orig_params: $delete}
+          fsdp: {activation_checkpointing: $delete}
         """,
     )
     r = load_recipe(child)
     assert list(r.data.streams) == ['docs'] and r.data.num_workers == 0
-    assert r.trainer.fsdp == {'sharding_strategy': 'FULL_SHARD'}
+    assert r.trainer.fsdp == {'mixed_precision': 'FULL'}
     without = write(tmp_path, 'merged-names.yaml', 'base: base.yaml\ndata: {streams: {docs: {remote: s3://b/d}}}\n')
     with pytest.raises(ConfigError, match='mix weighting families'):  # merged, not replaced: web, code and docs
         load_recipe(without)
@@ -351,3 +351,36 @@ def test_signed_url_query_is_refused_by_the_recipe(tmp_path, where):
     with pytest.raises(ConfigError, match=r'carries a query string'):
         parse_recipe(recipe(**{where: uri}))
     load_recipe(path, [f'{where.replace("__", ".")}=s3://bkt/web'])  # the same recipe without the query loads
+
+
+@pytest.mark.parametrize(
+    'override, message',
+    [
+        (
+            'trainer.fsdp={sharding_strategy: FULL_SHARD}',
+            "trainer.fsdp.sharding_strategy='FULL_SHARD' is an FSDP1 option; rule: trainer.fsdp configures FSDP2 "
+            '(fully_shard), where FSDP2 always shards parameters, gradients and optimizer state (FULL_SHARD); fix: '
+            'remove trainer.fsdp.sharding_strategy',
+        ),
+        (
+            'trainer.fsdp={state_dict_type: full}',
+            "trainer.fsdp.state_dict_type='full' is not allowed; rule: sharded; fix: sharded checkpoints carry the "
+            "teachers' shards; rlp export turns one into a full model",
+        ),
+        (
+            'trainer.fsdp={mixed_precision: HALF}',
+            "trainer.fsdp.mixed_precision='HALF' is not allowed; rule: FULL or DEFAULT or PURE; fix: set "
+            'trainer.fsdp.mixed_precision to FULL or DEFAULT or PURE',
+        ),
+        ('trainer.fsdp={shard_everything: true}', 'trainer.fsdp.shard_everything is not an FSDP2 option'),
+    ],
+)
+def test_fsdp_options_are_fsdp2(tmp_path, override, message):
+    """trainer.fsdp takes FSDP2 options only: an FSDP1 key is named with what FSDP2 does instead, a full state
+    dict and unknown values or keys are refused, each in one line; the FSDP2 options load as given."""
+    path = write(tmp_path, 'plain.yaml', BASE_YAML)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path, [override])
+    assert message in str(err.value) and '\n' not in str(err.value)
+    ok = load_recipe(path, ['trainer.fsdp={mixed_precision: FULL, state_dict_type: sharded, reshard_after_forward: 2}'])
+    assert ok.trainer.fsdp == {'mixed_precision': 'FULL', 'state_dict_type': 'sharded', 'reshard_after_forward': 2}

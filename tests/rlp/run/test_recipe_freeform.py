@@ -2,7 +2,7 @@
 
 Against the real classes: transformers' config classes (Llama, GPT-2 with its attribute aliases, Qwen3), the bundled
 tokenizer loaded by `build_tokenizer` and Composer's FSDP config dataclass. Every key of every shipped recipe and of
-the test models passes; a typo (`num_hiden_layers`, `use_fsat`, `sharding_stratgy`) and a wrongly typed value
+the test models passes; a typo (`num_hiden_layers`, `use_fsat`, `reshard_after_forwrd`) and a wrongly typed value
 (`hidden_size: "64x"`) are one line naming the key, with the closest valid key; through `rlp.train` a typo in
 `model.config` exits 2 before anything is written (it used to train the default depth).
 """
@@ -50,12 +50,11 @@ def test_tokenizer_kwargs():
 
 
 def test_fsdp_keys():
-    check_fsdp_keys({'sharding_strategy': 'FULL_SHARD', 'mixed_precision': 'FULL', 'state_dict_type': 'sharded'})
+    check_fsdp_keys({'reshard_after_forward': True, 'activation_checkpointing': False, 'state_dict_type': 'sharded'})
     with pytest.raises(ConfigError) as err:
-        check_fsdp_keys({'sharding_stratgy': 'SHARD_GRAD_OP'})
-    assert str(err.value).startswith("unknown key 'trainer.fsdp.sharding_stratgy'") and "'sharding_strategy'" in str(
-        err.value
-    )
+        check_fsdp_keys({'reshard_after_forwrd': False})
+    text = str(err.value)
+    assert text.startswith("unknown key 'trainer.fsdp.reshard_after_forwrd'") and "'reshard_after_forward'" in text
 
 
 def test_train_refuses_a_model_config_typo(tmp_path, capsys, monkeypatch):

@@ -96,7 +96,6 @@ CHILDREN = {
             'trainer.optimizer.weight_decay': 0.1,
             'trainer.scheduler.name': 'cosine_with_warmup',
             'trainer.scheduler.alpha_f': 0.1,
-            'trainer.fsdp.use_orig_params': '<absent>',
             'trainer.save_interval': '100ba',
         },
     ),
