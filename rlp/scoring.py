@@ -10,6 +10,9 @@
   (N, T+2, V) logits are stored; models whose logits are not a plain Linear head fall back (warned once per class).
   With ``packed_tokens`` the prompt is run once with its thoughts in one sequence under a block attention mask
   (:mod:`rlp.packing`) where the model accepts one; otherwise (and as the fallback) one sequence per rollout.
+  A model with recurrent layers (Mamba2 in Nemotron-H; detected from its cache layout, :func:`rlp.hf.recurrent_layers`)
+  always runs unpacked: in a packed row a thought's recurrent state would carry into the next thought, which no mask
+  can stop (said once in the log).
 - :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
   prompts (the logit before the opening tag), no grad, eval mode.
 - :func:`nothink_entropy` gives H(p_teacher(. | x_<t)) at every token of a batch, with each document's context
@@ -18,18 +21,21 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Optional
 
 import torch
 
-from rlp.hf import call_model, eval_mode, keep_last_logits, unwrap_hf
+from rlp.hf import call_model, eval_mode, keep_last_logits, recurrent_layers, unwrap_hf
 from rlp.logprobs import HeadCapture, chunked_token_logprobs, last_logits, linear_head
 from rlp.packing import packed_policy_forward, supports_block_mask
 from rlp.positions import segment_starts
 from rlp.rollouts import Prompts, Rollouts
 
 __all__ = ['nothink_entropy', 'nothink_logprob', 'policy_forward']
+
+log = logging.getLogger(__name__)
 
 
 def _right_align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +75,7 @@ def policy_forward(
         ``logp_new`` (P, G, T) tempered log-probs of the thought tokens (with grad; 0 beyond each length) and
         ``s_pred`` (P, G) log p(x_t | prompt, thought) at temperature 1, detached.
     """
-    if packed_tokens and supports_block_mask(model):
+    if packed_tokens and _packable(model):
         packed = packed_policy_forward(
             model,
             prompts,
@@ -136,6 +142,26 @@ def policy_forward(
     with torch.no_grad():
         s_pred = torch.log_softmax(logits[:, width].float(), -1).gather(-1, target).squeeze(-1)
     return logp_new.view(p, g, width), s_pred.view(p, g)
+
+
+def _packable(model: Any) -> bool:
+    """A packed training forward is exact for this model: it takes a block mask and has no recurrent layer."""
+    recurrent = recurrent_layers(model)
+    if recurrent:
+        name = type(unwrap_hf(model)).__name__
+        if name not in _LOGGED_UNPACKED:
+            _LOGGED_UNPACKED.add(name)
+            log.info(
+                'RLP: %s has recurrent layers %s: the training forward runs one sequence per rollout (a packed row '
+                "would carry one thought's recurrent state into the next); rlp.loss.packed_forward_tokens is not used",
+                name,
+                recurrent,
+            )
+        return False
+    return supports_block_mask(model)
+
+
+_LOGGED_UNPACKED: set[str] = set()
 
 
 def _warn_fallback(model: Any) -> None:
