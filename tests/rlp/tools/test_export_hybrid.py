@@ -85,8 +85,8 @@ def test_eval_on_the_checkpoint_equals_eval_on_the_export(trained, tmp_path, cap
     figures = []
     for model in (trained.checkpoint(1), tmp_path / 'hf'):
         out = tmp_path / f'{len(figures)}.json'
-        rc, _, err = run_cli(capsys, 'eval', '--model', model, '--data', tmp_path / 'data', '--positions', '4',
-                             '--group-size', '2', '--max-thought-tokens', '3', '--samples', '4', '--json', out)  # fmt: skip
+        flags = ['--positions', '4', '--group-size', '2', '--max-thought-tokens', '3', '--samples', '4']
+        rc, _, err = run_cli(capsys, 'eval', '--model', model, '--data', tmp_path / 'data', *flags, '--json', out)
         assert rc == 0, err
         figures.append(json.loads(out.read_text())['metrics'])
     assert figures[0] == figures[1] and figures[0]['positions'] == 4
