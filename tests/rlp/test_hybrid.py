@@ -2,7 +2,8 @@
 PyTorch Mamba2 path on CPU).
 
 Checked against references written here or in tests/helpers: the recurrent layers are found from the model (and none
-in a plain transformer); ``rlp_loss`` with packing enabled runs the unpacked forward (said once in the log) and its
+in a plain transformer); ``rlp_loss`` with packing enabled runs the unpacked forward (said once in the log) on
+right-padded sequences, and its
 loss and parameter gradients equal the clipped surrogate over log-probs from one unpadded full forward per rollout
 (tests/helpers/policy_reference.py); the EMA teacher moves every parameter, the Mamba2 ones (A_log, D, dt_bias,
 conv1d) included, by phi <- tau phi + (1 - tau) theta; no-think entropies equal one forward per document.
@@ -56,9 +57,16 @@ def test_rlp_loss_gradients_equal_the_loop_reference(tokenizer, monkeypatch, cap
 
     monkeypatch.setattr(step, 'sample_thoughts', recording)
     monkeypatch.setattr(step, 'policy_forward', _no_packing(step.policy_forward))
+    masks = []  # the attention masks of the training forwards (train mode)
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: masks.append(kw['attention_mask']) if m.training else None, with_kwargs=True
+    )
     with caplog.at_level(logging.INFO, logger='rlp.scoring'):
         loss, stats = rlp_loss(model, teachers, batch, cfg, tpl, key=(3, 0), keep_samples=True)
         rlp_loss(model, teachers, batch, cfg, tpl, key=(3, 1))
+    hook.remove()
+    # right padding only: no recurrent state sees padding before the sequence (a fused Mamba2 kernel would carry it)
+    assert len(masks) == 2 and all(bool((m[:, 1:] <= m[:, :-1]).all()) and not m.all() for m in masks)
     said = [r.getMessage() for r in caplog.records if 'recurrent layers [0, 2]' in r.getMessage()]
     assert len(said) == 1 and 'one sequence per rollout' in said[0]
     got = param_grads(model, loss, torch.ones(()))
