@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlp.run.checkpoint_load import decode_tagged_floats
+from tests.helpers.pipeline_data import prepared_synthetic
 from tests.helpers.rlp_batches import VOCAB, packed_batch
 from tests.helpers.runs import logits, run_cli, train_run
 from tests.helpers.tiny_models import build_tiny_model
@@ -64,29 +65,14 @@ def test_export_policy_and_teacher_load_natively_with_identical_logits(trained, 
 
 def test_eval_on_the_checkpoint_equals_eval_on_the_export(trained, tmp_path, capsys):
     """rlp eval --model <checkpoint> and --model <exported folder>: the same finite figures."""
-    from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir
-    from pipeline.prepare import PrepareArgs, prepare
-    from pipeline.synthetic import write_jsonl
-
-    write_jsonl(tmp_path / 'corpus.jsonl', 8, seed=5, think_fraction=0.0)
-    prepare(
-        PrepareArgs(
-            inputs=[str(tmp_path / 'corpus.jsonl')],
-            tokenizer=str(bundled_tokenizer_dir()),
-            seq_len=48,
-            out=str(tmp_path / 'data'),
-            eos_text=EOS_TEXT,
-            progress=False,
-        ),
-        log=lambda *a: None,
-    )
+    data = prepared_synthetic(tmp_path, docs=8, seq_len=48)
     rc, _, err = run_cli(capsys, 'export', trained.checkpoint(1), tmp_path / 'hf', '--no-progress')
     assert rc == 0, err
     figures = []
     for model in (trained.checkpoint(1), tmp_path / 'hf'):
         out = tmp_path / f'{len(figures)}.json'
         flags = ['--positions', '4', '--group-size', '2', '--max-thought-tokens', '3', '--samples', '4']
-        rc, _, err = run_cli(capsys, 'eval', '--model', model, '--data', tmp_path / 'data', *flags, '--json', out)
+        rc, _, err = run_cli(capsys, 'eval', '--model', model, '--data', data, *flags, '--json', out)
         assert rc == 0, err
         figures.append(json.loads(out.read_text())['metrics'])
     assert figures[0] == figures[1] and figures[0]['positions'] == 4
