@@ -32,9 +32,15 @@ def _nemotron(seed=0):
 
 
 def test_recurrent_layers_are_found_from_the_model():
-    """The Mamba2 layers of ``M*M-`` are 0 and 2; a Llama has none."""
-    assert recurrent_layers(_nemotron()) == [0, 2]
-    assert recurrent_layers(build_tiny_model('llama', VOCAB)) == []
+    """The Mamba2 layers of ``M*M-`` are 0 and 2; a Llama has none. Only the hybrid model gets per-block FSDP units
+    (its NemotronHBlocks, not their mixers); the Llama is left as it was."""
+    from rlp.run.models import wrap_blocks_for_fsdp
+
+    hybrid, llama = _nemotron(), build_tiny_model('llama', VOCAB)
+    assert recurrent_layers(hybrid) == [0, 2] and recurrent_layers(llama) == []
+    assert wrap_blocks_for_fsdp(hybrid) == ['NemotronHBlock']
+    assert [m for m in hybrid.modules() if hybrid.fsdp_wrap_fn(m)] == list(hybrid.model.layers)
+    assert wrap_blocks_for_fsdp(llama) == [] and not hasattr(llama, 'fsdp_wrap_fn')
 
 
 def test_rlp_loss_gradients_equal_the_loop_reference(tokenizer, monkeypatch, caplog):
