@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from rlp import step
+from rlp import scoring, step
 from rlp.hf import recurrent_layers
 from rlp.objective import clipped_surrogate
 from rlp.scoring import nothink_entropy
@@ -62,6 +62,7 @@ def test_rlp_loss_gradients_equal_the_loop_reference(tokenizer, monkeypatch, cap
         return ro
 
     monkeypatch.setattr(step, 'sample_thoughts', recording)
+    monkeypatch.setattr(scoring, '_LOGGED_UNPACKED', set())  # said once per process: earlier tests may have said it
     monkeypatch.setattr(step, 'policy_forward', _no_packing(step.policy_forward))
     masks = []  # the attention masks of the training forwards (train mode)
     hook = model.register_forward_pre_hook(
