@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionCacheLayerMixin
 
 from rlp.hf import unwrap_hf
 
@@ -39,6 +39,8 @@ __all__ = [
     'SharedPrefixCache',
     'SharedPrefixLayer',
     'decoding_with',
+    'repeat_rows',
+    'select_rows',
     'shared_prefix_attention',
     'supports_shared_prefix',
 ]
@@ -48,14 +50,15 @@ ATTENTION_NAME = 'rlp_shared_prefix'
 # Model types whose attention layers call ``past_key_value.update(k, v, layer_idx)`` and then the registered
 # attention function with (query, key, value) and nothing else model-specific (no soft-capping, sinks or sliding
 # windows): decoding through this path was checked against a full forward for each (tests/rlp/test_rollouts.py).
-_MODEL_TYPES = ('llama', 'qwen2', 'qwen3')
+# nemotron_h is hybrid: its attention layers take this path, its Mamba2 layers keep a state per rollout.
+_MODEL_TYPES = ('llama', 'qwen2', 'qwen3', 'nemotron_h')
 
 _ACTIVE: contextvars.ContextVar[Optional['SharedPrefixCache']] = contextvars.ContextVar('rlp_shared_prefix_cache')
 
 
 def supports_shared_prefix(model: Any) -> bool:
     """True when ``model`` (HF, or wrapped: see :mod:`rlp.hf`) can decode with :class:`SharedPrefixCache`: a
-    Llama / Qwen2 / Qwen3 causal LM with eager or SDPA attention and no sliding window in use."""
+    Llama / Qwen2 / Qwen3 / Nemotron-H causal LM with eager or SDPA attention and no sliding window in use."""
     config = getattr(unwrap_hf(model), 'config', None)
     if config is None or getattr(config, 'model_type', None) not in _MODEL_TYPES:
         return False
@@ -123,7 +126,8 @@ class SharedPrefixLayer(CacheLayerMixin):
 class SharedPrefixCache(Cache):
     """The KV cache of G rollouts per prompt: each prompt's keys/values once, each live row's thought apart.
 
-    One :class:`SharedPrefixLayer` per attention layer (``layers``); the views below list their parts by layer.
+    One :class:`SharedPrefixLayer` per attention layer (``layers``; a hybrid model's recurrent layers keep their own
+    per-row state there); the views below list the attention layers' parts.
 
     Attributes:
         prefix_k, prefix_v: per layer (P, Hkv, Lp, d), the prompts' keys/values from the prefill.
@@ -135,40 +139,76 @@ class SharedPrefixCache(Cache):
     """
 
     def __init__(self, prefill: Any, prefix_mask: torch.Tensor, group_size: int, max_tokens: int):
-        """``prefill``: the prefill's cache (a transformers ``Cache`` of full-attention layers) or its per-layer
-        (keys, values) pairs."""
+        """``prefill``: the prefill's cache (a transformers ``Cache``) or its per-layer (keys, values) pairs.
+
+        A hybrid model's recurrent layers (Mamba2 and the like: no keys/values to share, a state per sequence) keep
+        their prefill cache layer, its state repeated for the G rollouts of each prompt (:func:`repeat_rows`)."""
         self.prefix_mask = prefix_mask.bool()
         self.group_size = group_size
         self.max_tokens = max(max_tokens, 1)
-        n = prefix_mask.shape[0] * group_size
-        kv = [(layer.keys, layer.values) for layer in prefill.layers] if isinstance(prefill, Cache) else prefill
-        super().__init__(layers=[SharedPrefixLayer(k, v, n, self.max_tokens) for k, v in kv])
+        p = prefix_mask.shape[0]
+        n = p * group_size
+        if isinstance(prefill, Cache):
+            layers: list[Any] = []
+            for layer in prefill.layers:
+                if isinstance(layer, CacheLayerMixin):  # attention: keys/values shared by the G rollouts
+                    layers.append(SharedPrefixLayer(layer.keys, layer.values, n, self.max_tokens))
+                else:  # a recurrent state per sequence (or nothing: an MLP/MoE layer's placeholder)
+                    repeat_rows(layer, group_size, p)
+                    layers.append(layer)
+        else:
+            layers = [SharedPrefixLayer(k, v, n, self.max_tokens) for k, v in prefill]
+        super().__init__(layers=layers)
         self.rows = torch.arange(n, device=prefix_mask.device)
 
     @property
+    def attention_layers(self) -> list[SharedPrefixLayer]:
+        return [layer for layer in self.layers if isinstance(layer, SharedPrefixLayer)]
+
+    @property
     def prefix_k(self) -> list[torch.Tensor]:
-        return [layer.prefix_k for layer in self.layers]
+        return [layer.prefix_k for layer in self.attention_layers]
 
     @property
     def prefix_v(self) -> list[torch.Tensor]:
-        return [layer.prefix_v for layer in self.layers]
+        return [layer.prefix_v for layer in self.attention_layers]
 
     @property
     def own_k(self) -> list[torch.Tensor]:
-        return [layer.own_k for layer in self.layers]
+        return [layer.own_k for layer in self.attention_layers]
 
     @property
     def own_v(self) -> list[torch.Tensor]:
-        return [layer.own_v for layer in self.layers]
+        return [layer.own_v for layer in self.attention_layers]
 
     @property
     def lengths(self) -> list[int]:
-        return [layer.length for layer in self.layers]
+        return [layer.length for layer in self.attention_layers]
 
     def select(self, idx: torch.Tensor) -> None:
         """Keep only the live rows ``idx`` (indices into the current rows)."""
         self.rows = self.rows[idx]
-        self.batch_select_indices(idx)
+        for layer in self.layers:
+            select_rows(layer, idx)
+
+
+def repeat_rows(layer: Any, repeats: int, batch: int) -> None:
+    """Repeat each batch row of one cache layer ``repeats`` times in place (row b -> rows b*repeats .. +repeats-1).
+
+    Attention layers have ``batch_repeat_interleave``; recurrent layers (conv and SSM states) only ``reorder_cache``,
+    which selects along the batch: ``arange(batch).repeat_interleave(repeats)`` repeats each row's state."""
+    if isinstance(layer, LinearAttentionCacheLayerMixin):  # reorder_cache covers its states (and any keys/values)
+        layer.reorder_cache(torch.arange(batch, device=layer.device).repeat_interleave(repeats))
+    else:
+        layer.batch_repeat_interleave(repeats)
+
+
+def select_rows(layer: Any, idx: torch.Tensor) -> None:
+    """Keep the batch rows ``idx`` of one cache layer in place (attention or recurrent, see :func:`repeat_rows`)."""
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        layer.reorder_cache(idx)
+    else:
+        layer.batch_select_indices(idx)
 
 
 def _grown(buffer: torch.Tensor, filled: int, size: int) -> torch.Tensor:

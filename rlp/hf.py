@@ -22,6 +22,8 @@ __all__ = [
     'is_fsdp',
     'is_fsdp2',
     'keep_last_logits',
+    'new_cache',
+    'recurrent_layers',
     'unwrap_hf',
 ]
 
@@ -63,6 +65,31 @@ def accepts(model: Any, name: str) -> bool:
 def keep_last_logits(model: Any, n: int) -> dict[str, int]:
     """``{'logits_to_keep': n}`` when the model supports it (saves the (N, L, V) logits), else ``{}``."""
     return {'logits_to_keep': n} if accepts(model, 'logits_to_keep') else {}
+
+
+def recurrent_layers(model: Any) -> list[int]:
+    """Indices of the model's recurrent (state-space / linear-attention, e.g. Mamba2) layers; empty for a plain
+    transformer. Read from the cache layout transformers builds from the config (``DynamicCache(config=...)``), so
+    any hybrid architecture transformers knows is detected without listing model names."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    config = getattr(unwrap_hf(model), 'config', None)
+    if config is None:
+        return []
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a config transformers cannot lay out as a cache: nothing known to be recurrent
+        return []
+    return [i for i, layer in enumerate(layers) if isinstance(layer, LinearAttentionCacheLayerMixin)]
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for a prefill: laid out from the config (one recurrent-state layer per recurrent
+    layer) for a hybrid model, the plain lazily-built one otherwise."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=unwrap_hf(model).config) if recurrent_layers(model) else DynamicCache()
 
 
 @contextlib.contextmanager

@@ -4,8 +4,10 @@ Batching: the prompts of ALL positions of a microbatch (``[instruction] prefix <
 (P, Lp) tensor with an attention mask and position ids ``cumsum(mask) - 1``; one prefill computes their KV cache,
 which the G thoughts of a position share: held once per prompt in a :class:`rlp.cascade.SharedPrefixCache` (Llama,
 Qwen2, Qwen3: each decode step reads a prompt's keys/values once for its G rollouts), or, for other models, expanded
-G times (``batch_repeat_interleave``). Decoding is our own loop over the HF model with ``past_key_values`` (not
-``generate``), so that:
+G times (``batch_repeat_interleave``). A hybrid model's recurrent layers (Mamba2: Nemotron-H) hold a state per
+sequence, not keys/values: the prompt's state is computed once in the prefill and repeated for its G rollouts, which
+then advance their own states (with the shared-prefix attention layers, or with the expanded cache). Decoding is our
+own loop over the HF model with ``past_key_values`` (not ``generate``), so that:
 
 - every rollout draws from its own keyed stream: the uniforms ``u`` of rollout (position, g) come from a generator
   keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
@@ -29,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
-from rlp.cascade import SharedPrefixCache, decoding_with, supports_shared_prefix
-from rlp.hf import eval_mode, keep_last_logits
+from rlp.cascade import SharedPrefixCache, decoding_with, repeat_rows, select_rows, supports_shared_prefix
+from rlp.hf import eval_mode, keep_last_logits, new_cache
 from rlp.keys import keyed_generator
 from rlp.logprobs import last_logits
 from rlp.positions import Positions
@@ -150,16 +152,18 @@ def sample_from_logits(
     return tokens, (z_tok - m - norm.log()).squeeze(-1)
 
 
-def _expand_cache(past: Any, repeats: int) -> Any:
-    if hasattr(past, 'batch_repeat_interleave'):
-        past.batch_repeat_interleave(repeats)
+def _expand_cache(past: Any, repeats: int, batch: int) -> Any:
+    if isinstance(past, Cache):
+        for layer in past.layers:
+            repeat_rows(layer, repeats, batch)
         return past
     return tuple(tuple(t.repeat_interleave(repeats, dim=0) for t in layer) for layer in past)  # legacy tuples
 
 
 def _select_cache(past: Any, idx: torch.Tensor) -> Any:
-    if hasattr(past, 'batch_select_indices'):
-        past.batch_select_indices(idx)
+    if isinstance(past, Cache):
+        for layer in past.layers:
+            select_rows(layer, idx)
         return past
     return tuple(tuple(t[idx] for t in layer) for layer in past)  # legacy tuples
 
@@ -206,8 +210,8 @@ def sample_thoughts(
     supported = supports_shared_prefix(model)
     if shared_prefix and not supported:
         raise ValueError(
-            'shared_prefix=True needs a Llama, Qwen2 or Qwen3 model with eager or sdpa attention and no sliding '
-            'window; pass shared_prefix=None to use it where it applies'
+            'shared_prefix=True needs a Llama, Qwen2, Qwen3 or Nemotron-H model with eager or sdpa attention and no '
+            'sliding window; pass shared_prefix=None to use it where it applies'
         )
     n = p * g
     with eval_mode(model):
@@ -218,7 +222,7 @@ def sample_thoughts(
             input_ids=prompts.ids,
             attention_mask=prompts.mask,
             position_ids=pos_ids,
-            past_key_values=DynamicCache(),
+            past_key_values=new_cache(model),
             use_cache=True,
             **keep_last_logits(model, 2),
         )
@@ -227,7 +231,7 @@ def sample_thoughts(
         if shared:
             past = SharedPrefixCache(out.past_key_values, prompts.mask, g, max_tokens)
         else:
-            past = _expand_cache(out.past_key_values, g)
+            past = _expand_cache(out.past_key_values, g, p)
         logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
         attn = None if shared else prompts.mask.repeat_interleave(g, dim=0)  # the shared cache holds the padding
         next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)

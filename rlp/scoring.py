@@ -10,6 +10,9 @@
   (N, T+2, V) logits are stored; models whose logits are not a plain Linear head fall back (warned once per class).
   With ``packed_tokens`` the prompt is run once with its thoughts in one sequence under a block attention mask
   (:mod:`rlp.packing`) where the model accepts one; otherwise (and as the fallback) one sequence per rollout.
+  A model with recurrent layers (Mamba2 in Nemotron-H; detected from its cache layout, :func:`rlp.hf.recurrent_layers`)
+  always runs unpacked: in a packed row a thought's recurrent state would carry into the next thought, which no mask
+  can stop (said once in the log), and its sequences are right-padded (no padding before a recurrent state).
 - :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
   prompts (the logit before the opening tag), no grad, eval mode.
 - :func:`nothink_entropy` gives H(p_teacher(. | x_<t)) at every token of a batch, with each document's context
@@ -18,12 +21,13 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Optional
 
 import torch
 
-from rlp.hf import call_model, eval_mode, keep_last_logits, unwrap_hf
+from rlp.hf import call_model, eval_mode, keep_last_logits, recurrent_layers, unwrap_hf
 from rlp.logprobs import HeadCapture, chunked_token_logprobs, last_logits, linear_head
 from rlp.packing import packed_policy_forward, supports_block_mask
 from rlp.positions import segment_starts
@@ -31,10 +35,14 @@ from rlp.rollouts import Prompts, Rollouts
 
 __all__ = ['nothink_entropy', 'nothink_logprob', 'policy_forward']
 
+log = logging.getLogger(__name__)
 
-def _right_align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's valid tokens to the right end, keeping their order: (N, L) -> ids, mask (left padding)."""
-    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)  # pads first, then valid tokens in order
+
+def _align(seq: torch.Tensor, valid: torch.Tensor, pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid tokens to one end, keeping their order: (N, L) -> ids, mask. ``left=False``: valid
+    tokens at the right end (left padding); ``left=True``: at the left end (right padding)."""
+    flag = (~valid if left else valid).to(torch.int8)
+    order = torch.argsort(flag, dim=1, stable=True)
     ids = torch.where(valid, seq, torch.full_like(seq, pad_id)).gather(1, order)
     return ids, valid.gather(1, order).long()
 
@@ -69,7 +77,7 @@ def policy_forward(
         ``logp_new`` (P, G, T) tempered log-probs of the thought tokens (with grad; 0 beyond each length) and
         ``s_pred`` (P, G) log p(x_t | prompt, thought) at temperature 1, detached.
     """
-    if packed_tokens and supports_block_mask(model):
+    if packed_tokens and _packable(model):
         packed = packed_policy_forward(
             model,
             prompts,
@@ -93,12 +101,18 @@ def policy_forward(
     target = prompts.target.repeat_interleave(g, dim=0).view(n, 1)
     seq = torch.cat([ids_p, thought, target], dim=1)
     valid = torch.cat([mask_p, thought_valid, torch.ones_like(target, dtype=torch.bool)], dim=1)
-    ids, attn = _right_align(seq, valid, pad_id)
+    # A recurrent model gets right padding: its state must see no padding before the sequence (mamba-ssm's fused
+    # training kernel masks padding only at the block input; with trailing padding nothing reads the padded steps).
+    # Every position is then kept; otherwise the logits predicting thought token 0 .. x_t sit in the last width + 2.
+    recurrent = bool(recurrent_layers(model))
+    ids, attn = _align(seq, valid, pad_id, left=recurrent)
     pos_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    keep = width + 2  # logits predicting thought token 0 .. x_t sit in the last width + 2 positions
-    # kept index of the logit predicting thought token j: width - length + j; x_t's logit is at index width
-    src = (width - lengths).unsqueeze(1) + col.unsqueeze(0)  # (N, T)
-    src = torch.where(thought_valid, src, torch.full_like(src, width))  # any in-range index for padding slots
+    keep = seq.shape[1] if recurrent else width + 2
+    # kept index of the logit predicting thought token j: base + j; x_t's logit is at base + length
+    base = mask_p.sum(1) - 1 if recurrent else width - lengths  # (N,)
+    src = base.unsqueeze(1) + col.unsqueeze(0)  # (N, T)
+    tgt = (base + lengths).view(n, 1, 1)  # (N, 1, 1)
+    src = torch.where(thought_valid, src, tgt.view(n, 1).expand_as(src))  # any in-range index for padding slots
     kept_valid = attn[:, -keep:].bool()  # padding positions are cut out of the graph (no NaN into the gradient)
     kwargs = dict(
         input_ids=ids, attention_mask=attn, position_ids=pos_ids, use_cache=False, **keep_last_logits(model, keep)
@@ -115,7 +129,8 @@ def policy_forward(
                 rows, head, thought[thought_valid], temperature=temperature, chunk=int(chunk_tokens)
             )  # type: ignore[arg-type]
             with torch.no_grad():
-                s = chunked_token_logprobs(h[:, width], head, target.view(-1), chunk=int(chunk_tokens))
+                h_t = h.gather(1, tgt.expand(-1, 1, h.shape[-1])).squeeze(1)  # (N, D)
+                s = chunked_token_logprobs(h_t, head, target.view(-1), chunk=int(chunk_tokens))
             return lp, s
 
         with HeadCapture(head, score) as cap:
@@ -128,14 +143,35 @@ def policy_forward(
             return logp_new.view(p, g, width), s_pred.view(p, g)
         _warn_fallback(model)
     out = call_model(model, **kwargs)
-    logits = out.logits[:, -keep:]  # (N, T + 2, V)
+    logits = out.logits[:, -keep:]  # (N, keep, V)
     logits = torch.where(kept_valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype, device=dev))
     pred = logits.gather(1, src.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (N, T, V)
     logp_new = torch.log_softmax(pred.float() / temperature, -1).gather(-1, thought.unsqueeze(-1)).squeeze(-1)
     logp_new = torch.where(thought_valid, logp_new, torch.zeros_like(logp_new))
     with torch.no_grad():
-        s_pred = torch.log_softmax(logits[:, width].float(), -1).gather(-1, target).squeeze(-1)
+        at_t = logits.gather(1, tgt.expand(-1, 1, logits.shape[-1])).squeeze(1)  # (N, V)
+        s_pred = torch.log_softmax(at_t.float(), -1).gather(-1, target).squeeze(-1)
     return logp_new.view(p, g, width), s_pred.view(p, g)
+
+
+def _packable(model: Any) -> bool:
+    """A packed training forward is exact for this model: it takes a block mask and has no recurrent layer."""
+    recurrent = recurrent_layers(model)
+    if recurrent:
+        name = type(unwrap_hf(model)).__name__
+        if name not in _LOGGED_UNPACKED:
+            _LOGGED_UNPACKED.add(name)
+            log.info(
+                'RLP: %s has recurrent layers %s: the training forward runs one sequence per rollout (a packed row '
+                "would carry one thought's recurrent state into the next); rlp.loss.packed_forward_tokens is not used",
+                name,
+                recurrent,
+            )
+        return False
+    return supports_block_mask(model)
+
+
+_LOGGED_UNPACKED: set[str] = set()
 
 
 def _warn_fallback(model: Any) -> None:

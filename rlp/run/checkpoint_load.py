@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from rlp.run.checkpoint import find_latest_checkpoint, list_remote, split_remote
 
-__all__ = ['CheckpointError', 'load_checkpoint', 'resolve_checkpoint', 'restore_dropped_special_tokens']
+__all__ = [
+    'CheckpointError',
+    'decode_tagged_floats',
+    'load_checkpoint',
+    'resolve_checkpoint',
+    'restore_dropped_special_tokens',
+]
 
 _KEYS = {'state.model', 'state.integrations', 'state.algorithms', 'state.callbacks'}  # a sharded load (no optimizer)
 _LAYOUTS = 'a checkpoint file (ep<E>-ba<B>-rank0.pt), a sharded folder (ep<E>-ba<B>/ with .metadata) or a save folder'
@@ -150,6 +156,31 @@ def _load_sharded(location: str, folder: str) -> dict[str, Any]:
         ) from err
     restore_dropped_special_tokens(ck)
     return ck
+
+
+_FLOAT_TAGS = {'Infinity': float('inf'), '-Infinity': float('-inf'), 'NaN': float('nan')}
+
+
+def decode_tagged_floats(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """The saved Hugging Face config mapping with transformers' tagged floats turned back into floats.
+
+    transformers 5 writes floats JSON cannot hold as ``{'__float__': 'Infinity'}`` (also ``-Infinity``, ``NaN``)
+    in ``PreTrainedConfig.to_dict``, which Composer saves as the config in ``state.integrations.huggingface``; only
+    transformers' own JSON reader decodes them, and Composer's ``get_hf_config_from_composer_state_dict`` passes
+    the mapping as it is to ``AutoConfig.for_model``, whose typed fields then refuse it. Nemotron-H is hit: its
+    ``time_step_limit`` defaults to ``(0.0, inf)``. Test:
+    ``tests/rlp/tools/test_export_hybrid.py::test_composer_config_round_trip_needs_the_float_tags_decoded``."""
+
+    def decode(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {'__float__'} and node['__float__'] in _FLOAT_TAGS:
+                return _FLOAT_TAGS[node['__float__']]
+            return {k: decode(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [decode(v) for v in node]
+        return node
+
+    return decode(hf_config)
 
 
 def restore_dropped_special_tokens(ck: dict[str, Any]) -> None:

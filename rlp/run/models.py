@@ -157,6 +157,28 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     return model
 
 
+def wrap_blocks_for_fsdp(hf_model: Any) -> list[str]:
+    """Give a hybrid model (one with recurrent layers, :func:`rlp.hf.recurrent_layers`) one FSDP unit and one
+    activation-checkpointing region per block: Composer asks the HF module's ``fsdp_wrap_fn`` /
+    ``activation_checkpointing_fn`` which submodules to wrap, and here both answer True for the classes the model
+    names in ``_no_split_modules`` (Nemotron-H: ``NemotronHBlock``, each holding one Mamba2, attention or MLP mixer
+    with its norm, so a Mamba2 layer's parameters are gathered together). Functions the model already defines are
+    kept. Returns the block class names used (empty: nothing set)."""
+    from rlp.hf import recurrent_layers
+
+    names = list(getattr(hf_model, '_no_split_modules', None) or ())
+    if not names or not recurrent_layers(hf_model):
+        return []
+
+    def is_block(module: torch.nn.Module) -> bool:
+        return type(module).__name__ in names
+
+    for attr in ('fsdp_wrap_fn', 'activation_checkpointing_fn'):
+        if not callable(getattr(hf_model, attr, None)):
+            setattr(hf_model, attr, is_block)
+    return names
+
+
 def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig, seed: int = 17, template: Any = None):
     """``(HuggingFaceModel, tokenizer)`` for the Trainer.
 
@@ -165,6 +187,7 @@ def build_composer_model(model_cfg: ModelConfig, tokenizer_cfg: TokenizerConfig,
     """
     tokenizer = build_tokenizer(tokenizer_cfg)
     hf_model = build_hf_model(model_cfg, tokenizer, seed=seed)
+    wrap_blocks_for_fsdp(hf_model)
     if template is not None:
         if template.add_tags:
             add_think_tokens(tokenizer, hf_model, template)

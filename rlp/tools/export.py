@@ -73,11 +73,14 @@ def _build_model(state: dict[str, Any], sd: dict[str, torch.Tensor], location: s
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
+    from rlp.run.checkpoint_load import decode_tagged_floats
+
     hf_model = state['integrations']['huggingface']['model']
+    integrations = copy.deepcopy(state['integrations'])
+    content = integrations['huggingface']['model']['config']
+    content['content'] = decode_tagged_floats(content['content'])
     try:
-        config = get_hf_config_from_composer_state_dict(
-            {'state': {'integrations': copy.deepcopy(state['integrations'])}}
-        )
+        config = get_hf_config_from_composer_state_dict({'state': {'integrations': integrations}})
     except Exception as err:
         raise CliError(f'{location!r}: the saved Hugging Face config cannot be rebuilt ({err})') from err
     module, _, name = str(hf_model['config'].get('class', '')).rpartition('.')

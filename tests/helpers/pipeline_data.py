@@ -38,6 +38,21 @@ def write_corpus(folder: Path, files: int, docs_per_file: int = 40, stem: str = 
     return folder
 
 
+def prepared_synthetic(root: Path, docs: int, seq_len: int, seed: int = 5, think_fraction: float = 0.0) -> Path:
+    """``docs`` synthetic documents written to ``root/corpus.jsonl`` and prepared with the bundled tokenizer into
+    ``root/data`` (``pipeline.prepare`` in-process, no progress); returns the data folder."""
+    from pipeline.prepare import PrepareArgs
+    from pipeline.prepare import prepare as prepare_data
+
+    write_jsonl(root / 'corpus.jsonl', docs, seed=seed, think_fraction=think_fraction)
+    args = PrepareArgs(
+        inputs=[str(root / 'corpus.jsonl')], tokenizer=TOK, seq_len=seq_len, out=str(root / 'data'),
+        eos_text=EOS_TEXT, progress=False,
+    )  # fmt: skip
+    prepare_data(args, log=lambda *a: None)
+    return root / 'data'
+
+
 def read_samples(out: Path) -> list[dict]:
     """Every sample of a local prepared dataset, in index order, decoded from the shards on disk."""
     index = json.loads((Path(out) / 'index.json').read_text())

@@ -26,6 +26,26 @@ TINY_LLAMA = {
     'tie_word_embeddings': True,
 }
 
+# a tiny Nemotron-H (hybrid: Mamba2 M, attention *, MLP -), as a recipe's model.config
+TINY_NEMOTRON_H = {
+    'model_type': 'nemotron_h',
+    'hidden_size': 64,
+    'hybrid_override_pattern': 'M*M-',
+    'num_attention_heads': 4,
+    'num_key_value_heads': 2,
+    'head_dim': 16,
+    'intermediate_size': 128,
+    'mamba_num_heads': 4,
+    'mamba_head_dim': 16,
+    'n_groups': 2,
+    'ssm_state_size': 16,
+    'conv_kernel': 4,
+    'expand': 1,
+    'chunk_size': 8,
+    'max_position_embeddings': 256,
+    'tie_word_embeddings': False,
+}
+
 
 def packed_samples(n_samples: int, seq_len: int, vocab: int = 500, seed: int = 0, eos_id: int = EOS_ID):
     """Documents of random length (ids in 3..vocab) joined by EOS, packed into ``seq_len`` samples.
@@ -124,12 +144,14 @@ def tiny_recipe(
     output_dir: str = 'runs/{run_name}',
     rlp: Optional[dict] = None,
     cache_dir: str = 'cache',
+    model_config: Optional[dict] = None,
 ) -> dict[str, Any]:
-    """A recipe mapping for a tiny random-init Llama on the bundled tokenizer, NTP only unless ``rlp``."""
+    """A recipe mapping for a tiny random-init Llama (or ``model_config``) on the bundled tokenizer, NTP only unless
+    ``rlp``."""
     return {
         'run_name': run_name,
         'seed': 7,
-        'model': {'config': dict(TINY_LLAMA), 'attn_implementation': 'eager'},
+        'model': {'config': dict(model_config or TINY_LLAMA), 'attn_implementation': 'eager'},
         'tokenizer': {'name_or_path': 'bundled'},
         'data': {'seq_len': seq_len, 'streams': streams, 'cache_dir': cache_dir, 'clean_stale_shared_memory': False},
         'rlp': rlp,

@@ -1,4 +1,4 @@
-"""rlp.rollouts and rlp.scoring on tiny Llama / Qwen3 / GPT-2 models.
+"""rlp.rollouts and rlp.scoring on tiny Llama / Qwen3 / GPT-2 models and a tiny hybrid Nemotron-H (Mamba2 + attention).
 
 Checked against references written here: per-rollout full forwards WITHOUT cache or padding (the KV-cache
 sharing and left padding must give the same log-probs, no-think log-probs and S_pred); the closing-tag stop and
@@ -45,10 +45,12 @@ def _unpadded_prompt(prompts, i):
     return prompts.ids[i][prompts.mask[i].bool()]
 
 
-@pytest.mark.parametrize('kind', TINY_KINDS)
+@pytest.mark.parametrize('kind', [*TINY_KINDS, 'nemotron_h'])
 def test_shared_cache_matches_full_forward(tokenizer, kind):
     """Sampler log-probs, no-think log-probs, policy_forward log-probs and S_pred all equal per-rollout full
-    forwards of the unpadded sequence without any cache (eval mode, float32 tolerance)."""
+    forwards of the unpadded sequence without any cache (eval mode, float32 tolerance). For Nemotron-H this checks
+    the per-rollout Mamba2 states (the prompt's state repeated G times, rows dropped as thoughts close) next to the
+    shared-prefix attention layers, and left padding through the Mamba2 layers."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind)
     g, temp = 3, 0.7
     ro = sample_thoughts(
@@ -241,7 +243,7 @@ def test_closed_thoughts_leave_the_decoded_batch(tokenizer):
     assert decode[0] < len(prompts) * g  # some thoughts closed after one token, so the batch did shrink
 
 
-@pytest.mark.parametrize('kind', ['llama', 'qwen3'])
+@pytest.mark.parametrize('kind', ['llama', 'qwen3', 'nemotron_h'])
 def test_shared_prefix_decoding_equals_the_expanded_cache(tokenizer, kind):
     """The same prompts and uniforms decoded with the shared-prefix cache (each prompt's KV once) and with an ordinary
     cache expanded G times: the same tokens, lengths and truncation flags, log-probs within float32 rounding, with
@@ -262,6 +264,6 @@ def test_shared_prefix_decoding_equals_the_expanded_cache(tokenizer, kind):
 def test_shared_prefix_refused_for_a_model_without_it(tokenizer):
     """shared_prefix=True on GPT-2 (its attention does not take the shared-prefix cache): a ValueError saying so."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'gpt2')
-    with pytest.raises(ValueError, match='shared_prefix=True needs a Llama, Qwen2 or Qwen3 model'):
+    with pytest.raises(ValueError, match='shared_prefix=True needs a Llama, Qwen2, Qwen3 or Nemotron-H model'):
         sample_thoughts(model, prompts, rollout_uniforms(rkeys, 2, 4), temperature=1.0, top_p=1.0,
                         close_id=tpl.close_id, pad_id=0, shared_prefix=True)  # fmt: skip

@@ -156,3 +156,92 @@ def test_smoke_recipe_trains_on_bundled_corpus(tmp_path):
     assert sorted(read_metrics(str(run / 'metrics.jsonl'))) == [0, 1, 2]
     assert (run / 'thoughts.jsonl').stat().st_size > 0
     assert 'rlp/gain_vs_ema' in proc.stdout and 'sampled thoughts' in proc.stdout
+
+
+# Nemotron-Nano-12B-v2's published architecture (its config.json): 62 blocks in this pattern, widths below shrunk
+NEMOTRON_NANO_12B_PATTERN = 'M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-'
+
+
+def test_nemotron_recipe_builds_the_native_class_and_takes_two_rlp_steps(tokenizer):
+    """nemotron-nano-12b-rlp.yaml: no remote code, the paper's settings (G 16, 2048-token thoughts, T 0.7, lr 1e-6
+    constant, 512 prompts, NTP off) and ~250M input tokens; the model class its model_type maps to, built from a
+    scaled-down copy of the real config (same 62-block pattern, tiny widths) through the recipe's model builder, gets
+    one FSDP unit per NemotronHBlock and takes two RLP steps (the recipe's RLP settings with G and the thought length
+    shrunk, its AdamW settings): finite losses, a finite gradient for every parameter, Mamba2 and attention
+    weights updated, the EMA teacher moved."""
+    import dataclasses
+
+    import torch
+
+    from rlp.config import RLPConfig
+    from rlp.run.models import build_hf_model, wrap_blocks_for_fsdp
+    from rlp.run.recipe_schema import ModelConfig
+    from rlp.step import rlp_loss
+    from rlp.teacher import Teachers
+    from rlp.template import resolve_template
+    from tests.helpers.rlp_batches import packed_batch
+
+    r = load_recipe(REPO / 'recipes' / 'nemotron-nano-12b-rlp.yaml')
+    assert not r.model.trust_remote_code and not r.tokenizer.kwargs.get('trust_remote_code')
+    ro = r.rlp.rollouts
+    assert (ro.group_size, ro.max_thought_tokens, ro.temperature, r.rlp.loss.ntp_weight) == (16, 2048, 0.7, 0.0)
+    assert (r.trainer.optimizer.lr, r.trainer.scheduler.name, r.trainer.global_train_batch_size) == (
+        1e-6,
+        'constant',
+        512,
+    )
+    steps = int(r.trainer.max_duration.rstrip('ba'))
+    assert 240e6 < steps * 512 * 1630 < 260e6  # ~250M RLP input tokens at ~1,630 prefix tokens per prompt
+
+    config = {
+        'model_type': 'nemotron_h',
+        'hybrid_override_pattern': NEMOTRON_NANO_12B_PATTERN,
+        'hidden_size': 32,
+        'intermediate_size': 64,
+        'num_attention_heads': 4,
+        'num_key_value_heads': 2,
+        'head_dim': 8,
+        'mamba_num_heads': 4,
+        'mamba_head_dim': 8,
+        'n_groups': 2,
+        'ssm_state_size': 8,
+        'chunk_size': 16,
+        'tie_word_embeddings': False,
+    }
+    model_cfg = dataclasses.replace(r.model, name_or_path=None, pretrained=False, config=config, torch_dtype=None)
+    hf = build_hf_model(ModelConfig(**{f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)}),
+                        tokenizer)  # fmt: skip
+    assert type(hf).__name__ == 'NemotronHForCausalLM' and type(hf).__module__.startswith('transformers.models.')
+    assert hf.config.layers_block_type.count('linear_attention') == 28 and len(hf.model.layers) == 62
+    assert wrap_blocks_for_fsdp(hf) == ['NemotronHBlock']
+    assert sum(map(hf.fsdp_wrap_fn, hf.modules())) == 62 and hf.activation_checkpointing_fn(hf.model.layers[3])
+
+    rlp_map = recipe_to_dict(r)['rlp']
+    rlp_map['rollouts'] = {**rlp_map['rollouts'], 'group_size': 2, 'max_thought_tokens': 3}
+    rlp_map['positions'] = {**rlp_map['positions'], 'min_context': 4}
+    cfg = RLPConfig.from_dict(rlp_map)
+    template = resolve_template(tokenizer, cfg.template, model=hf)
+    opt_cfg = r.trainer.optimizer
+    opt = torch.optim.AdamW(
+        hf.parameters(), lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), weight_decay=opt_cfg.weight_decay
+    )
+    teachers = Teachers(cfg.teacher.kind, cfg.teacher.tau)
+    teachers.ensure(hf)
+    before = {k: v.detach().clone() for k, v in hf.named_parameters()}
+    ema_before = {k: v.detach().clone() for k, v in teachers.ema.module.named_parameters()}
+    hf.train()
+    for i in range(2):
+        loss, stats = rlp_loss(
+            hf, teachers, packed_batch(tokenizer, rows=2, length=32, seed=i), cfg, template, key=(17, i)
+        )
+        assert torch.isfinite(loss) and stats.rollouts > 0
+        loss.backward()
+        missing = [k for k, v in hf.named_parameters() if v.grad is None or not torch.isfinite(v.grad).all()]
+        assert not missing, f'parameters without a finite gradient: {missing[:5]}'
+        opt.step()
+        opt.zero_grad()
+        teachers.update(hf)
+    # (at lr 1e-6 AdamW's steps on tiny gradients, e.g. dt_bias's, can round away in fp32: only some must move)
+    assert any(not torch.equal(v, before[k]) for k, v in hf.named_parameters() if 'mixer.A_log' in k)
+    assert any(not torch.equal(v, before[k]) for k, v in hf.named_parameters() if 'mixer.q_proj' in k)
+    assert any(not torch.equal(v, ema_before[k]) for k, v in teachers.ema.module.named_parameters())

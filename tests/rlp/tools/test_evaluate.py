@@ -23,29 +23,15 @@ from rlp.rollouts import rollout_uniforms
 from rlp.template import resolve_template
 from rlp.tools.cli import main
 from rlp.tools.evaluate import EvalSettings, _batches, _dataset, evaluate
+from tests.helpers.pipeline_data import prepared_synthetic
 from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased
 from tests.helpers.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory, tokenizer):
-    from pipeline.bundled_tokenizer import EOS_TEXT, bundled_tokenizer_dir
-    from pipeline.prepare import PrepareArgs, prepare
-    from pipeline.synthetic import write_jsonl
-
     root = tmp_path_factory.mktemp('eval')
-    write_jsonl(root / 'corpus.jsonl', 30, seed=5, think_fraction=0.0)
-    prepare(
-        PrepareArgs(
-            inputs=[str(root / 'corpus.jsonl')],
-            tokenizer=str(bundled_tokenizer_dir()),
-            seq_len=64,
-            out=str(root / 'data'),
-            eos_text=EOS_TEXT,
-            progress=False,
-        ),
-        log=lambda *a: None,
-    )
+    prepared_synthetic(root, docs=30, seq_len=64)
     model = close_biased(build_tiny_model('llama', VOCAB, seed=0), CLOSE_ID, 3.0).eval()
     model.save_pretrained(root / 'model')
     tokenizer.save_pretrained(root / 'model')
