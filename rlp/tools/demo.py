@@ -207,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     print('\nPaired differences at the same positions (a claim only where the interval excludes 0):')
     for line in verdict(results):
         print('  ' + line)
+    summary = {
+        'steps': args.steps,
+        'positions': args.positions,
+        'base_eval': rel(demo / 'eval' / 'base.json'),
+        'arms': {a: {'steps': int(last_record(demo / ARMS[a])['batch']) + 1, 'flops': flops[a], 'wall': wall[a],
+                     'lr': None, 'hf': rel(demo / 'hf' / a), 'eval': rel(demo / 'eval' / f'{a}.json')} for a in ARMS},
+    }  # fmt: skip
+    (demo / 'summary.json').write_text(json.dumps(summary, indent=1))
     print(f'\ntotal {time.monotonic() - started:.0f}s   plots: {demo / "plots"}   evaluations: {demo / "eval"}')
     if not all(math.isfinite(v) for v in flops.values()):
         return 1
