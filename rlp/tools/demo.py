@@ -187,16 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                f'trainer.save_folder={rel(run)}/checkpoints']  # fmt: skip
         wall[arm] = _run([py, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', *common, *out])
         flops[arm] = float(last_record(run)['throughput/flops_total'])
-        _run([py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / arm), '--overwrite'])
+        _run(
+            [py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / ARMS[arm]), '--overwrite']
+        )
     results = {}
     for name in ('base', 'rlp', 'rlp+ntp', 'cpt'):
-        model = args.base if name == 'base' else rel(demo / 'hf' / name)
-        path = demo / 'eval' / f'{name}.json'
+        model = args.base if name == 'base' else rel(demo / 'hf' / ARMS[name])
+        path = demo / 'eval' / f'{ARMS.get(name, "demo-base")}.json'
         _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', rel(demo / 'heldout'), '--baseline',
               args.base, '--positions', str(args.positions), *ANSWERS, *THOUGHTS, '--json', rel(path)])  # fmt: skip
         results[name] = json.loads(path.read_text())
     _run([py, '-m', 'rlp.tools.cli', 'plot', *[rel(demo / ARMS[a]) for a in ARMS], '--out', rel(demo / 'plots'),
-          '--eval', *[rel(demo / 'eval' / f'{n}.json') for n in results]])  # fmt: skip
+          '--eval', *[rel(demo / 'eval' / f'{ARMS.get(n, "demo-base")}.json') for n in results]])  # fmt: skip
     extra = {
         'train FLOPs': {a: _flops(flops[a]) for a in flops},
         'FLOPs / RLP': {a: f'{flops[a] / flops["rlp"]:.2f}x' for a in flops},
@@ -210,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         'steps': args.steps,
         'positions': args.positions,
-        'base_eval': rel(demo / 'eval' / 'base.json'),
+        'base_eval': rel(demo / 'eval' / 'demo-base.json'),
         'arms': {a: {'steps': int(last_record(demo / ARMS[a])['batch']) + 1, 'flops': flops[a], 'wall': wall[a],
-                     'lr': None, 'hf': rel(demo / 'hf' / a), 'eval': rel(demo / 'eval' / f'{a}.json')} for a in ARMS},
+                     'lr': None, 'hf': rel(demo / 'hf' / ARMS[a]), 'eval': rel(demo / 'eval' / f'{ARMS[a]}.json')}
+                 for a in ARMS},
     }  # fmt: skip
     (demo / 'summary.json').write_text(json.dumps(summary, indent=1))
     print(f'\ntotal {time.monotonic() - started:.0f}s   plots: {demo / "plots"}   evaluations: {demo / "eval"}')
