@@ -43,6 +43,7 @@ from rlp.tools.demo import (  # noqa: E402
 PY = sys.executable
 GRID = {'rlp': [1e-5, 3e-5, 1e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4], 'cpt': [1e-4, 3e-4, 1e-3]}
 KINDS = {'answers': ANSWERS, 'uniform': []}
+MARK = '<!-- written by hand below this line; bench/study.py keeps it -->'
 METRICS = ('nll_nothink', 'acc_nothink', 'acc_think', 'gain_vs_baseline', 'gain_vs_self', 'best_of_g_helps',
            'truncation_rate')  # fmt: skip
 
@@ -221,8 +222,11 @@ def report(state: dict, args: argparse.Namespace) -> str:
                     helps.append(f'{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]')
                 lines.append(f'- seed {s}, accuracy with a thought − without: ' + ', '.join(helps))
             lines.append('')
-    lines += ['## Conclusion', '', '(written by hand from the tables above; see the end of this file)', '']
-    return '\n'.join(lines)
+    kept = ''
+    old = ROOT / 'docs' / 'results.md'
+    if old.exists() and MARK in old.read_text():  # the hand-written conclusion survives a rerun
+        kept = old.read_text().split(MARK, 1)[1]
+    return '\n'.join(lines) + '\n' + MARK + (kept or '\n\n## Conclusion\n\n(to be written from the tables above)\n')
 
 
 def main() -> int:
