@@ -150,10 +150,10 @@ def r_tag(arm: str, seed: int) -> str:
     return f'{arm}-s{seed}'
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], fmt: str = '.3f') -> str:
     if len(values) == 1:
-        return f'{values[0]:.3f}'
-    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}'
+        return format(values[0], fmt)
+    return f'{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}'
 
 
 def report(state: dict, args: argparse.Namespace) -> str:
@@ -185,8 +185,9 @@ def report(state: dict, args: argparse.Namespace) -> str:
         for arm in ARMS:
             rs = [runs[s][arm] for s in seeds]
             ratio = [r['flops'] / runs[s]['rlp']['flops'] for s, r in zip(seeds, rs)]
-            lines.append(f'| {arm} | {_mean_sd([r["steps"] for r in rs])} | {_mean_sd([r["flops"] for r in rs])} | '
-                         f'{_mean_sd(ratio)} | {_mean_sd([r["wall"] for r in rs])} | {rs[0]["lr"]} |')  # fmt: skip
+            lines.append(f'| {arm} | {_mean_sd([r["steps"] for r in rs], ".0f")} | '
+                         f'{_mean_sd([r["flops"] for r in rs], ".3g")} | {_mean_sd(ratio, ".2f")} | '
+                         f'{_mean_sd([r["wall"] for r in rs], ".0f")} | {rs[0]["lr"] or "recipe"} |')  # fmt: skip
         lines.append('')
         for kind in KINDS:
             models = {'base': f'{BASE_MODEL}|{kind}|heldout'}
