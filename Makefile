@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # pyproject.toml and requirements/keep-torch.txt.
 STREAMING := mosaicml-streaming==0.13.0
 
-.PHONY: install install-keep-torch lint format test demo bench clean
+.PHONY: install install-keep-torch lint format test demo demo-base bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,17 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.demo
+
+# Rebuild the base model that `make demo` starts from (rlp/assets/demo-base): the think-annotated corpus, next-token
+# pretraining with recipes/demo-base.yaml, export to a Hugging Face folder, and the hash of its weights.
+demo-base: $(STAMP)
+	TOKENIZERS_PARALLELISM=false $(PY) -m pipeline.synthetic --docs 8000 --seed 0 --out demo/corpus.jsonl
+	TOKENIZERS_PARALLELISM=false $(PY) -m pipeline.cli prepare --input demo/corpus.jsonl \
+		--tokenizer pipeline/assets/tokenizer --eos-text '<|endoftext|>' --seq-len 128 --out demo/data --workers 2 --overwrite
+	rm -rf demo/demo-base
+	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.train recipes/demo-base.yaml
+	$(PY) -m rlp.tools.cli export demo/demo-base/checkpoints rlp/assets/demo-base --overwrite
+	sha256sum rlp/assets/demo-base/model.safetensors
 
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py

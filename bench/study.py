@@ -1,22 +1,26 @@
-"""The RLP study: base vs RLP vs a compute-matched next-token continuation, over several seeds (not run in CI).
+"""The RLP study: RLP, RLP + next-token loss and FLOP-matched CPT from one base, on several seeds (not run in CI).
 
-    python bench/study.py [--seeds 0 1 2] [--rlp-batches 200] [--ntp-batches 200] [--positions 400] [--out study]
+    python bench/study.py [--seeds 0 1 2] [--steps 100 400] [--positions 200] [--grid] [--out study]
 
-It reuses ``make demo``'s data and base (run ``make demo`` first, or it prepares them), then for every seed trains
-``recipes/demo-rlp.yaml`` and ``recipes/demo-ntp.yaml`` from the base, exports and evaluates the three models on
-the held-out answer positions (``rlp eval``, the same draws for every model of a seed), and writes
-``docs/results.md``: the per-seed table, the mean over seeds, the goals (information gain at answers up by
->= 0.3 nats, answer accuracy with thinking up by >= 3 points, no-think NLL within 0.05 of the base, on every seed;
-stretch: RLP beats the next-token control on accuracy with thinking), whether each was met, and the plots.
+Every arm starts from the shipped base (``rlp/assets/demo-base``) and reads the same plain documents as ``make demo``
+(``demo/rlp-data``; run ``make demo`` first: its seed-0 runs at 100 steps are reused as they are). For each seed and
+each step count (runs are extended by resuming: the 400-step run is the 100-step run continued), the two RLP arms
+train with their recipes' learning rates and CPT trains for as many batches as the RLP run's counted FLOPs buy.
+Every model is evaluated on the held-out documents (``demo/heldout``, evaluation seed 0: the same positions and
+thought draws for every model) at answer positions and at uniform positions. With ``--grid`` it first picks each
+arm's learning rate on the validation documents (``demo/valid``, a fourth seed, never the test documents) from a
+grid of three values per arm (criterion: the information gain of a sampled thought against the base's no-think
+prediction at answer positions after ``--grid-steps``) and uses the chosen values.
+
+Results go to ``<out>/state.json`` after every step (a rerun skips what is done) and ``docs/results.md`` is rewritten
+from it each time, so a study stopped early still reports what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,89 +28,240 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlp.tools.demo import ANSWERS, ROWS, THOUGHTS  # noqa: E402
+from rlp.tools.demo import (  # noqa: E402
+    ANSWERS,
+    ARMS,
+    BASE_MODEL,
+    THOUGHTS,
+    _run,
+    compare,
+    cpt_flops_per_batch,
+    matched_batches,
+    thinking_helps,
+)
+
+PY = sys.executable
+GRID = {'rlp': [1e-5, 3e-5, 1e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4], 'cpt': [1e-4, 3e-4, 1e-3]}
+KINDS = {'answers': ANSWERS, 'uniform': []}
+MARK = '<!-- written by hand below this line; bench/study.py keeps it -->'
+METRICS = ('nll_nothink', 'acc_nothink', 'acc_think', 'gain_vs_baseline', 'gain_vs_self', 'best_of_g_helps',
+           'truncation_rate')  # fmt: skip
 
 
-def _run(cmd: list[str]) -> None:
-    print(f'\n$ {shlex.join(cmd)}', flush=True)
-    started = time.monotonic()
-    if subprocess.call(cmd, cwd=ROOT) != 0:
-        raise SystemExit(f'study: step failed: {shlex.join(cmd)}')
-    print(f'[{time.monotonic() - started:.0f}s]', flush=True)
+class Study:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = ROOT / args.out
+        self.path = self.out / 'state.json'
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {'runs': {}, 'evals': {}, 'lr': {}}
+        self.per_batch = cpt_flops_per_batch(BASE_MODEL, rows=8, seq_len=128)
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.state, indent=1))
+        (ROOT / 'docs' / 'results.md').write_text(report(self.state, self.args))
+
+    def train(self, arm: str, seed: int, steps: int, tag: str, lr: float | None = None, data: str = 'rlp-data') -> dict:
+        """Train (or extend) run ``tag`` of ``arm`` to ``steps`` batches; export that checkpoint; its FLOPs and time."""
+        key = f'{tag}@{steps}'
+        if key in self.state['runs']:
+            return self.state['runs'][key]
+        run = self.out / 'runs' / tag
+        lr = lr if lr is not None else self.state['lr'].get(arm)
+        over = [f'trainer.optimizer.lr={lr}'] if lr is not None else []
+        folder = run.relative_to(ROOT)
+        cmd = [PY, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', f'variables.rlp_data_dir=demo/{data}',
+               f'seed={seed}', f'run_name={tag}', f'trainer.max_duration={steps}ba', f'trainer.save_interval={steps}ba',
+               f'trainer.output_dir={folder}', f'trainer.save_folder={folder}/checkpoints',
+               'data.clean_stale_shared_memory=false', *over]  # fmt: skip
+        took = _run(cmd)
+        before = [v for k, v in self.state['runs'].items() if k.startswith(f'{tag}@')]
+        records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+        flops = float(next(r for r in records if r['batch'] == steps - 1)['throughput/flops_total'])
+        (ckpt,) = sorted((run / 'checkpoints').glob(f'*-ba{steps}-rank0.pt'))
+        hf = run / f'hf-{steps}'
+        _run(
+            [PY, '-m', 'rlp.tools.cli', 'export', str(ckpt.relative_to(ROOT)), str(hf.relative_to(ROOT)), '--overwrite']
+        )
+        wall = took + max((v['wall'] for v in before), default=0.0)
+        self.state['runs'][key] = {'arm': arm, 'seed': seed, 'steps': steps, 'lr': lr, 'flops': flops, 'wall': wall,
+                                   'hf': str(hf.relative_to(ROOT))}  # fmt: skip
+        self.save()
+        return self.state['runs'][key]
+
+    def evaluate(self, model: str, kind: str, data: str = 'heldout', positions: int | None = None) -> dict:
+        key = f'{model}|{kind}|{data}'
+        if key not in self.state['evals']:
+            path = self.out / 'evals' / (key.replace('/', '_').replace('|', '.') + '.json')
+            _run([PY, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', f'demo/{data}', '--baseline',
+                  BASE_MODEL, '--positions', str(positions or self.args.positions), *KINDS[kind], *THOUGHTS, '--json',
+                  str(path.relative_to(ROOT))])  # fmt: skip
+            self.state['evals'][key] = str(path.relative_to(ROOT))
+            self.save()
+        return json.loads((ROOT / self.state['evals'][key]).read_text())
+
+    def arms(self, seed: int, steps: int) -> dict[str, dict]:
+        if f's{seed}@{steps}' in self.state.get('cells', {}):
+            return {a: self.state['runs'][t] for a, t in self.state['cells'][f's{seed}@{steps}'].items()}
+        runs = {arm: self.train(arm, seed, steps, f'{arm}-s{seed}') for arm in ('rlp', 'rlp+ntp')}
+        cpt = matched_batches(runs['rlp']['flops'], self.per_batch)
+        runs['cpt'] = self.train('cpt', seed, cpt, f'cpt-s{seed}')
+        self.state.setdefault('cells', {})[f's{seed}@{steps}'] = {a: f'{r_tag(a, seed)}@{r["steps"]}'
+                                                                   for a, r in runs.items()}  # fmt: skip
+        self.save()
+        return runs
+
+    def adopt_demo(self, steps: int) -> None:
+        """Take ``make demo``'s runs (seed 0, its step count) and answer-position evaluations as they are."""
+        path = ROOT / 'demo' / 'summary.json'
+        if not path.exists() or f's0@{steps}' in self.state.get('cells', {}):
+            return
+        demo = json.loads(path.read_text())
+        if demo['steps'] != steps or demo['positions'] != self.args.positions:
+            return
+        for arm in ARMS:
+            run = demo['arms'][arm]
+            self.state['runs'][f'demo-{arm}@{run["steps"]}'] = {'arm': arm, 'seed': 0, **run}
+            self.state['evals'][f'{run["hf"]}|answers|heldout'] = run['eval']
+        self.state['evals'][f'{BASE_MODEL}|answers|heldout'] = demo['base_eval']
+        self.state.setdefault('cells', {})[f's0@{steps}'] = {a: f'demo-{a}@{demo["arms"][a]["steps"]}' for a in ARMS}
+        self.save()
+
+    def grid(self) -> None:
+        for arm, values in GRID.items():
+            if arm in self.state['lr']:
+                continue
+            scores = {}
+            for lr in values:
+                if arm == 'cpt':
+                    ref = self.state['runs'].get(f'grid-rlp-{self.state["lr"].get("rlp", 3e-5)}@{self.args.grid_steps}')
+                    steps = matched_batches(ref['flops'], self.per_batch) if ref else self.args.grid_steps
+                else:
+                    steps = self.args.grid_steps
+                run = self.train(arm, 0, steps, f'grid-{arm}-{lr}', lr=lr)
+                res = self.evaluate(run['hf'], 'answers', data='valid', positions=self.args.grid_positions)
+                scores[lr] = res['metrics']['gain_vs_baseline']
+            self.state['lr'][arm] = max(scores, key=scores.get)
+            self.state.setdefault('grid', {})[arm] = {str(k): v for k, v in scores.items()}
+            self.save()
 
 
-def goals(base: dict, rlp: dict, ntp: dict) -> dict[str, bool]:
-    b, r, n = base['metrics'], rlp['metrics'], ntp['metrics']
-    return {
-        'gain +0.3 nats': r['gain_vs_baseline'] - b['gain_vs_baseline'] >= 0.3,
-        'accuracy with thinking +3 points': r['acc_think'] - b['acc_think'] >= 0.03,
-        'no-think NLL within 0.05': abs(r['nll_nothink'] - b['nll_nothink']) <= 0.05,
-        'stretch: beats NTP on accuracy with thinking': r['acc_think'] > n['acc_think'],
-    }
+def r_tag(arm: str, seed: int) -> str:
+    return f'{arm}-s{seed}'
+
+
+def _mean_sd(values: list[float], fmt: str = '.3f') -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f'{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}'
+
+
+def report(state: dict, args: argparse.Namespace) -> str:
+    """docs/results.md from the study's state (what has been measured so far)."""
+    evals = {k: json.loads((ROOT / v).read_text()) for k, v in state['evals'].items()}
+    lines = ['# Results: RLP, RLP + next-token loss and FLOP-matched CPT at CPU scale', '',
+             f'Produced by `python bench/study.py {" ".join(sys.argv[1:])}` (last update '
+             f'{time.strftime("%Y-%m-%d %H:%M")} UTC). Every arm starts from the shipped base '
+             '`rlp/assets/demo-base` and reads the same plain documents '
+             '(`demo/rlp-data`) in the same order; CPT runs for as many batches as the RLP run of the same seed '
+             'used FLOPs (`throughput/flops_total`). Evaluation: the held-out documents (`demo/heldout`), evaluation '
+             'seed 0, G 8, thoughts ≤ 32 tokens, temperature 0.7, the same positions and thought draws for every '
+             'model; `[a, b]` is a 95% bootstrap interval over positions; ± is the standard deviation over training '
+             'seeds.', '']  # fmt: skip
+    if state.get('grid'):
+        lines += ['## Learning rates (validation documents, answer positions, gain vs base after the grid steps)', '',
+                  '| arm | grid: gain vs base | chosen |', '|---|---|---|']  # fmt: skip
+        for arm, scores in state['grid'].items():
+            cells = ', '.join(f'{lr}: {v:.3f}' for lr, v in scores.items())
+            lines.append(f'| {arm} | {cells} | {state["lr"].get(arm)} |')
+        lines.append('')
+    cells = state.get('cells', {})
+    for steps in sorted({int(k.split('@')[1]) for k in cells}):
+        seeds = sorted(int(k[1:].split('@')[0]) for k in cells if k.endswith(f'@{steps}'))
+        runs = {s: {a: state['runs'][t] for a, t in cells[f's{s}@{steps}'].items()} for s in seeds}
+        lines += [f'## After {steps} RLP steps (seeds {", ".join(map(str, seeds))})', '',
+                  '| arm | batches | FLOPs | FLOPs / RLP | train wall (s) | lr |',
+                  '|---|---|---|---|---|---|']  # fmt: skip
+        for arm in ARMS:
+            rs = [runs[s][arm] for s in seeds]
+            ratio = [r['flops'] / runs[s]['rlp']['flops'] for s, r in zip(seeds, rs)]
+            lines.append(f'| {arm} | {_mean_sd([r["steps"] for r in rs], ".0f")} | '
+                         f'{_mean_sd([r["flops"] for r in rs], ".3g")} | {_mean_sd(ratio, ".2f")} | '
+                         f'{_mean_sd([r["wall"] for r in rs], ".0f")} | {rs[0]["lr"] or "recipe"} |')  # fmt: skip
+        lines.append('')
+        for kind in KINDS:
+            models = {'base': f'{BASE_MODEL}|{kind}|heldout'}
+            have = [s for s in seeds if all(f'{runs[s][a]["hf"]}|{kind}|heldout' in evals for a in ARMS)]
+            if not have or models['base'] not in evals:
+                continue
+            base = evals[models['base']]
+            lines += [f'### {kind} positions, {steps} steps (seeds {", ".join(map(str, have))})', '',
+                      '| metric | base | ' + ' | '.join(ARMS) + ' |', '|---|---|' + '---|' * len(ARMS)]  # fmt: skip
+            for m in METRICS:
+                lo, hi = base['intervals'][m]
+                row = [f'{base["metrics"][m]:.3f} [{lo:.3f}, {hi:.3f}]']
+                for arm in ARMS:
+                    vals = [evals[f'{runs[s][arm]["hf"]}|{kind}|heldout'] for s in have]
+                    if len(vals) == 1:
+                        lo, hi = vals[0]['intervals'][m]
+                        row.append(f'{vals[0]["metrics"][m]:.3f} [{lo:.3f}, {hi:.3f}]')
+                    else:
+                        row.append(_mean_sd([v['metrics'][m] for v in vals]))
+                lines.append(f'| {m} | ' + ' | '.join(row) + ' |')
+            lines += ['', 'Paired differences at the same positions, per seed (`a − b [95% interval]`):', '']
+            for s in have:
+                res = {a: evals[f'{runs[s][a]["hf"]}|{kind}|heldout'] for a in ARMS}
+                for arm in ('rlp', 'rlp+ntp'):
+                    parts = []
+                    for m in ('acc_think', 'gain_vs_baseline', 'nll_nothink'):
+                        d, lo, hi = compare(res[arm], res['cpt'], m)
+                        parts.append(f'{m} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]')
+                    lines.append(f'- seed {s}, {arm} − cpt: ' + '; '.join(parts))
+                helps = []
+                for name, r in (('base', base), *res.items()):
+                    d, lo, hi = thinking_helps(r)
+                    helps.append(f'{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]')
+                lines.append(f'- seed {s}, accuracy with a thought − without: ' + ', '.join(helps))
+            lines.append('')
+    kept = ''
+    old = ROOT / 'docs' / 'results.md'
+    if old.exists() and MARK in old.read_text():  # the hand-written conclusion survives a rerun
+        kept = old.read_text().split(MARK, 1)[1]
+    return '\n'.join(lines) + '\n' + MARK + (kept or '\n\n## Conclusion\n\n(to be written from the tables above)\n')
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--rlp-batches', type=int, default=200)
-    parser.add_argument('--ntp-batches', type=int, default=200)
-    parser.add_argument('--positions', type=int, default=400)
+    parser.add_argument('--steps', type=int, nargs='+', default=[100, 400])
+    parser.add_argument('--positions', type=int, default=200)
+    parser.add_argument('--kinds', nargs='+', default=list(KINDS), choices=list(KINDS))
+    parser.add_argument('--grid', action='store_true', help="pick each arm's lr on the validation documents first")
+    parser.add_argument('--grid-steps', type=int, default=100)
+    parser.add_argument('--grid-positions', type=int, default=100)
     parser.add_argument('--out', default='study')
     args = parser.parse_args()
-    py, demo, out = sys.executable, ROOT / 'demo', ROOT / args.out
-    if not (demo / 'demo-base' / 'checkpoints').exists() or not (demo / 'heldout').exists():
-        raise SystemExit('study: run `make demo` first (it prepares the data and trains the base)')
-    common = [
-        'variables.data_dir=demo/data',
-        f'variables.out={args.out}',
-        'variables.rlp_data_dir=demo/rlp-data',
-        'trainer.load_path=demo/demo-base/checkpoints/latest-rank0.pt',
-        'data.clean_stale_shared_memory=false',
-    ]  # fmt: skip  (other streaming jobs may share the host)
-    _run([py, '-m', 'rlp.tools.cli', 'export', 'demo/demo-base/checkpoints', f'{args.out}/hf/base', '--overwrite'])
-    per_seed = {}
-    for seed in args.seeds:
-        res = {}
-        for name, batches in (('rlp', args.rlp_batches), ('ntp', args.ntp_batches)):
-            run = f'{args.out}/seed{seed}/{name}'
-            _run([py, '-m', 'rlp.train', f'recipes/demo-{name}.yaml', *common, f'seed={seed}',
-                  f'run_name=demo-{name}-s{seed}', f'trainer.max_duration={batches}ba', f'trainer.output_dir={run}',
-                  f'trainer.save_folder={run}/checkpoints'])  # fmt: skip
-            _run([py, '-m', 'rlp.tools.cli', 'export', f'{run}/checkpoints', f'{run}/hf', '--overwrite'])
-        for name, model in (('base', f'{args.out}/hf/base'), ('rlp', f'{args.out}/seed{seed}/rlp/hf'),
-                            ('ntp', f'{args.out}/seed{seed}/ntp/hf')):  # fmt: skip
-            js = out / f'seed{seed}' / f'eval-{name}.json'
-            _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', 'demo/heldout', '--baseline',
-                  f'{args.out}/hf/base', '--positions', str(args.positions), '--seed', str(seed), *ANSWERS, *THOUGHTS,
-                  '--json', str(js)])  # fmt: skip
-            res[name] = json.loads(js.read_text())
-        per_seed[seed] = res
-    runs = [f'{args.out}/seed{s}/{n}' for s in args.seeds for n in ('rlp', 'ntp')]
-    evals = [str(out / f'seed{s}' / f'eval-{n}.json') for s in args.seeds for n in ('base', 'rlp', 'ntp')]
-    _run([py, '-m', 'rlp.tools.cli', 'plot', *runs, '--out', 'docs/results', '--eval', *evals])
-    lines = ['# Results: RLP on the synthetic corpus at CPU scale', '',
-             f'Produced by `python bench/study.py --seeds {" ".join(map(str, args.seeds))} --rlp-batches '
-             f'{args.rlp_batches} --ntp-batches {args.ntp_batches} --positions {args.positions}` on '
-             f'{time.strftime("%Y-%m-%d")}; base, data and recipes as in `make demo`. Evaluation: held-out plain '
-             f'documents at answer positions (after `=` and ` make `), the same positions and thought draws for the '
-             f'three models of a seed.', '']  # fmt: skip
-    for seed, res in per_seed.items():
-        lines += [f'## Seed {seed}', '', '| metric | base | RLP | NTP control |', '|---|---|---|---|']
-        lines += [f'| {k} | ' + ' | '.join(f'{res[m]["metrics"][k]:.4f}' for m in ('base', 'rlp', 'ntp')) + ' |'
-                  for k in ROWS]  # fmt: skip
-        lines += ['', 'Goals: ' + ', '.join(f'{g}: {"met" if ok else "not met"}' for g, ok in
-                                              goals(res['base'], res['rlp'], res['ntp']).items()), '']  # fmt: skip
-    lines += ['## Mean over seeds', '', '| metric | base | RLP | NTP control |', '|---|---|---|---|']
-    for k in ROWS:
-        cells = []
-        for m in ('base', 'rlp', 'ntp'):
-            vals = [per_seed[s][m]['metrics'][k] for s in per_seed]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f'{statistics.mean(vals):.4f} ± {sd:.4f}')
-        lines.append(f'| {k} | ' + ' | '.join(cells) + ' |')
-    lines += ['', '![reward](results/reward.png)', '', '![thoughts](results/thoughts.png)', '',
-              '![evaluations](results/eval.png)', '']  # fmt: skip
-    (ROOT / 'docs' / 'results.md').write_text('\n'.join(lines))
+    for folder in ('rlp-data', 'heldout'):
+        if not (ROOT / 'demo' / folder / 'index.json').exists():
+            raise SystemExit(f'study: demo/{folder} is missing; run `make demo` first')
+    if args.grid and not (ROOT / 'demo' / 'valid' / 'index.json').exists():  # validation: a fourth seed
+        _run([PY, '-m', 'pipeline.synthetic', '--docs', '400', '--seed', '3', '--think-fraction', '0', '--out',
+              'demo/valid.jsonl'])  # fmt: skip
+        _run([PY, '-m', 'pipeline.cli', 'prepare', '--input', 'demo/valid.jsonl', '--tokenizer',
+              'pipeline/assets/tokenizer', '--eos-text', '<|endoftext|>', '--seq-len', '128', '--out', 'demo/valid',
+              '--workers', '2', '--overwrite'])  # fmt: skip
+    study = Study(args)
+    study.adopt_demo(min(args.steps))
+    if args.grid:
+        study.grid()
+    for steps in sorted(args.steps):
+        for seed in args.seeds:
+            runs = study.arms(seed, steps)
+            for kind in args.kinds:
+                study.evaluate(BASE_MODEL, kind)
+                for arm in ARMS:
+                    study.evaluate(runs[arm]['hf'], kind)
+    study.save()
     print(f'wrote {ROOT / "docs" / "results.md"}')
     return 0
 

@@ -95,7 +95,7 @@ class PackedRows:
         return int(self.ids.numel())
 
 
-def _row_groups(prompt_lens: list[int], lengths: list[list[int]], max_tokens: int) -> list[tuple[int, list[int]]]:
+def row_groups(prompt_lens: list[int], lengths: list[list[int]], max_tokens: int) -> list[tuple[int, list[int]]]:
     """Greedy, in rollout order: (position, rollouts) per row; a row takes at least one thought."""
     rows = []
     for p, lp in enumerate(prompt_lens):
@@ -120,7 +120,7 @@ def pack_rows(prompts: Prompts, rollouts: Rollouts, pad_id: int, max_tokens: Opt
     ids_p, mask_p = prompts.ids.detach().cpu(), prompts.mask.detach().cpu().bool()
     tokens, lengths = rollouts.tokens.detach().cpu(), rollouts.lengths.detach().cpu().tolist()
     prompt_lens = mask_p.sum(1).tolist()
-    groups = _row_groups(prompt_lens, lengths, max_tokens if max_tokens is not None else 1 << 62)
+    groups = row_groups(prompt_lens, lengths, max_tokens if max_tokens is not None else 1 << 62)
     w = max(prompt_lens[i] + sum(lengths[i][j] for j in gs) for i, gs in groups)
     ids = torch.full((len(groups), w), pad_id, dtype=torch.long)
     pos = torch.zeros((len(groups), w), dtype=torch.long)

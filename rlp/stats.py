@@ -34,6 +34,10 @@ _SUMS = (
     'kl_tokens',
     'length',
     'truncated',
+    'flops_prefill',
+    'flops_decode',
+    'flops_teacher',
+    'flops_policy',
 )
 
 
@@ -86,6 +90,10 @@ class RLPStats:
     kl_tokens: float = 0.0
     length: float = 0.0
     truncated: float = 0.0
+    flops_prefill: float = 0.0
+    flops_decode: float = 0.0
+    flops_teacher: float = 0.0
+    flops_policy: float = 0.0
     ratio_min: float = math.inf
     ratio_max: float = -math.inf
     len_max: float = 0.0
@@ -130,4 +138,13 @@ class RLPStats:
             'rlp/positions': self.positions,
             'rlp/positions_per_row': self.positions / max(self.rows, 1.0),
             'rlp/rows_skipped': self.rows_skipped,
+            'rlp/flops_rollout_prefill': self.flops_prefill,
+            'rlp/flops_rollout_decode': self.flops_decode,
+            'rlp/flops_teacher': self.flops_teacher,
+            'rlp/flops_policy': self.flops_policy,
         }
+
+    @property
+    def flops(self) -> float:
+        """Model FLOPs of the RLP part of the step (:mod:`rlp.flops`): rollouts, teacher, policy fwd + bwd."""
+        return self.flops_prefill + self.flops_decode + self.flops_teacher + self.flops_policy

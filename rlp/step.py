@@ -39,9 +39,11 @@ import torch
 
 from rlp import dist
 from rlp.config import PositionsConfig, RLPConfig
+from rlp.flops import FlopModel, rlp_flops
 from rlp.hf import active_dropout, unwrap_hf
 from rlp.keys import row_key
 from rlp.objective import clipped_surrogate, group_advantages, information_gain
+from rlp.packing import supports_block_mask
 from rlp.positions import Positions, select_positions
 from rlp.rollouts import Rollouts, build_prompts, rollout_uniforms, sample_thoughts
 from rlp.scoring import nothink_entropy, policy_forward
@@ -180,6 +182,7 @@ def rlp_loss(
     keep_samples: bool = False,
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
     timer: Optional[StepTimer] = None,
+    flop_model: Optional[FlopModel] = None,
 ) -> tuple[torch.Tensor, RLPStats]:
     """The RLP loss of one (micro)batch and its statistics.
 
@@ -201,6 +204,8 @@ def rlp_loss(
         autocast: a context factory around the model calls (e.g. Composer's precision context).
         timer: adds the seconds of the parts (positions, rollout, teacher, policy_forward, objective) to it
             (:class:`rlp.timing.StepTimer`; benchmarks).
+        flop_model: the model's sizes for the FLOP count in ``stats`` (:mod:`rlp.flops`); None = read from
+            ``model`` (give it when the model is sharded: the count needs the unsharded sizes).
 
     Raises:
         ConfigError: the model is in train mode with dropout > 0 (:func:`check_no_dropout`).
@@ -269,6 +274,17 @@ def rlp_loss(
         return loss * 0.0, stats
     with part('objective'):
         stats = stats + _rollout_stats(pos, ro, rewards, s_pred, s_ema, adv, m)
+        packed = cfg.loss.packed_forward_tokens if supports_block_mask(model) else None
+        flops = rlp_flops(
+            flop_model or FlopModel.of(model),
+            prompts.mask.sum(1).tolist(),
+            ro.lengths.tolist(),
+            ro.truncated.tolist(),
+            teacher_forwards=2 if cfg.teacher.kind == 'frozen' else 1,
+            packed_tokens=packed,
+        )
+        stats.flops_prefill, stats.flops_decode = flops['rollout_prefill'], flops['rollout_decode']
+        stats.flops_teacher, stats.flops_policy = flops['teacher'], flops['policy']
     if keep_samples:
         stats.samples = ThoughtSamples(
             row=pos.row,

@@ -13,7 +13,8 @@
   loss enters the total times 0, keeping every forward in the graph).
 - ``AFTER_LOSS`` (each microbatch): ``state.loss = {'total': ntp_weight*NTP + rlp_weight*RLP, 'ntp': NTP, 'rlp':
   RLP}`` (no ``ntp`` when skipped).
-- ``BATCH_END`` (after the optimizer step): EMA update, ``rlp/...`` metrics, the thought JSONL, counters.
+- ``BATCH_END`` (after the optimizer step): EMA update, ``rlp/...`` metrics (the FLOPs of the RLP part among them,
+  :mod:`rlp.flops`), the thought JSONL, counters.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from composer.utils.parallelism import FSDP2Config
 
 from rlp import dist
 from rlp.config import RLPConfig
+from rlp.flops import FlopModel
 from rlp.hf import is_fsdp, is_fsdp2, unwrap_hf
 from rlp.run.thought_log import ThoughtLog
 from rlp.stats import RLPStats
@@ -64,6 +66,9 @@ class RLP(Algorithm):
         self.stats = RLPStats()
         self._global = GlobalRollouts(rollouts=0.0, rows=1.0)  # counted at BEFORE_TRAIN_BATCH
         self._batch: Any = None
+        self.flop_model: Optional[FlopModel] = None
+        self.rank_flops = 0.0  # this rank's RLP FLOPs of the last batch (rlp.flops), for the FLOP counter
+        self.batch_flops = 0.0  # all ranks'
 
     def match(self, event: Event, state: State) -> bool:
         skip_ntp = self.config.loss.ntp_weight == 0 and event in (Event.BEFORE_FORWARD, Event.AFTER_FORWARD)
@@ -92,6 +97,7 @@ class RLP(Algorithm):
         self.tokenizer = getattr(state.model, 'tokenizer', None) if self.tokenizer is None else self.tokenizer
         self.template = resolve_template(self.tokenizer, self.config.template, hf, self.config.positions.after)
         check_no_dropout(hf, training=True)  # refused before the first batch
+        self.flop_model = FlopModel.of(hf)  # INIT runs before any sharding: the full sizes
         if not is_fsdp(hf):  # INIT runs before Composer's FSDP wrap: copy the unwrapped module
             fsdp2 = isinstance(state.fsdp_config, FSDP2Config) and not is_fsdp2(hf)
             self.teachers.create(hf, sharded=fsdp2)
@@ -123,6 +129,7 @@ class RLP(Algorithm):
             synced=world > 1,
             keep_samples=self.thought_log.due(self.batch_index, rank),
             autocast=lambda: get_precision_context(state.precision, state.precision_config),
+            flop_model=self.flop_model,
         )
         self.stats = self.stats + stats
         if stats.samples is not None:
@@ -134,7 +141,9 @@ class RLP(Algorithm):
 
     def _end_batch(self, state: State, logger: Logger) -> None:
         self.teachers.update(unwrap_hf(state.model))
+        self.rank_flops = self.stats.flops
         stats = self.stats.all_reduce()
+        self.batch_flops = stats.flops
         self.totals['positions'] += int(stats.positions)
         self.totals['rows_skipped'] += int(stats.rows_skipped)
         self.totals['batches'] += 1

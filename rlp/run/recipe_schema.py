@@ -283,11 +283,15 @@ class CallbacksConfig:
         speed_monitor: window size (batches) of Composer's SpeedMonitor (throughput, wall clock); None = off.
         lr_monitor: log the learning rate every batch (Composer's LRMonitor).
         memory_monitor: GPU memory statistics (Composer's MemoryMonitor; GPU runs only, ignored on CPU).
+        peak_flops: the device's peak FLOP/s at the run's precision (e.g. 989e12 for an H100 SXM in bf16): the
+            SpeedMonitor then logs ``throughput/device/mfu`` from the counted FLOPs (``throughput/flops``);
+            None = Composer's table for known GPUs, no MFU elsewhere.
     """
 
     speed_monitor: Optional[int] = 10
     lr_monitor: bool = True
     memory_monitor: bool = False
+    peak_flops: Optional[float] = None
 
 
 @dataclass

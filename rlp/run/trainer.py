@@ -46,6 +46,7 @@ from rlp.run.metrics import ConsoleLine, MetricsJsonlLogger, SampleIdRecorder
 from rlp.run.models import build_composer_model
 from rlp.run.recipe_freeform import check_free_form
 from rlp.run.recipe_schema import ConfigError, Recipe, validate_for_world
+from rlp.run.throughput import FlopCounter
 
 __all__ = ['AlreadyFinished', 'build_trainer', 'check_output_folders', 'output_dir_of', 'save_folder_of']
 
@@ -155,8 +156,10 @@ def build_trainer(recipe: Recipe, *, world_size: int):
         loggers.append(metrics_logger)
         if t.record_sample_ids:  # Recipe refuses record_sample_ids without metrics_jsonl
             callbacks.append(SampleIdRecorder(metrics_logger))
+    callbacks.append(FlopCounter())  # before the SpeedMonitor, which reads its count
     if recipe.callbacks.speed_monitor:
-        callbacks.append(SpeedMonitor(window_size=recipe.callbacks.speed_monitor))
+        peak = recipe.callbacks.peak_flops
+        callbacks.append(SpeedMonitor(window_size=recipe.callbacks.speed_monitor, gpu_flops_available=peak))
     if recipe.callbacks.lr_monitor:
         callbacks.append(LRMonitor())
     if recipe.callbacks.memory_monitor and device == 'gpu':

@@ -1,116 +1,226 @@
-"""``make demo``: pretrain a tiny base, then RLP from it, and measure what RLP changed — on CPU, nothing downloaded.
+"""``make demo``: RLP, RLP + next-token loss and FLOP-matched continued pretraining from one base, on the same
+documents, compared with 95% intervals — on CPU, nothing downloaded.
 
 Steps, each printed as the command a user would type (everything is written under ``demo/``):
 
-1. the bundled synthetic corpus (``python -m pipeline.synthetic``): pretraining documents, 25% of whose problems
-   carry worked steps inside ``<think>...</think>``; plain documents for RLP (another seed, no thoughts: RLP writes
-   its own); held-out plain documents (a third seed) for the evaluation;
-2. all three tokenised into MDS shards (``rlp-data prepare``; a finished dataset is reused);
-3. the base: next-token pretraining (``recipes/demo-base.yaml``; a finished base is reused);
-4. RLP from the base at answer positions (``recipes/demo-rlp.yaml``) and, as the control, next-token training
-   continued from the base for about the same CPU time (``recipes/demo-ntp.yaml``);
-5. the three models exported to Hugging Face folders (``rlp export``) and evaluated on the held-out documents at
-   the answer positions (``rlp eval --after = --after ' make '``: information gain of sampled thoughts, answer
-   accuracy with and without thinking, no-think NLL), against the base's no-think prediction;
-6. plots of the two runs and of the evaluations (``rlp plot``), a table, and one line saying what RLP changed.
+1. plain documents of the bundled synthetic corpus (``python -m pipeline.synthetic``, no inline thoughts): one
+   seed for training, another held out for the evaluation; tokenised into MDS shards (``rlp-data prepare``);
+2. three arms from the same base (the model shipped in ``rlp/assets/demo-base``, built by ``make demo-base``),
+   reading the same documents in the same order: RLP at answer positions (``recipes/demo-rlp.yaml``), RLP + next-token
+   loss (``recipes/demo-rlp-ntp.yaml``), and continued pretraining with next-token loss only (CPT,
+   ``recipes/demo-cpt.yaml``) for as many batches as the RLP run's counted FLOPs buy (``throughput/flops_total``);
+3. the runs exported to Hugging Face folders (``rlp export``) and evaluated with the base on the held-out
+   documents at the answer positions (``rlp eval --after = --after ' make '``), all at the same positions with the
+   same thought draws, so differences are paired;
+4. the table (every metric with its 95% bootstrap interval, the FLOPs and wall time of each arm), the paired
+   differences against CPT and the base, and a verdict computed from the intervals: a difference is claimed only
+   where its interval excludes 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ['main', 'verdict']
+__all__ = ['ARMS', 'ROWS', 'compare', 'main', 'matched_batches', 'table', 'verdict']
 
 ROOT = Path(__file__).resolve().parents[2]
+BASE_MODEL = 'rlp/assets/demo-base'
 ANSWERS = ['--after', '=', '--after', ' make ']
 THOUGHTS = ['--group-size', '8', '--max-thought-tokens', '32', '--temperature', '0.7']  # as in demo-rlp.yaml
-ROWS = ('nll_nothink', 'acc_nothink', 'acc_think', 'nll_think_mix', 'gain_vs_baseline', 'best_of_g_helps',
-        'thought_len_mean', 'truncation_rate', 'ntp_nll')  # fmt: skip
+ARMS = {'rlp': 'demo-rlp', 'rlp+ntp': 'demo-rlp-ntp', 'cpt': 'demo-cpt'}
+ROWS = ('nll_nothink', 'acc_nothink', 'acc_think', 'gain_vs_baseline', 'gain_vs_self', 'nll_think_mix',
+        'best_of_g_helps', 'thought_len_mean', 'truncation_rate')  # fmt: skip
+# the metrics the verdict reads, and which direction is better
+VERDICT = {'acc_think': 'higher', 'gain_vs_baseline': 'higher', 'nll_nothink': 'lower'}
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> float:
     print(f'\n$ {shlex.join(cmd)}', flush=True)
     started = time.monotonic()
     code = subprocess.call(cmd, cwd=ROOT)
     if code != 0:
         print(f'demo: step failed with exit code {code}: {shlex.join(cmd)}', file=sys.stderr)
         raise SystemExit(code)
-    print(f'[{time.monotonic() - started:.0f}s]', flush=True)
+    took = time.monotonic() - started
+    print(f'[{took:.0f}s]', flush=True)
+    return took
 
 
-def table(results: dict[str, dict]) -> str:
-    """Rows = metrics, columns = models."""
+def matched_batches(target_flops: float, flops_per_batch: float) -> int:
+    """The whole batches of ``flops_per_batch`` nearest to ``target_flops`` (at least 1)."""
+    if flops_per_batch <= 0:
+        raise ValueError(f'flops_per_batch must be > 0, got {flops_per_batch}')
+    return max(1, round(target_flops / flops_per_batch))
+
+
+def cpt_flops_per_batch(base_model: str, rows: int, seq_len: int) -> float:
+    """Next-token FLOPs of one CPT batch of ``rows`` full rows of ``seq_len`` tokens (:func:`rlp.flops.ntp_flops`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlp.flops import FlopModel, ntp_flops
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(ROOT / base_model)))
+    return ntp_flops(FlopModel.of(model), [seq_len] * rows)
+
+
+def last_record(run: Path) -> dict[str, Any]:
+    """The last line of a run's ``metrics.jsonl``."""
+    lines = (run / 'metrics.jsonl').read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def compare(a: dict, b: dict, metric: str) -> tuple[float, float, float]:
+    """``(a - b, low, high)`` for ``metric``: the paired difference of two ``rlp eval --json`` results at the same
+    positions and its 95% interval (:func:`rlp.tools.evaluate.paired`)."""
+    from rlp.tools.evaluate import paired
+
+    d = paired(a, b)
+    return d['metrics'][metric], *d['intervals'][metric]
+
+
+def thinking_helps(result: dict) -> tuple[float, float, float]:
+    """``(acc_think - acc_nothink, low, high)`` of one model, paired over its positions."""
+    import torch
+
+    from rlp.bootstrap import bootstrap_intervals
+
+    per = result['per_position']
+    diff = torch.tensor(per['acc_think'], dtype=torch.float64) - torch.tensor(per['acc_nothink'], dtype=torch.float64)
+    settings = result['settings']
+    lo, hi = bootstrap_intervals(diff, resamples=settings.get('resamples', 2000), seed=settings['seed'])[0].tolist()
+    return float(diff.mean()), lo, hi
+
+
+def _said(value: float, lo: float, hi: float, better: str) -> str:
+    """'better' / 'worse' when the interval excludes 0, else 'no resolved difference'."""
+    if lo <= 0 <= hi:
+        return 'no resolved difference'
+    up = lo > 0
+    return 'better' if up == (better == 'higher') else 'worse'
+
+
+def verdict(results: dict[str, dict]) -> list[str]:
+    """Lines computed from the paired intervals: each RLP arm against CPT and against the base on the metrics of
+    ``VERDICT``, and whether thinking helps each model (accuracy with a sampled thought above accuracy without)."""
+    lines = []
+    for arm in ('rlp', 'rlp+ntp'):
+        for other in ('cpt', 'base'):
+            if arm not in results or other not in results:
+                continue
+            parts = []
+            for metric, better in VERDICT.items():
+                d, lo, hi = compare(results[arm], results[other], metric)
+                parts.append(f'{metric} {d:+.3f} [{lo:+.3f}, {hi:+.3f}] {_said(d, lo, hi, better)}')
+            lines.append(f'{arm} vs {other}: ' + '; '.join(parts))
+    helps = []
+    for name, result in results.items():
+        d, lo, hi = thinking_helps(result)
+        word = 'helps' if lo > 0 else 'hurts' if hi < 0 else 'unresolved'
+        helps.append(f'{name} {word} ({d:+.3f} [{lo:+.3f}, {hi:+.3f}])')
+    lines.append('thinking (accuracy with a sampled thought minus without): ' + ', '.join(helps))
+    return lines
+
+
+def table(results: dict[str, dict], extra: dict[str, dict[str, str]] | None = None) -> str:
+    """Rows = metrics (value and 95% interval), columns = models; ``extra`` rows (e.g. FLOPs, wall time) below."""
     names = list(results)
-    lines = [f'{"":20s}' + ''.join(f'{n:>12s}' for n in names)]
+    width = 24
+    lines = [f'{"":18s}' + ''.join(f'{n:>{width}s}' for n in names)]
     for key in ROWS:
-        lines.append(f'{key:20s}' + ''.join(f'{results[n]["metrics"][key]:12.4f}' for n in names))
+        cells = []
+        for n in names:
+            value = results[n]['metrics'][key]
+            ci = results[n].get('intervals', {}).get(key)
+            cells.append(f'{value:.3f} [{ci[0]:.3f},{ci[1]:.3f}]' if ci else f'{value:.3f}')
+        lines.append(f'{key:18s}' + ''.join(f'{c:>{width}s}' for c in cells))
+    for key, row in (extra or {}).items():
+        lines.append(f'{key:18s}' + ''.join(f'{row.get(n, "-"):>{width}s}' for n in names))
     return '\n'.join(lines)
 
 
-def verdict(base: dict, rlp: dict, ntp: dict) -> str:
-    """One line: what RLP changed against the base (and how the next-token control did)."""
-    b, r, n = base['metrics'], rlp['metrics'], ntp['metrics']
-    gain = r['gain_vs_baseline'] - b['gain_vs_baseline']
-    acc = 100 * (r['acc_think'] - b['acc_think'])
-    nll = r['nll_nothink'] - b['nll_nothink']
-    control = 100 * (n['acc_think'] - b['acc_think'])
-    return (
-        f'RLP changed the information gain of thoughts at answer positions by {gain:+.3f} nats and answer accuracy '
-        f'with thinking by {acc:+.1f} points (no-think NLL {nll:+.3f}); the next-token control changed accuracy with '
-        f'thinking by {control:+.1f} points. Thinking helps on {100 * r["best_of_g_helps"]:.0f}% of answers after RLP '
-        f'(best of G thoughts beats no thought), {100 * b["best_of_g_helps"]:.0f}% before.'
-    )
+def _flops(value: float) -> str:
+    return '-' if not value else f'{value:.3g}'
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m rlp.demo', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--docs', type=int, default=8000, help='training documents (default: %(default)s)')
-    parser.add_argument('--rlp-docs', type=int, default=3000, help='plain documents for RLP (default: %(default)s)')
+    parser.add_argument('--rlp-docs', type=int, default=3000, help='plain training documents (default: %(default)s)')
     parser.add_argument('--heldout', type=int, default=400, help='held-out documents (default: %(default)s)')
     parser.add_argument('--positions', type=int, default=200, help='answer positions evaluated (default: %(default)s)')
-    parser.add_argument('overrides', nargs='*', help='overrides key.sub=value passed to the RLP run')
+    parser.add_argument('--steps', type=int, default=100, help='RLP steps of both RLP arms (default: %(default)s)')
+    parser.add_argument('--base', default=BASE_MODEL, help='the base model folder (default: %(default)s)')
     args = parser.parse_args(argv)
-
+    if not (ROOT / args.base / 'config.json').is_file():
+        raise SystemExit(f'demo: --base {args.base} holds no model; run `make demo-base` to build it')
+    started = time.monotonic()
     demo, py = ROOT / 'demo', sys.executable
     rel = lambda p: str(p.relative_to(ROOT))
-    corpus, plain, heldout = demo / 'corpus.jsonl', demo / 'plain.jsonl', demo / 'heldout.jsonl'
-    _run([py, '-m', 'pipeline.synthetic', '--docs', str(args.docs), '--seed', '0', '--out', rel(corpus)])
-    for path, docs, seed in ((plain, args.rlp_docs, 2), (heldout, args.heldout, 1)):
+    for name, docs, seed in (('plain', args.rlp_docs, 2), ('heldout', args.heldout, 1)):
         _run([py, '-m', 'pipeline.synthetic', '--docs', str(docs), '--seed', str(seed), '--think-fraction', '0',
-              '--out', rel(path)])  # fmt: skip
-    for src, out in ((corpus, demo / 'data'), (plain, demo / 'rlp-data'), (heldout, demo / 'heldout')):
+              '--out', rel(demo / f'{name}.jsonl')])  # fmt: skip
+    for src, out in (('plain', 'rlp-data'), ('heldout', 'heldout')):
         tok = ['--tokenizer', 'pipeline/assets/tokenizer', '--eos-text', '<|endoftext|>', '--seq-len', '128']
-        _run([py, '-m', 'pipeline.cli', 'prepare', '--input', rel(src), *tok, '--out', rel(out), '--workers', '2',
-              '--overwrite'])  # fmt: skip
-    common = [f'variables.data_dir={rel(demo / "data")}', f'variables.out={rel(demo)}']
-    rlp_data = [f'variables.rlp_data_dir={rel(demo / "rlp-data")}']
-    _run([py, '-m', 'rlp.train', 'recipes/demo-base.yaml', *common])
-    for name, extra in (('demo-rlp', rlp_data + args.overrides), ('demo-ntp', [])):
-        if (demo / name).exists():
-            shutil.rmtree(demo / name)  # a fresh run each time (autoresume would otherwise pick up an old one)
-        _run([py, '-m', 'rlp.train', f'recipes/{name}.yaml', *common, *extra])
+        _run([py, '-m', 'pipeline.cli', 'prepare', '--input', rel(demo / f'{src}.jsonl'), *tok, '--out',
+              rel(demo / out), '--workers', '2', '--overwrite'])  # fmt: skip
+    common = [f'variables.base_model={args.base}', f'variables.rlp_data_dir={rel(demo / "rlp-data")}',
+              f'variables.out={rel(demo)}', 'data.clean_stale_shared_memory=false']  # fmt: skip
+    wall, flops = {}, {}
+    for arm in ('rlp', 'rlp+ntp', 'cpt'):
+        run = demo / ARMS[arm]
+        if run.exists():
+            shutil.rmtree(run)  # a fresh run each time (autoresume would otherwise pick up an old one)
+        steps = args.steps
+        if arm == 'cpt':  # as many next-token batches as the RLP run's FLOPs buy
+            per_batch = cpt_flops_per_batch(args.base, rows=8, seq_len=128)
+            steps = matched_batches(flops['rlp'], per_batch)
+            print(f'\nCPT matched to RLP: {flops["rlp"]:.3g} FLOPs / {per_batch:.3g} per batch = {steps} batches')
+        out = [f'trainer.max_duration={steps}ba', f'trainer.save_interval={steps}ba', f'trainer.output_dir={rel(run)}',
+               f'trainer.save_folder={rel(run)}/checkpoints']  # fmt: skip
+        wall[arm] = _run([py, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', *common, *out])
+        flops[arm] = float(last_record(run)['throughput/flops_total'])
+        _run(
+            [py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / ARMS[arm]), '--overwrite']
+        )
     results = {}
-    for name in ('base', 'rlp', 'ntp'):
-        run = demo / f'demo-{name}'
-        _run([py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / name), '--overwrite'])
-    for name in ('base', 'rlp', 'ntp'):
-        out = demo / 'eval' / f'{name}.json'
-        _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', rel(demo / 'hf' / name), '--data', rel(demo / 'heldout'),
-              '--baseline', rel(demo / 'hf' / 'base'), '--positions', str(args.positions), *ANSWERS, *THOUGHTS,
-              '--json', rel(out)])  # fmt: skip
-        results[name] = json.loads(out.read_text())
-    _run([py, '-m', 'rlp.tools.cli', 'plot', rel(demo / 'demo-rlp'), rel(demo / 'demo-ntp'), '--out',
-          rel(demo / 'plots'), '--eval', *[rel(demo / 'eval' / f'{n}.json') for n in results]])  # fmt: skip
-    print('\n== demo: held-out answer positions (gain and NLL in nats)\n' + table(results))
-    print('\n' + verdict(results['base'], results['rlp'], results['ntp']))
-    print(f'plots: {demo / "plots"}   runs: {demo / "demo-rlp"}, {demo / "demo-ntp"}   evaluations: {demo / "eval"}')
+    for name in ('base', 'rlp', 'rlp+ntp', 'cpt'):
+        model = args.base if name == 'base' else rel(demo / 'hf' / ARMS[name])
+        path = demo / 'eval' / f'{ARMS.get(name, "demo-base")}.json'
+        _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', rel(demo / 'heldout'), '--baseline',
+              args.base, '--positions', str(args.positions), *ANSWERS, *THOUGHTS, '--json', rel(path)])  # fmt: skip
+        results[name] = json.loads(path.read_text())
+    _run([py, '-m', 'rlp.tools.cli', 'plot', *[rel(demo / ARMS[a]) for a in ARMS], '--out', rel(demo / 'plots'),
+          '--eval', *[rel(demo / 'eval' / f'{ARMS.get(n, "demo-base")}.json') for n in results]])  # fmt: skip
+    extra = {
+        'train FLOPs': {a: _flops(flops[a]) for a in flops},
+        'FLOPs / RLP': {a: f'{flops[a] / flops["rlp"]:.2f}x' for a in flops},
+        'train wall (s)': {a: f'{wall[a]:.0f}' for a in wall},
+    }
+    print(f'\n== demo: held-out answer positions, {args.positions} positions, G 8; NLL and gain in nats; '
+          f'[95% interval]\n' + table(results, extra))  # fmt: skip
+    print('\nPaired differences at the same positions (a claim only where the interval excludes 0):')
+    for line in verdict(results):
+        print('  ' + line)
+    summary = {
+        'steps': args.steps,
+        'positions': args.positions,
+        'base_eval': rel(demo / 'eval' / 'demo-base.json'),
+        'arms': {a: {'steps': int(last_record(demo / ARMS[a])['batch']) + 1, 'flops': flops[a], 'wall': wall[a],
+                     'lr': None, 'hf': rel(demo / 'hf' / ARMS[a]), 'eval': rel(demo / 'eval' / f'{ARMS[a]}.json')}
+                 for a in ARMS},
+    }  # fmt: skip
+    (demo / 'summary.json').write_text(json.dumps(summary, indent=1))
+    print(f'\ntotal {time.monotonic() - started:.0f}s   plots: {demo / "plots"}   evaluations: {demo / "eval"}')
+    if not all(math.isfinite(v) for v in flops.values()):
+        return 1
     return 0
 
 

@@ -18,9 +18,17 @@ For a model (a Hugging Face folder, or a Composer checkpoint / save folder, expo
    - ``best_of_g_helps``: the share of positions where the best of the G thoughts beats no-think;
    - ``thought_len_mean`` (closing tag included) and ``truncation_rate``.
 
+3. **95% intervals** for every per-position metric: a percentile bootstrap over the positions, seeded with ``--seed``
+   (:mod:`rlp.bootstrap`, ``--resamples`` draws). With ``--baseline`` also the no-think NLL minus the baseline's at
+   the same positions, and with ``--paired OTHER.json`` (another model evaluated with the same settings) every
+   metric minus the other model's, position by position, each with the interval of the difference: two models
+   differ beyond noise on a metric only where that interval excludes 0.
+
 Everything is a pure function of (model, data, settings, seed): the same command prints the same numbers. A table
-goes to the console; ``--json OUT`` writes the same numbers (``{"model", "baseline", "data", "settings",
-"metrics"}``).
+goes to the console; ``--json OUT`` writes the same numbers: ``{"model", "baseline", "data", "settings", "metrics",
+"intervals", "positions_keys", "per_position"}`` (plus ``"vs_baseline"`` and ``"paired"``, each ``{"metrics",
+"intervals"}``), where ``positions_keys`` are the (sample id, target index) pairs and ``per_position`` the values
+whose means are the metrics.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from rlp.bootstrap import DEFAULT_RESAMPLES, bootstrap_intervals
 from rlp.config import PositionsConfig, TemplateConfig
 from rlp.hf import eval_mode
 from rlp.logprobs import last_logits
@@ -47,7 +56,11 @@ from rlp.template import resolve_template
 from rlp.tools import export
 from rlp.tools.cli import CliError
 
-__all__ = ['EvalSettings', 'add_parser', 'evaluate', 'run']
+__all__ = ['EvalSettings', 'METRIC_ORDER', 'add_parser', 'evaluate', 'intervals', 'paired', 'per_position', 'run']
+
+METRIC_ORDER = ('ntp_nll', 'ntp_perplexity', 'positions', 'nll_nothink', 'nll_think_mean', 'nll_think_mix',
+                'acc_nothink', 'acc_think', 'gain_vs_self', 'gain_vs_self_p10', 'gain_vs_self_p50', 'gain_vs_self_p90',
+                'gain_vs_baseline', 'best_of_g_helps', 'thought_len_mean', 'truncation_rate')  # fmt: skip
 
 # streaming and the run layer's data module (which loads it) are imported inside the functions that read data:
 # ``rlp --help`` imports every subcommand module to build its parser, and should not wait for them.
@@ -67,6 +80,7 @@ class EvalSettings:
     min_context: int = 8
     max_context: Optional[int] = 2048
     after: tuple[str, ...] = ()
+    resamples: int = DEFAULT_RESAMPLES
 
 
 def _cli_error(message: str) -> Exception:
@@ -229,7 +243,8 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
     for batch in _batches(ds, pad, settings.batch_size, settings.samples):
         s, n = _ntp_nll(model, batch)
         nll, count = nll + s, count + n
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ('nothink', 'base', 'acc0', 'think', 'acc', 'len', 'trunc')}
+    names = ('nothink', 'base', 'acc0', 'think', 'acc', 'len', 'trunc', 'sample', 'target')
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     done = 0
     bar = tqdm(total=settings.positions, desc='rlp eval: positions', unit='pos', disable=None)
     for index, batch in enumerate(_batches(ds, pad, settings.batch_size, len(ds))):
@@ -257,6 +272,8 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
         rows['acc'].append(acc.float())
         rows['len'].append(ro.lengths.float())
         rows['trunc'].append(ro.truncated.float())
+        rows['sample'].append(torch.tensor([k[2] for k in keys], dtype=torch.long))
+        rows['target'].append(pos.target.clone())
         done += keep
         bar.update(keep)
     bar.close()
@@ -266,37 +283,116 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
         )
     cat = {k: torch.cat(v) for k, v in rows.items()}
     gain = cat['think'] - cat['nothink'].unsqueeze(1)  # (P, G)
-    per_pos = gain.mean(1)
-    q = torch.quantile(per_pos.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
-    mix = torch.logsumexp(cat['think'], 1) - math.log(cat['think'].shape[1])
+    per_pos = per_position(cat)
+    q = torch.quantile(gain.mean(1).double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
     metrics = {
         'ntp_nll': nll / max(count, 1.0),
         'ntp_perplexity': math.exp(nll / max(count, 1.0)),
         'positions': float(done),
-        'nll_nothink': float(-cat['nothink'].mean()),
-        'nll_think_mean': float(-cat['think'].mean()),
-        'nll_think_mix': float(-mix.mean()),
-        'acc_nothink': float(cat['acc0'].mean()),
-        'acc_think': float(cat['acc'].mean()),
-        'gain_vs_self': float(gain.mean()),
+        **{k: float(v.double().mean()) for k, v in per_pos.items()},
         'gain_vs_self_p10': q[0],
         'gain_vs_self_p50': q[1],
         'gain_vs_self_p90': q[2],
-        'gain_vs_baseline': float((cat['think'] - cat['base'].unsqueeze(1)).mean()),
-        'best_of_g_helps': float((gain.max(1).values > 0).float().mean()),
-        'thought_len_mean': float(cat['len'].mean()),
-        'truncation_rate': float(cat['trunc'].mean()),
     }
-    return {'data': data, 'settings': asdict(settings), 'metrics': metrics}
+    metrics = {k: metrics[k] for k in METRIC_ORDER if k in metrics}
+    out = {
+        'data': data,
+        'settings': asdict(settings),
+        'metrics': metrics,
+        'intervals': intervals(per_pos, settings),
+        'positions_keys': [[int(a), int(b)] for a, b in zip(cat['sample'].tolist(), cat['target'].tolist())],
+        'per_position': {k: v.tolist() for k, v in per_pos.items()},
+    }
+    if baseline is not None:  # the no-think NLL against the baseline model's, paired at each position
+        diff = {'nll_nothink': per_pos['nll_nothink'] + cat['base']}
+        out['vs_baseline'] = {
+            'metrics': {k: float(v.double().mean()) for k, v in diff.items()},
+            'intervals': intervals(diff, settings),
+        }
+    return out
+
+
+def per_position(cat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each bootstrapped metric as a (P,) per-position value whose mean over positions is the metric."""
+    think, nothink, base = cat['think'], cat['nothink'], cat['base']  # (P, G), (P,), (P,)
+    gain = think - nothink.unsqueeze(1)
+    mix = torch.logsumexp(think, 1) - math.log(think.shape[1])
+    return {
+        'nll_nothink': -nothink,
+        'nll_think_mean': -think.mean(1),
+        'nll_think_mix': -mix,
+        'acc_nothink': cat['acc0'],
+        'acc_think': cat['acc'].mean(1),
+        'gain_vs_self': gain.mean(1),
+        'gain_vs_baseline': (think - base.unsqueeze(1)).mean(1),
+        'best_of_g_helps': (gain.max(1).values > 0).float(),
+        'thought_len_mean': cat['len'].mean(1),
+        'truncation_rate': cat['trunc'].mean(1),
+    }
+
+
+def intervals(per_pos: dict[str, torch.Tensor], settings: EvalSettings) -> dict[str, list[float]]:
+    """``{metric: [low, high]}``: the 95% bootstrap interval over positions (:mod:`rlp.bootstrap`), seeded."""
+    names = list(per_pos)
+    ci = bootstrap_intervals(torch.stack([per_pos[k] for k in names], 1), resamples=settings.resamples,
+                             seed=settings.seed)  # fmt: skip
+    return {k: [float(ci[i, 0]), float(ci[i, 1])] for i, k in enumerate(names)}
+
+
+def paired(results: dict[str, Any], other: dict[str, Any], resamples: Optional[int] = None) -> dict[str, Any]:
+    """The difference ``results - other`` of every per-position metric both hold, with its 95% interval.
+
+    Both must come from ``rlp eval --json`` on the same data, positions and seed (the position keys must match):
+    the difference at each position is then paired, and its bootstrap uses the same seed.
+    """
+    if results.get('positions_keys') != other.get('positions_keys'):
+        raise _cli_error(
+            'the two evaluations were not made at the same positions (data, --seed, --positions and --after must '
+            'match); evaluate both with the same settings'
+        )
+    names = [k for k in results['per_position'] if k in other['per_position']]
+    diff = {
+        k: torch.tensor(results['per_position'][k], dtype=torch.float64)
+        - torch.tensor(other['per_position'][k], dtype=torch.float64)
+        for k in names
+    }
+    settings = EvalSettings(**{**other['settings'], 'after': tuple(other['settings'].get('after', ()))})
+    if resamples is not None:
+        settings.resamples = resamples
+    return {
+        'against': other.get('model'),
+        'metrics': {k: float(v.mean()) for k, v in diff.items()},
+        'intervals': intervals(diff, settings),
+    }
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The console table of one evaluation."""
     lines = [f'rlp eval: {results.get("model")} on {results["data"]}' + (
         f' (baseline {results["baseline"]})' if results.get('baseline') else '')]  # fmt: skip
+    ci = results.get('intervals', {})
     for key, value in results['metrics'].items():
-        lines.append(f'  {key:22s} {value: .4f}')
+        band = f'   95% [{ci[key][0]: .4f}, {ci[key][1]: .4f}]' if key in ci else ''
+        lines.append(f'  {key:22s} {value: .4f}{band}')
+    for title, section in (('minus the baseline', results.get('vs_baseline')), ('paired', results.get('paired'))):
+        if section:
+            label = f'minus {section["against"]}' if title == 'paired' else title
+            lines.append(f'  difference, {label} (same positions; 95% interval):')
+            for key, value in section['metrics'].items():
+                lo, hi = section['intervals'][key]
+                lines.append(f'    {key:20s} {value: .4f}   [{lo: .4f}, {hi: .4f}]')
     return '\n'.join(lines)
+
+
+def _read_eval(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding='utf-8') as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise _cli_error(f'--paired {path}: cannot read it ({err}); give a file written by rlp eval --json') from err
+    if not isinstance(data, dict) or 'per_position' not in data or 'positions_keys' not in data:
+        raise _cli_error(f'--paired {path}: no per-position values; give a file written by this rlp eval --json')
+    return data
 
 
 def add_parser(sub: Any) -> None:
@@ -319,11 +415,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--min-context', type=int, default=8, help='prefix tokens a position needs (default: %(default)s)')
     p.add_argument('--after', action='append', default=[], metavar='TEXT',
                    help='only positions right after TEXT (repeatable), e.g. --after = for answers')  # fmt: skip
+    p.add_argument('--resamples', type=int, default=DEFAULT_RESAMPLES,
+                   help='bootstrap resamples of positions for the 95%% intervals (default: %(default)s)')  # fmt: skip
+    p.add_argument('--paired', metavar='EVAL_JSON',
+                   help='another model evaluated with the same settings (rlp eval --json): also report this model '
+                        'minus that one at the same positions, with the interval of the difference')  # fmt: skip
     p.add_argument('--json', help='also write the results as JSON to this file')
 
 
 def run(args: Any) -> int:
-    for name in ('positions', 'group_size', 'max_thought_tokens', 'samples', 'min_context'):
+    for name in ('positions', 'group_size', 'max_thought_tokens', 'samples', 'min_context', 'resamples'):
         if getattr(args, name) < 1:
             raise _cli_error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be >= 1')
     if args.group_size < 2:
@@ -339,7 +440,9 @@ def run(args: Any) -> int:
         samples=args.samples,
         min_context=args.min_context,
         after=tuple(args.after),
+        resamples=args.resamples,
     )
+    other = _read_eval(args.paired) if args.paired else None
     model, tokenizer = load_model(args.model, args.tokenizer)
     baseline = load_model(args.baseline, args.tokenizer)[0] if args.baseline else None
     results = {
@@ -347,6 +450,8 @@ def run(args: Any) -> int:
         'baseline': args.baseline,
         **evaluate(model, tokenizer, args.data, settings, baseline),
     }
+    if other is not None:
+        results['paired'] = paired(results, other)
     print(format_table(results))
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))

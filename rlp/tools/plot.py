@@ -8,7 +8,8 @@ Figures (one Axes per metric; every run overlaid in it, legend = run folder name
   only the gain against the EMA teacher shows a policy damaging its own no-think prediction);
 - ``thoughts.png``: ``rlp/thought_len_mean``, ``rlp/truncation_rate``;
 - ``clip.png``: ``rlp/clip_fraction``;
-- ``eval.png`` (with ``--eval``): one panel per metric common to all the JSON files, one bar per file.
+- ``eval.png`` (with ``--eval``): one panel per metric common to all the JSON files, one bar per file, with the
+  file's 95% interval (``rlp eval``'s ``intervals``) drawn as an error bar where it has one.
 
 A metric a run did not log is skipped for that run, a metric no run logged gets no Axes, and a figure without any
 Axes is not written. Non-finite values (written as ``"nan"``/``"inf"`` strings) are left out of the lines. The
@@ -25,7 +26,18 @@ from typing import Any, Optional
 
 from rlp.tools.cli import CliError
 
-__all__ = ['FIGURES', 'Run', 'add_parser', 'eval_figure', 'figures', 'load_evals', 'load_run', 'moving_average', 'run']
+__all__ = [
+    'FIGURES',
+    'Run',
+    'add_parser',
+    'eval_figure',
+    'figures',
+    'load_evals',
+    'load_intervals',
+    'load_run',
+    'moving_average',
+    'run',
+]
 
 # matplotlib and the metrics reader (which loads Composer) are imported inside the functions that use them:
 # ``rlp --help`` imports every subcommand module to build its parser, and should not wait for them.
@@ -180,8 +192,22 @@ def _flatten(mapping: dict, prefix: str, out: dict[str, float]) -> None:
             out[f'{prefix}{key}'] = number
 
 
-def eval_figure(evals: list[tuple[str, dict[str, float]]]) -> Any:
-    """A grid with one panel per metric common to all ``evals`` (first file's order), one bar per file."""
+def load_intervals(paths: list[str]) -> list[dict[str, list[float]]]:
+    """``{metric: [low, high]}`` of each ``rlp eval --json`` file (empty for a file without intervals)."""
+    out = []
+    for path in paths:
+        with open(path, encoding='utf-8') as fh:
+            data = json.load(fh)
+        found = data.get('intervals') if isinstance(data, dict) else None
+        out.append({k: v for k, v in (found or {}).items() if isinstance(v, list) and len(v) == 2})
+    return out
+
+
+def eval_figure(
+    evals: list[tuple[str, dict[str, float]]], intervals: Optional[list[dict[str, list[float]]]] = None
+) -> Any:
+    """A grid with one panel per metric common to all ``evals`` (first file's order), one bar per file; a bar
+    whose file has an interval for the metric (``intervals``, in the order of ``evals``) gets it as an error bar."""
     common = [k for k in evals[0][1] if all(k in m for _, m in evals[1:])]
     if not common:
         names = ', '.join(label for label, _ in evals)
@@ -193,6 +219,11 @@ def eval_figure(evals: list[tuple[str, dict[str, float]]]) -> Any:
     labels = [label for label, _ in evals]
     for ax, metric in zip(axes, common):
         ax.bar(range(len(evals)), [m[metric] for _, m in evals], color=[f'C{i % 10}' for i in range(len(evals))])
+        for i, (_, m) in enumerate(evals):
+            ci = (intervals or [{}] * len(evals))[i].get(metric)
+            if ci is not None:
+                low, high = max(m[metric] - ci[0], 0.0), max(ci[1] - m[metric], 0.0)
+                ax.errorbar([i], [m[metric]], yerr=[[low], [high]], color='black', capsize=4, linewidth=1.2)
         ax.set_title(metric, fontsize='small')
         ax.set_xticks(range(len(evals)), labels, rotation=20, ha='right', fontsize='x-small')
         ax.grid(axis='y', alpha=0.3)
@@ -241,7 +272,7 @@ def run(args: Any) -> int:
     evals = load_evals(args.eval) if args.eval else []
     figs = figures(runs, args.smooth)
     if evals:
-        figs['eval'] = eval_figure(evals)
+        figs['eval'] = eval_figure(evals, load_intervals(args.eval))
     if not figs:
         wanted = ', '.join(m for v in FIGURES.values() for m in v)
         raise CliError(f'none of {", ".join(args.runs)} logged any plotted metric ({wanted}); nothing to draw')

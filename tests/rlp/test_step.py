@@ -111,10 +111,27 @@ def test_baseline_of_each_teacher_kind_over_several_batches(tokenizer, kind):
 def test_stats_add_and_report_means():
     """RLPStats: + adds sums and keeps extremes; metrics are per-rollout and per-token means."""
     a = RLPStats(
-        rollouts=2, reward=1.0, reward_sq=1.0, tokens=4, clip_tokens=1, ratio_min=0.9, ratio_max=1.1, len_max=3
+        rollouts=2,
+        reward=1.0,
+        reward_sq=1.0,
+        tokens=4,
+        clip_tokens=1,
+        ratio_min=0.9,
+        ratio_max=1.1,
+        len_max=3,
+        flops_policy=2.0,
     )
     b = RLPStats(
-        rollouts=2, reward=-3.0, reward_sq=5.0, tokens=6, clip_tokens=0, ratio_min=0.8, ratio_max=1.0, len_max=7
+        rollouts=2,
+        reward=-3.0,
+        reward_sq=5.0,
+        tokens=6,
+        clip_tokens=0,
+        ratio_min=0.8,
+        ratio_max=1.0,
+        len_max=7,
+        flops_decode=3.0,
+        flops_policy=1.0,
     )
     m = (a + b).metrics()
     assert m['rlp/reward_mean'] == pytest.approx(-0.5)
@@ -122,6 +139,7 @@ def test_stats_add_and_report_means():
     assert m['rlp/clip_fraction'] == pytest.approx(0.1)
     assert (m['rlp/ratio_min'], m['rlp/ratio_max'], m['rlp/thought_len_max']) == (0.8, 1.1, 7)
     assert RLPStats().metrics()['rlp/ratio_min'] == 1.0  # no rollouts: neutral ratio
+    assert (a + b).flops == 6.0 and m['rlp/flops_policy'] == 3.0 and m['rlp/flops_rollout_decode'] == 3.0
 
 
 def test_batch_without_positions_is_zero_loss(tokenizer):

@@ -1,17 +1,19 @@
 """Checks the `rlp.train` entry end to end on tiny local data: the next-token-only path (`rlp: null`) with
-`python -m rlp.train` writes one metrics record per batch, checkpoints, the resolved config and a summary; the RLP
-path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a finished run
-resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes, overrides and a missing
-save-folder bucket stop before any training with exit code 2 and a one-line message."""
+`python -m rlp.train` writes one metrics record per batch (with the FLOPs counted: next-token forward + backward by
+hand, the RLP parts adding up, the cumulative count going on after a resume), checkpoints, the resolved config and
+a summary; the RLP path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a
+finished run resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes,
+overrides and a missing save-folder bucket stop before any training with exit code 2 and a one-line message."""
 
 from __future__ import annotations
 
 import pytest
 
+from rlp.flops import FlopModel, ntp_flops
 from rlp.run.metrics import read_metrics
 from rlp.run.summary import summarize
 from rlp.run.train import main
-from tests.helpers.training import launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
+from tests.helpers.training import TINY_LLAMA, launch, packed_samples, rank_logs, tiny_recipe, write_mds, write_recipe
 
 TINY_RLP = {
     'positions': {'unit': 'document', 'k': 1, 'min_context': 4},
@@ -19,6 +21,15 @@ TINY_RLP = {
     'loss': {'ntp_weight': 1.0, 'rlp_weight': 1.0},
     'log': {'every_n_batches': 2},
 }
+
+
+def _flop_model() -> FlopModel:
+    """The tiny recipe's Llama (vocabulary of the bundled tokenizer), for the FLOP counts."""
+    from rlp.run.models import build_hf_model, build_tokenizer
+    from rlp.run.recipe_schema import ModelConfig, TokenizerConfig
+
+    tokenizer = build_tokenizer(TokenizerConfig(name_or_path='bundled'))
+    return FlopModel.of(build_hf_model(ModelConfig(config=dict(TINY_LLAMA)), tokenizer))
 
 
 @pytest.fixture
@@ -49,6 +60,11 @@ def test_ntp_only_with_python_m(local_run):
     assert sorted(records) == list(range(6))
     assert all(len(r['sample_ids']) == 4 and r['loss/train/total'] > 0 for r in records.values())
     assert not any(k.startswith('rlp/') for r in records.values() for k in r)
+    per_batch = ntp_flops(_flop_model(), [32] * 4)  # 4 full rows of 32 tokens, next-token fwd + bwd
+    assert [r['throughput/flops'] for r in records.values()] == pytest.approx([per_batch] * 6, rel=1e-9)
+    assert [r['throughput/flops_total'] for r in records.values()] == pytest.approx(
+        [per_batch * (i + 1) for i in range(6)], rel=1e-9
+    )
     assert sorted(p.name for p in (tmp_path / 'ckpt' / 'tiny').glob('ep*.pt')) == [
         'ep0-ba2-rank0.pt',
         'ep0-ba4-rank0.pt',
@@ -61,6 +77,7 @@ def test_ntp_only_with_python_m(local_run):
     assert 'resuming from' in again.stderr + again.stdout
     resumed = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
     assert sorted(resumed) == list(range(8)) and all(resumed[i] == records[i] for i in range(6))
+    assert resumed[7]['throughput/flops_total'] == pytest.approx(8 * per_batch, rel=1e-9)  # the count resumes
 
     finished = launch(recipe, nproc=None, cwd=tmp_path, overrides=('trainer.max_duration=8ba',))
     assert finished.returncode == 0 and 'nothing to do' in finished.stdout, finished.stderr[-3000:]
@@ -76,6 +93,12 @@ def test_rlp_with_composer_n1(local_run):
     assert sorted(records) == [0, 1, 2, 3]
     for r in records.values():
         assert {'loss/train/ntp', 'loss/train/rlp', 'rlp/reward_mean', 'rlp/gain_vs_ema'} <= set(r)
+        parts = sum(r[f'rlp/flops_{k}'] for k in ('rollout_prefill', 'rollout_decode', 'teacher', 'policy'))
+        assert r['throughput/flops_rlp'] == pytest.approx(parts, rel=1e-9) and parts > 0
+        assert r['throughput/flops_ntp'] == pytest.approx(ntp_flops(_flop_model(), [32] * 4), rel=1e-9)
+        assert r['throughput/flops'] == pytest.approx(parts + r['throughput/flops_ntp'], rel=1e-9)
+    totals = [records[i]['throughput/flops_total'] for i in range(4)]
+    assert totals == pytest.approx([sum(records[j]['throughput/flops'] for j in range(i + 1)) for i in range(4)])
     assert (tmp_path / 'runs' / 'tiny' / 'thoughts.jsonl').stat().st_size > 0
     text = summarize(str(tmp_path / 'runs' / 'tiny'))
     assert 'rlp/reward_mean' in text and 'thoughts.jsonl' in text and 'loss/train/ntp' in text

@@ -4,7 +4,9 @@ Checked: every per-position figure against a reference written here with loops â
 ``select_positions``, thoughts re-sampled token by token with full forwards and no KV cache (inverse CDF on the same
 keyed uniforms), no-think and after-thought log-probs from plain forwards of unpadded sequences; the no-think NLL
 over all labels by hand; determinism (same seed, same JSON; another seed, other thoughts); answer positions
-(``--after =``) all follow ``=``; a baseline equal to the model gives gain_vs_baseline == gain_vs_self; bad input
+(``--after =``) all follow ``=``; a baseline equal to the model gives gain_vs_baseline == gain_vs_self and a no-think
+difference of 0; the 95% intervals are the bootstrap of the per-position values (whose means are the metrics);
+``--paired`` differences against a second model and their intervals; bad input
 (missing model, missing data, empty dataset, bad flags) is one line and exit code 2 with nothing written.
 """
 
@@ -16,13 +18,14 @@ import math
 import pytest
 import torch
 
+from rlp.bootstrap import bootstrap_intervals
 from rlp.config import PositionsConfig, TemplateConfig
 from rlp.keys import row_key
 from rlp.positions import select_positions
 from rlp.rollouts import rollout_uniforms
 from rlp.template import resolve_template
 from rlp.tools.cli import main
-from rlp.tools.evaluate import EvalSettings, _batches, _dataset, evaluate
+from rlp.tools.evaluate import EvalSettings, _batches, _dataset, evaluate, paired
 from tests.helpers.pipeline_data import prepared_synthetic
 from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased
 from tests.helpers.tiny_models import build_tiny_model
@@ -61,7 +64,8 @@ def _logp_last(model, seq, target):
 def test_figures_match_a_loop_reference(prepared, tokenizer):
     root, model = prepared
     s = EvalSettings(positions=5, group_size=2, seed=3, max_thought_tokens=4, temperature=0.9, samples=6, batch_size=4)
-    got = evaluate(model, tokenizer, str(root / 'data'), s)['metrics']
+    result = evaluate(model, tokenizer, str(root / 'data'), s)
+    got = result['metrics']
 
     template = resolve_template(tokenizer, TemplateConfig())
     pad = tokenizer.pad_token_id
@@ -109,6 +113,14 @@ def test_figures_match_a_loop_reference(prepared, tokenizer):
         float(-(torch.logsumexp(gains + torch.tensor(nothink).unsqueeze(1), 1) - math.log(s.group_size)).mean()),
         abs=1e-4,
     )
+    per_pos = result['per_position']  # the values the intervals resample: their means are the metrics
+    assert per_pos['gain_vs_self'] == pytest.approx(gains.mean(1).tolist(), abs=1e-4)
+    assert per_pos['nll_nothink'] == pytest.approx([-x for x in nothink], abs=1e-4)
+    for key, values in per_pos.items():
+        lo, hi = result['intervals'][key]
+        want = bootstrap_intervals(torch.tensor(values), resamples=s.resamples, seed=s.seed)[0].tolist()
+        assert [lo, hi] == pytest.approx(want, abs=1e-9), key
+        assert lo - 1e-9 <= got[key] <= hi + 1e-9, key
 
 
 def test_cli_is_deterministic_and_after_selects_answers(prepared, tmp_path, capsys):
@@ -125,6 +137,38 @@ def test_cli_is_deterministic_and_after_selects_answers(prepared, tmp_path, caps
     answers = json.loads((tmp_path / 'd.json').read_text())
     assert answers['settings']['after'] == ['='] and answers['metrics']['positions'] == 6
     assert answers['metrics']['gain_vs_baseline'] == pytest.approx(answers['metrics']['gain_vs_self'], abs=1e-5)
+    assert answers['vs_baseline']['metrics']['nll_nothink'] == pytest.approx(0.0, abs=1e-6)  # the model itself
+    assert answers['vs_baseline']['intervals']['nll_nothink'] == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_paired_difference_of_two_models(prepared, tokenizer, tmp_path, capsys):
+    """--paired: a second model (other weights) evaluated with the same settings; each difference equals the
+    difference of the two files' metrics, its interval the bootstrap of the per-position differences, the model
+    against itself gives 0 [0, 0], and an evaluation at other positions is refused in one line."""
+    root, _ = prepared
+    other = close_biased(build_tiny_model('llama', VOCAB, seed=1), CLOSE_ID, 3.0).eval()
+    other.save_pretrained(tmp_path / 'other')
+    tokenizer.save_pretrained(tmp_path / 'other')
+    base = ['eval', '--data', str(root / 'data'), '--positions', '6', '--group-size', '2', '--max-thought-tokens', '3',
+            '--samples', '2', '--resamples', '300']  # fmt: skip
+    assert main(base + ['--model', str(tmp_path / 'other'), '--json', str(tmp_path / 'b.json')]) == 0
+    b = json.loads((tmp_path / 'b.json').read_text())
+    assert main(base + ['--model', str(root / 'model'), '--paired', str(tmp_path / 'b.json'),
+                        '--json', str(tmp_path / 'a.json')]) == 0  # fmt: skip
+    a = json.loads((tmp_path / 'a.json').read_text())
+    assert 'difference, minus' in capsys.readouterr().out
+    for key, value in a['paired']['metrics'].items():
+        assert value == pytest.approx(a['metrics'][key] - b['metrics'][key], abs=1e-6), key
+        diff = torch.tensor(a['per_position'][key], dtype=torch.float64) - torch.tensor(b['per_position'][key])
+        assert a['paired']['intervals'][key] == pytest.approx(
+            bootstrap_intervals(diff, resamples=300, seed=0)[0].tolist(), abs=1e-9
+        )
+    assert any(a['paired']['metrics'][k] != 0 for k in a['paired']['metrics'])
+    self_pair = paired(a, a)
+    assert all(v == 0 and self_pair['intervals'][k] == [0.0, 0.0] for k, v in self_pair['metrics'].items())
+    assert main(base + ['--model', str(root / 'model'), '--seed', '2', '--paired', str(tmp_path / 'b.json')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'same positions' in err and '\n' not in err
 
 
 def test_answer_positions_follow_the_marker(prepared, tokenizer):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rlp.tools.plot import FIGURES, RAW_ALPHA, eval_figure, figures, load_evals, load_run
+from rlp.tools.plot import FIGURES, RAW_ALPHA, eval_figure, figures, load_evals, load_intervals, load_run
 from tests.helpers.runs import run_cli
 
 ALL = [m for metrics in FIGURES.values() for m in metrics]
@@ -98,8 +98,9 @@ def test_missing_metrics_drop_axes_and_figures(tmp_path):
     assert list(smooth.get_ydata()) == pytest.approx([_values('loss/train/total', b, 0) for b in range(5)])
 
 
-def _write_eval(path, model, metrics):
-    path.write_text(json.dumps({'model': model, 'baseline': None, 'data': 'd', 'settings': {}, 'metrics': metrics}))
+def _write_eval(path, model, metrics, intervals=None):
+    data = {'model': model, 'baseline': None, 'data': 'd', 'settings': {}, 'metrics': metrics}
+    path.write_text(json.dumps({**data, **({'intervals': intervals} if intervals else {})}))
     return path
 
 
@@ -116,12 +117,25 @@ def test_eval_bars_are_the_common_metrics(tmp_path):
         assert [t.get_text() for t in ax.get_xticklabels()] == ['hf/rlp', 'hf/base']
 
 
+def test_eval_error_bars_are_the_intervals(tmp_path):
+    """A file with rlp eval's intervals gets an error bar from its low to its high bound on that metric's bar; a
+    file without intervals gets none."""
+    e1 = _write_eval(tmp_path / 'a.json', 'hf/rlp', {'acc_think': 0.5}, {'acc_think': [0.375, 0.625]})
+    e2 = _write_eval(tmp_path / 'b.json', 'hf/base', {'acc_think': 0.25})
+    paths = [str(e1), str(e2)]
+    ax = next(ax for ax in eval_figure(load_evals(paths), load_intervals(paths)).get_axes() if ax.get_visible())
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    assert len(segments) == 1
+    assert [tuple(pt) for pt in segments[0]] == [(0.0, 0.375), (0.0, 0.625)]
+
+
 def test_cli_writes_valid_pngs(two_runs, tmp_path, capsys):
     """The command prints the paths it wrote: the four run figures and eval.png, each a PNG that matplotlib reads
     back as an RGBA image of at least 300x500 pixels that is not blank."""
     e1 = _write_eval(tmp_path / 'a.json', 'hf/rlp', {'ntp_nll': 2.5})
     e2 = _write_eval(tmp_path / 'b.json', 'hf/base', {'ntp_nll': 2.75})
     out = tmp_path / 'plots'
+    e1 = _write_eval(tmp_path / 'a.json', 'hf/rlp', {'ntp_nll': 2.5}, {'ntp_nll': [2.25, 2.75]})
     rc, stdout, err = run_cli(capsys, 'plot', *two_runs, '--out', out, '--smooth', 3, '--eval', e1, e2)
     assert rc == 0, err
     written = stdout.split()
