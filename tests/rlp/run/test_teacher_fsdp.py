@@ -32,7 +32,7 @@ def _state(module):
 def _run(tokenizer, lazy, monkeypatch, callbacks=()):
     with monkeypatch.context() as m:
         if lazy:  # the former behaviour: nothing at INIT, deepcopy of the model at the first batch
-            m.setattr(Teachers, 'create', lambda self, model: None)
+            m.setattr(Teachers, 'create', lambda self, model, sharded=False: None)
         trainer, algo, logger, hf = rlp_trainer(
             tokenizer,
             skipping_batch(tokenizer),
