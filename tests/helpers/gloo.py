@@ -26,7 +26,17 @@ def _entry(rank: int, world: int, port: int, worker: Callable[..., None], out_di
     import torch.distributed as tdist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    # The rank's own launcher variables: Composer's import reads RANK/WORLD_SIZE and refuses values that disagree
+    # with the process group, and an earlier test of the same pytest process may have left others in os.environ.
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        NODE_RANK='0',
+    )
     tdist.init_process_group('gloo', rank=rank, world_size=world)
     try:
         worker(rank, world, out_dir)
