@@ -9,8 +9,9 @@ train with their recipes' learning rates and CPT trains for as many batches as t
 Every model is evaluated on the held-out documents (``demo/heldout``, evaluation seed 0: the same positions and
 thought draws for every model) at answer positions and at uniform positions. With ``--grid`` it first picks each
 arm's learning rate on the validation documents (``demo/valid``, a fourth seed, never the test documents) from a
-grid of three values per arm (criterion: the information gain of a sampled thought against the base's no-think
-prediction at answer positions after ``--grid-steps``) and uses the chosen values.
+grid of three values per arm, each arm by the quantity its own objective optimises, measured at answer positions
+after ``--grid-steps``: the information gain of a sampled thought against the base's no-think prediction for the
+two RLP arms, the no-think NLL for CPT (both are recorded for every grid point); ``--grid-only`` stops there.
 
 Results go to ``<out>/state.json`` after every step (a rerun skips what is done) and ``docs/results.md`` is rewritten
 from it each time, so a study stopped early still reports what it measured.
@@ -42,6 +43,9 @@ from rlp.tools.demo import (  # noqa: E402
 
 PY = sys.executable
 GRID = {'rlp': [1e-5, 3e-5, 1e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4], 'cpt': [1e-4, 3e-4, 1e-3]}
+# what each arm's learning rate is chosen by: (metric, direction); the metric its own training objective optimises
+CRITERION = {'rlp': ('gain_vs_baseline', 'higher'), 'rlp+ntp': ('gain_vs_baseline', 'higher'),
+             'cpt': ('nll_nothink', 'lower')}  # fmt: skip
 KINDS = {'answers': ANSWERS, 'uniform': []}
 MARK = '<!-- written by hand below this line; bench/study.py keeps it -->'
 METRICS = ('nll_nothink', 'acc_nothink', 'acc_think', 'gain_vs_baseline', 'gain_vs_self', 'best_of_g_helps',
@@ -119,6 +123,9 @@ class Study:
         demo = json.loads(path.read_text())
         if demo['steps'] != steps or demo['positions'] != self.args.positions:
             return
+        chosen = {a: self.state['lr'].get(a, demo['arms'][a]['lr']) for a in ARMS}
+        if any(demo['arms'][a]['lr'] != chosen[a] for a in ARMS):  # trained with other learning rates
+            return
         for arm in ARMS:
             run = demo['arms'][arm]
             self.state['runs'][f'demo-{arm}@{run["steps"]}'] = {'arm': arm, 'seed': 0, **run}
@@ -140,8 +147,10 @@ class Study:
                     steps = self.args.grid_steps
                 run = self.train(arm, 0, steps, f'grid-{arm}-{lr}', lr=lr)
                 res = self.evaluate(run['hf'], 'answers', data='valid', positions=self.args.grid_positions)
-                scores[lr] = res['metrics']['gain_vs_baseline']
-            self.state['lr'][arm] = max(scores, key=scores.get)
+                scores[lr] = {m: res['metrics'][m] for m in ('gain_vs_baseline', 'nll_nothink', 'acc_think')}
+            metric, better = CRITERION[arm]
+            sign = 1.0 if better == 'higher' else -1.0
+            self.state['lr'][arm] = max(scores, key=lambda lr: sign * scores[lr][metric])
             self.state.setdefault('grid', {})[arm] = {str(k): v for k, v in scores.items()}
             self.save()
 
@@ -169,11 +178,15 @@ def report(state: dict, args: argparse.Namespace) -> str:
              'model; `[a, b]` is a 95% bootstrap interval over positions; ± is the standard deviation over training '
              'seeds.', '']  # fmt: skip
     if state.get('grid'):
-        lines += ['## Learning rates (validation documents, answer positions, gain vs base after the grid steps)', '',
-                  '| arm | grid: gain vs base | chosen |', '|---|---|---|']  # fmt: skip
+        lines += [f'## Learning rates (validation documents, answer positions, after {args.grid_steps} RLP steps; '
+                  'CPT FLOP-matched to the chosen RLP run)', '',
+                  '| arm | lr | gain vs base | no-think NLL | acc. with thought | chosen by |',
+                  '|---|---|---|---|---|---|']  # fmt: skip
         for arm, scores in state['grid'].items():
-            cells = ', '.join(f'{lr}: {v:.3f}' for lr, v in scores.items())
-            lines.append(f'| {arm} | {cells} | {state["lr"].get(arm)} |')
+            for lr, v in scores.items():
+                mark = ' **(chosen)**' if float(lr) == state['lr'].get(arm) else ''
+                lines.append(f'| {arm} | {lr}{mark} | {v["gain_vs_baseline"]:.3f} | {v["nll_nothink"]:.3f} | '
+                             f'{v["acc_think"]:.3f} | {CRITERION[arm][0]} ({CRITERION[arm][1]}) |')  # fmt: skip
         lines.append('')
     cells = state.get('cells', {})
     for steps in sorted({int(k.split('@')[1]) for k in cells}):
@@ -239,6 +252,7 @@ def main() -> int:
     parser.add_argument('--grid', action='store_true', help="pick each arm's lr on the validation documents first")
     parser.add_argument('--grid-steps', type=int, default=100)
     parser.add_argument('--grid-positions', type=int, default=100)
+    parser.add_argument('--grid-only', action='store_true', help='stop after the learning-rate grid')
     parser.add_argument('--out', default='study')
     args = parser.parse_args()
     for folder in ('rlp-data', 'heldout'):
@@ -251,9 +265,12 @@ def main() -> int:
               'pipeline/assets/tokenizer', '--eos-text', '<|endoftext|>', '--seq-len', '128', '--out', 'demo/valid',
               '--workers', '2', '--overwrite'])  # fmt: skip
     study = Study(args)
-    study.adopt_demo(min(args.steps))
     if args.grid:
         study.grid()
+        if args.grid_only:
+            study.save()
+            return 0
+    study.adopt_demo(min(args.steps))
     for steps in sorted(args.steps):
         for seed in args.seeds:
             runs = study.arms(seed, steps)

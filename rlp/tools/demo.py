@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ['ARMS', 'ROWS', 'compare', 'main', 'matched_batches', 'table', 'verdict']
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +78,11 @@ def last_record(run: Path) -> dict[str, Any]:
     """The last line of a run's ``metrics.jsonl``."""
     lines = (run / 'metrics.jsonl').read_text().splitlines()
     return json.loads(lines[-1])
+
+
+def run_lr(run: Path) -> float:
+    """The learning rate a run trained with (``trainer.optimizer.lr`` of its ``resolved_config.yaml``)."""
+    return float(yaml.safe_load((run / 'resolved_config.yaml').read_text())['trainer']['optimizer']['lr'])
 
 
 def compare(a: dict, b: dict, metric: str) -> tuple[float, float, float]:
@@ -214,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         'positions': args.positions,
         'base_eval': rel(demo / 'eval' / 'demo-base.json'),
         'arms': {a: {'steps': int(last_record(demo / ARMS[a])['batch']) + 1, 'flops': flops[a], 'wall': wall[a],
-                     'lr': None, 'hf': rel(demo / 'hf' / ARMS[a]), 'eval': rel(demo / 'eval' / f'{ARMS[a]}.json')}
+                     'lr': run_lr(demo / ARMS[a]), 'hf': rel(demo / 'hf' / ARMS[a]),
+                     'eval': rel(demo / 'eval' / f'{ARMS[a]}.json')}
                  for a in ARMS},
     }  # fmt: skip
     (demo / 'summary.json').write_text(json.dumps(summary, indent=1))
