@@ -12,6 +12,9 @@ Steps, each printed as the command a user would type (everything is written unde
 3. the runs exported to Hugging Face folders (``rlp export``) and evaluated with the base on the held-out
    documents at the answer positions (``rlp eval --after = --after ' make '``), all at the same positions with the
    same thought draws, so differences are paired;
+   The arms run side by side (at most ``--jobs`` commands at once, cores shared out between them:
+   :mod:`rlp.tools.jobs`); CPT starts when the RLP run has finished and its FLOPs are known. Each command's output
+   goes to ``demo/logs/``; the console shows each arm's newest progress line every 30 s;
 4. the table (every metric with its 95% bootstrap interval, the FLOPs and wall time of each arm), the paired
    differences against CPT and the base, and a verdict computed from the intervals: a difference is claimed only
    where its interval excludes 0.
@@ -20,17 +23,22 @@ Steps, each printed as the command a user would type (everything is written unde
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rlp.tools.jobs import JobFailed, Lanes
 
 __all__ = ['ARMS', 'ROWS', 'compare', 'main', 'matched_batches', 'table', 'verdict']
 
@@ -164,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--heldout', type=int, default=400, help='held-out documents (default: %(default)s)')
     parser.add_argument('--positions', type=int, default=200, help='answer positions evaluated (default: %(default)s)')
     parser.add_argument('--steps', type=int, default=100, help='RLP steps of both RLP arms (default: %(default)s)')
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=min(3, os.cpu_count() or 1),
+        help='commands run at the same time (default: min(3, cores) = %(default)s)',
+    )
     parser.add_argument('--base', default=BASE_MODEL, help='the base model folder (default: %(default)s)')
     args = parser.parse_args(argv)
     if not (ROOT / args.base / 'config.json').is_file():
@@ -180,30 +194,50 @@ def main(argv: list[str] | None = None) -> int:
               rel(demo / out), '--workers', '2', '--overwrite'])  # fmt: skip
     common = [f'variables.base_model={args.base}', f'variables.rlp_data_dir={rel(demo / "rlp-data")}',
               f'variables.out={rel(demo)}', 'data.clean_stale_shared_memory=false']  # fmt: skip
-    wall, flops = {}, {}
-    for arm in ('rlp', 'rlp+ntp', 'cpt'):
+    lanes = Lanes(args.jobs, demo / 'logs', ROOT)
+    print(f'\nRunning the arms side by side: {args.jobs} commands at a time, {lanes.threads} thread(s) each; '
+          f'logs in {rel(demo / "logs")}', flush=True)  # fmt: skip
+    wall, flops, results = {}, {}, {}
+    rlp_done = threading.Event()
+
+    def evaluate(name: str) -> None:
+        model = args.base if name == 'base' else rel(demo / 'hf' / ARMS[name])
+        path = demo / 'eval' / f'{ARMS.get(name, "demo-base")}.json'
+        lanes.run(f'eval-{name}', [py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', rel(demo / 'heldout'),
+                  '--baseline', args.base, '--positions', str(args.positions), *ANSWERS, *THOUGHTS, '--json',
+                  rel(path)])  # fmt: skip
+        results[name] = json.loads(path.read_text())
+
+    def arm_lane(arm: str) -> None:
         run = demo / ARMS[arm]
         if run.exists():
             shutil.rmtree(run)  # a fresh run each time (autoresume would otherwise pick up an old one)
         steps = args.steps
         if arm == 'cpt':  # as many next-token batches as the RLP run's FLOPs buy
+            rlp_done.wait()
+            if 'rlp' not in flops:
+                return  # the RLP arm failed; its failure is reported
             per_batch = cpt_flops_per_batch(args.base, rows=8, seq_len=128)
             steps = matched_batches(flops['rlp'], per_batch)
-            print(f'\nCPT matched to RLP: {flops["rlp"]:.3g} FLOPs / {per_batch:.3g} per batch = {steps} batches')
+            print(f'[cpt] matched to RLP: {flops["rlp"]:.3g} FLOPs / {per_batch:.3g} per batch = {steps} batches')
         out = [f'trainer.max_duration={steps}ba', f'trainer.save_interval={steps}ba', f'trainer.output_dir={rel(run)}',
                f'trainer.save_folder={rel(run)}/checkpoints']  # fmt: skip
-        wall[arm] = _run([py, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', *common, *out])
-        flops[arm] = float(last_record(run)['throughput/flops_total'])
-        _run(
-            [py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'), rel(demo / 'hf' / ARMS[arm]), '--overwrite']
-        )
-    results = {}
-    for name in ('base', 'rlp', 'rlp+ntp', 'cpt'):
-        model = args.base if name == 'base' else rel(demo / 'hf' / ARMS[name])
-        path = demo / 'eval' / f'{ARMS.get(name, "demo-base")}.json'
-        _run([py, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', rel(demo / 'heldout'), '--baseline',
-              args.base, '--positions', str(args.positions), *ANSWERS, *THOUGHTS, '--json', rel(path)])  # fmt: skip
-        results[name] = json.loads(path.read_text())
+        try:
+            wall[arm] = lanes.run(f'train-{arm}', [py, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', *common, *out])
+            flops[arm] = float(last_record(run)['throughput/flops_total'])
+        finally:
+            if arm == 'rlp':
+                rlp_done.set()
+        lanes.run(f'export-{arm}', [py, '-m', 'rlp.tools.cli', 'export', rel(run / 'checkpoints'),
+                                    rel(demo / 'hf' / ARMS[arm]), '--overwrite'])  # fmt: skip
+        evaluate(arm)
+
+    try:
+        lanes.lanes(*(functools.partial(arm_lane, a) for a in ARMS), functools.partial(evaluate, 'base'))
+    except JobFailed as err:
+        print(f'demo: {err}', file=sys.stderr)
+        raise SystemExit(err.code) from None
+    results = {name: results[name] for name in ('base', *ARMS)}
     _run([py, '-m', 'rlp.tools.cli', 'plot', *[rel(demo / ARMS[a]) for a in ARMS], '--out', rel(demo / 'plots'),
           '--eval', *[rel(demo / 'eval' / f'{ARMS.get(n, "demo-base")}.json') for n in results]])  # fmt: skip
     extra = {
