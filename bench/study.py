@@ -13,16 +13,21 @@ grid of three values per arm, each arm by the quantity its own objective optimis
 after ``--grid-steps``: the information gain of a sampled thought against the base's no-think prediction for the
 two RLP arms, the no-think NLL for CPT (both are recorded for every grid point); ``--grid-only`` stops there.
 
-Results go to ``<out>/state.json`` after every step (a rerun skips what is done) and ``docs/results.md`` is rewritten
-from it each time, so a study stopped early still reports what it measured.
+Runs go side by side, at most ``--jobs`` commands at once (:mod:`rlp.tools.jobs`; logs in ``<out>/logs``): per
+seed one lane for RLP then its FLOP-matched CPT, one for RLP + NTP. Results go to ``<out>/state.json`` after every
+step (a rerun skips what is done) and ``docs/results.md`` is rewritten from it each time, so a study stopped early
+still reports what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from rlp.tools.demo import (  # noqa: E402
     matched_batches,
     thinking_helps,
 )
+from rlp.tools.jobs import JobFailed, Lanes  # noqa: E402
 
 PY = sys.executable
 GRID = {'rlp': [1e-5, 3e-5, 1e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4], 'cpt': [1e-4, 3e-4, 1e-3]}
@@ -59,11 +65,14 @@ class Study:
         self.path = self.out / 'state.json'
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {'runs': {}, 'evals': {}, 'lr': {}}
         self.per_batch = cpt_flops_per_batch(BASE_MODEL, rows=8, seq_len=128)
+        self.lanes = Lanes(args.jobs, self.out / 'logs', ROOT)
+        self.lock = threading.RLock()  # lanes are threads: state changes and saves one at a time
 
     def save(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.state, indent=1))
-        (ROOT / 'docs' / 'results.md').write_text(report(self.state, self.args))
+        with self.lock:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.state, indent=1))
+            (ROOT / 'docs' / 'results.md').write_text(report(self.state, self.args))
 
     def train(self, arm: str, seed: int, steps: int, tag: str, lr: float | None = None, data: str = 'rlp-data') -> dict:
         """Train (or extend) run ``tag`` of ``arm`` to ``steps`` batches; export that checkpoint; its FLOPs and time."""
@@ -71,6 +80,7 @@ class Study:
         if key in self.state['runs']:
             return self.state['runs'][key]
         run = self.out / 'runs' / tag
+        extended = run.exists()  # resumed from this run's earlier checkpoint: its earlier wall time counts
         lr = lr if lr is not None else self.state['lr'].get(arm)
         over = [f'trainer.optimizer.lr={lr}'] if lr is not None else []
         folder = run.relative_to(ROOT)
@@ -78,85 +88,116 @@ class Study:
                f'seed={seed}', f'run_name={tag}', f'trainer.max_duration={steps}ba', f'trainer.save_interval={steps}ba',
                f'trainer.output_dir={folder}', f'trainer.save_folder={folder}/checkpoints',
                'data.clean_stale_shared_memory=false', *over]  # fmt: skip
-        took = _run(cmd)
+        took = self.lanes.run(f'train-{tag}-{steps}', cmd)
         before = [v for k, v in self.state['runs'].items() if k.startswith(f'{tag}@')]
         records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
         flops = float(next(r for r in records if r['batch'] == steps - 1)['throughput/flops_total'])
         (ckpt,) = sorted((run / 'checkpoints').glob(f'*-ba{steps}-rank0.pt'))
         hf = run / f'hf-{steps}'
-        _run(
-            [PY, '-m', 'rlp.tools.cli', 'export', str(ckpt.relative_to(ROOT)), str(hf.relative_to(ROOT)), '--overwrite']
-        )
-        wall = took + max((v['wall'] for v in before), default=0.0)
-        self.state['runs'][key] = {'arm': arm, 'seed': seed, 'steps': steps, 'lr': lr, 'flops': flops, 'wall': wall,
-                                   'hf': str(hf.relative_to(ROOT))}  # fmt: skip
-        self.save()
+        export = [PY, '-m', 'rlp.tools.cli', 'export', str(ckpt.relative_to(ROOT)), str(hf.relative_to(ROOT))]
+        self.lanes.run(f'export-{tag}-{steps}', [*export, '--overwrite'])
+        wall = took + (max((v['wall'] for v in before), default=0.0) if extended else 0.0)
+        with self.lock:
+            self.state['runs'][key] = {'arm': arm, 'seed': seed, 'steps': steps, 'lr': lr, 'flops': flops,
+                                       'wall': wall, 'hf': str(hf.relative_to(ROOT)),
+                                       'threads': self.lanes.threads}  # fmt: skip
+            self.save()
         return self.state['runs'][key]
 
     def evaluate(self, model: str, kind: str, data: str = 'heldout', positions: int | None = None) -> dict:
         key = f'{model}|{kind}|{data}'
         if key not in self.state['evals']:
             path = self.out / 'evals' / (key.replace('/', '_').replace('|', '.') + '.json')
-            _run([PY, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', f'demo/{data}', '--baseline',
-                  BASE_MODEL, '--positions', str(positions or self.args.positions), *KINDS[kind], *THOUGHTS, '--json',
-                  str(path.relative_to(ROOT))])  # fmt: skip
-            self.state['evals'][key] = str(path.relative_to(ROOT))
-            self.save()
+            name = 'eval-' + path.stem.replace('study_runs_', '')
+            self.lanes.run(name, [PY, '-m', 'rlp.tools.cli', 'eval', '--model', model, '--data', f'demo/{data}',
+                                  '--baseline', BASE_MODEL, '--positions', str(positions or self.args.positions),
+                                  *KINDS[kind], *THOUGHTS, '--json', str(path.relative_to(ROOT))])  # fmt: skip
+            with self.lock:
+                self.state['evals'][key] = str(path.relative_to(ROOT))
+                self.save()
         return json.loads((ROOT / self.state['evals'][key]).read_text())
 
-    def arms(self, seed: int, steps: int) -> dict[str, dict]:
-        if f's{seed}@{steps}' in self.state.get('cells', {}):
-            return {a: self.state['runs'][t] for a, t in self.state['cells'][f's{seed}@{steps}'].items()}
-        runs = {arm: self.train(arm, seed, steps, f'{arm}-s{seed}') for arm in ('rlp', 'rlp+ntp')}
-        cpt = matched_batches(runs['rlp']['flops'], self.per_batch)
-        runs['cpt'] = self.train('cpt', seed, cpt, f'cpt-s{seed}')
-        self.state.setdefault('cells', {})[f's{seed}@{steps}'] = {a: f'{r_tag(a, seed)}@{r["steps"]}'
-                                                                   for a, r in runs.items()}  # fmt: skip
-        self.save()
-        return runs
+    def cell(self, seed: int, steps: int, arm: str, run: dict) -> None:
+        """Record ``run`` as ``arm``'s run of seed ``seed`` after ``steps`` RLP steps."""
+        with self.lock:
+            self.state.setdefault('cells', {}).setdefault(f's{seed}@{steps}', {})[arm] = (
+                f'{r_tag(arm, seed)}@{run["steps"]}'
+            )
+            self.save()
+
+    def rlp_lane(self, seed: int) -> None:
+        """RLP at each step count, then CPT for as many batches as those RLP FLOPs buy; every evaluation."""
+        for steps in sorted(self.args.steps):
+            run = self.train('rlp', seed, steps, r_tag('rlp', seed))
+            self.cell(seed, steps, 'rlp', run)
+            cpt = self.train('cpt', seed, matched_batches(run['flops'], self.per_batch), r_tag('cpt', seed))
+            self.cell(seed, steps, 'cpt', cpt)
+            for kind in self.args.kinds:
+                self.evaluate(run['hf'], kind)
+                self.evaluate(cpt['hf'], kind)
+
+    def mixed_lane(self, seed: int) -> None:
+        """RLP + next-token loss at each step count; its evaluations."""
+        for steps in sorted(self.args.steps):
+            run = self.train('rlp+ntp', seed, steps, r_tag('rlp+ntp', seed))
+            self.cell(seed, steps, 'rlp+ntp', run)
+            for kind in self.args.kinds:
+                self.evaluate(run['hf'], kind)
 
     def adopt_demo(self, steps: int) -> None:
-        """Take ``make demo``'s runs (seed 0, its step count) and answer-position evaluations as they are."""
+        """Take ``make demo``'s runs (seed 0) of the arms it trained at this study's learning rates, and their
+        answer-position evaluations, as the study's seed-0 runs (the same recipe, data, seed and evaluation)."""
         path = ROOT / 'demo' / 'summary.json'
-        if not path.exists() or f's0@{steps}' in self.state.get('cells', {}):
+        if not path.exists():
             return
         demo = json.loads(path.read_text())
         if demo['steps'] != steps or demo['positions'] != self.args.positions:
             return
-        chosen = {a: self.state['lr'].get(a, demo['arms'][a]['lr']) for a in ARMS}
-        if any(demo['arms'][a]['lr'] != chosen[a] for a in ARMS):  # trained with other learning rates
-            return
         for arm in ARMS:
             run = demo['arms'][arm]
-            self.state['runs'][f'demo-{arm}@{run["steps"]}'] = {'arm': arm, 'seed': 0, **run}
+            key = f'{r_tag(arm, 0)}@{run["steps"]}'
+            if key in self.state['runs'] or run['lr'] != self.state['lr'].get(arm, run['lr']):
+                continue
+            self.state['runs'][key] = {'arm': arm, 'seed': 0, **run}
             self.state['evals'][f'{run["hf"]}|answers|heldout'] = run['eval']
-        self.state['evals'][f'{BASE_MODEL}|answers|heldout'] = demo['base_eval']
-        self.state.setdefault('cells', {})[f's0@{steps}'] = {a: f'demo-{a}@{demo["arms"][a]["steps"]}' for a in ARMS}
+        self.state['evals'].setdefault(f'{BASE_MODEL}|answers|heldout', demo['base_eval'])
         self.save()
 
-    def grid(self) -> None:
-        for arm, values in GRID.items():
-            if arm in self.state['lr']:
-                continue
-            scores = {}
-            for lr in values:
-                if arm == 'cpt':
-                    ref = self.state['runs'].get(f'grid-rlp-{self.state["lr"].get("rlp", 3e-5)}@{self.args.grid_steps}')
-                    steps = matched_batches(ref['flops'], self.per_batch) if ref else self.args.grid_steps
-                else:
-                    steps = self.args.grid_steps
-                run = self.train(arm, 0, steps, f'grid-{arm}-{lr}', lr=lr)
-                res = self.evaluate(run['hf'], 'answers', data='valid', positions=self.args.grid_positions)
-                scores[lr] = {m: res['metrics'][m] for m in ('gain_vs_baseline', 'nll_nothink', 'acc_think')}
-            metric, better = CRITERION[arm]
-            sign = 1.0 if better == 'higher' else -1.0
+    def grid_arm(self, arm: str) -> None:
+        """Train ``arm`` at each learning rate of its grid on seed 0 (CPT: FLOP-matched to the chosen RLP run),
+        evaluate on the validation documents, keep the best by the arm's criterion."""
+        if arm in self.state['lr']:
+            return
+        scores = {}
+        for lr in GRID[arm]:
+            steps = self.args.grid_steps
+            if arm == 'cpt':
+                ref = self.state['runs'][f'grid-rlp-{self.state["lr"]["rlp"]}@{self.args.grid_steps}']
+                steps = matched_batches(ref['flops'], self.per_batch)
+            run = self.train(arm, 0, steps, f'grid-{arm.replace("+", "-")}-{lr}', lr=lr)
+            res = self.evaluate(run['hf'], 'answers', data='valid', positions=self.args.grid_positions)
+            scores[lr] = {m: res['metrics'][m] for m in ('gain_vs_baseline', 'nll_nothink', 'acc_think')}
+        metric, better = CRITERION[arm]
+        sign = 1.0 if better == 'higher' else -1.0
+        with self.lock:
             self.state['lr'][arm] = max(scores, key=lambda lr: sign * scores[lr][metric])
             self.state.setdefault('grid', {})[arm] = {str(k): v for k, v in scores.items()}
             self.save()
 
+    def grid(self) -> None:
+        """The learning-rate grid: RLP then CPT in one lane (CPT is matched to the chosen RLP run), RLP + NTP in
+        another."""
+
+        def rlp_then_cpt() -> None:
+            self.grid_arm('rlp')
+            self.grid_arm('cpt')
+
+        self.lanes.lanes(rlp_then_cpt, functools.partial(self.grid_arm, 'rlp+ntp'))
+
 
 def r_tag(arm: str, seed: int) -> str:
-    return f'{arm}-s{seed}'
+    """The run name of ``arm``'s seed-``seed`` run (run names allow letters, digits, '.', '_' and '-')."""
+    return f'{arm.replace("+", "-")}-s{seed}'
 
 
 def _mean_sd(values: list[float], fmt: str = '.3f') -> str:
@@ -190,7 +231,11 @@ def report(state: dict, args: argparse.Namespace) -> str:
         lines.append('')
     cells = state.get('cells', {})
     for steps in sorted({int(k.split('@')[1]) for k in cells}):
-        seeds = sorted(int(k[1:].split('@')[0]) for k in cells if k.endswith(f'@{steps}'))
+        seeds = sorted(
+            int(k[1:].split('@')[0]) for k in cells if k.endswith(f'@{steps}') and len(cells[k]) == len(ARMS)
+        )
+        if not seeds:
+            continue
         runs = {s: {a: state['runs'][t] for a, t in cells[f's{s}@{steps}'].items()} for s in seeds}
         lines += [f'## After {steps} RLP steps (seeds {", ".join(map(str, seeds))})', '',
                   '| arm | batches | FLOPs | FLOPs / RLP | train wall (s) | lr |',
@@ -253,6 +298,7 @@ def main() -> int:
     parser.add_argument('--grid-steps', type=int, default=100)
     parser.add_argument('--grid-positions', type=int, default=100)
     parser.add_argument('--grid-only', action='store_true', help='stop after the learning-rate grid')
+    parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='commands at the same time')
     parser.add_argument('--out', default='study')
     args = parser.parse_args()
     for folder in ('rlp-data', 'heldout'):
@@ -271,13 +317,13 @@ def main() -> int:
             study.save()
             return 0
     study.adopt_demo(min(args.steps))
-    for steps in sorted(args.steps):
-        for seed in args.seeds:
-            runs = study.arms(seed, steps)
-            for kind in args.kinds:
-                study.evaluate(BASE_MODEL, kind)
-                for arm in ARMS:
-                    study.evaluate(runs[arm]['hf'], kind)
+    lanes = [functools.partial(lane, seed) for seed in args.seeds for lane in (study.rlp_lane, study.mixed_lane)]
+    base = [functools.partial(study.evaluate, BASE_MODEL, kind) for kind in args.kinds]
+    try:
+        study.lanes.lanes(*base, *lanes)
+    except JobFailed as err:
+        print(f'study: {err}', file=sys.stderr)
+        return err.code
     study.save()
     print(f'wrote {ROOT / "docs" / "results.md"}')
     return 0
