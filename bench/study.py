@@ -9,7 +9,7 @@ train with their recipes' learning rates and CPT trains for as many batches as t
 Every model is evaluated on the held-out documents (``demo/heldout``, evaluation seed 0: the same positions and
 thought draws for every model) at answer positions and at uniform positions. With ``--grid`` it first picks each
 arm's learning rate on the validation documents (``demo/valid``, a fourth seed, never the test documents) from a
-grid of three values per arm, each arm by the quantity its own objective optimises, measured at answer positions
+grid of four values per arm, each arm by the quantity its own objective optimises, measured at answer positions
 after ``--grid-steps``: the information gain of a sampled thought against the base's no-think prediction for the
 two RLP arms, the no-think NLL for CPT (both are recorded for every grid point); ``--grid-only`` stops there.
 
@@ -48,7 +48,9 @@ from rlp.tools.demo import (  # noqa: E402
 from rlp.tools.jobs import JobFailed, Lanes  # noqa: E402
 
 PY = sys.executable
-GRID = {'rlp': [1e-5, 3e-5, 1e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4], 'cpt': [1e-4, 3e-4, 1e-3]}
+# four values per arm, steps of ~3x; the first runs with three values picked the largest for every arm, so each grid
+# was extended by one step upwards
+GRID = {'rlp': [1e-5, 3e-5, 1e-4, 3e-4], 'rlp+ntp': [3e-5, 1e-4, 3e-4, 1e-3], 'cpt': [1e-4, 3e-4, 1e-3, 3e-3]}
 # what each arm's learning rate is chosen by: (metric, direction); the metric its own training objective optimises
 CRITERION = {'rlp': ('gain_vs_baseline', 'higher'), 'rlp+ntp': ('gain_vs_baseline', 'higher'),
              'cpt': ('nll_nothink', 'lower')}  # fmt: skip
