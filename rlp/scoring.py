@@ -294,7 +294,7 @@ def nothink_horizon(model: Any, prompts: Prompts, module: Optional[torch.nn.Modu
     k = prompts.horizon
     valid_t = prompts.targets_valid.bool()  # type: ignore[union-attr]
     seq = torch.cat([prompts.ids[:, :-1], prompts.targets[:, : k - 1]], dim=1)
-    valid = torch.cat([prompts.mask[:, :-1].bool(), valid_t[:, : k - 1]], dim=1)
+    valid = torch.cat([prompts.mask[:, :-1].bool(), valid_t[:, 1:]], dim=1)  # x_{t+j} is fed if x_{t+j+1} exists
     ids, attn = _align(seq, valid, 0, left=False)
     m = valid_t.sum(1, keepdim=True)  # (P, 1)
     step = torch.arange(k, device=ids.device).view(1, k)
