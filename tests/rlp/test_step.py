@@ -8,7 +8,8 @@ plain forward of a copy of the initial weights on each unpadded prefix, and diff
 loop-written sums; (5) a batch without eligible positions gives a zero loss and counted skipped rows; (6) the
 ``horizon`` reward with k 1 is the information-gain step bit for bit; (7) the ``horizon`` and ``rpt`` rewards of
 every rollout equal plain per-rollout forwards of the policy (and the teacher), the same key gives the same rewards,
-and ``rlp/gain_vs_ema`` stays the one-token gain.
+and ``rlp/gain_vs_ema`` stays the one-token gain; (8) at the first batch the horizon rewards against the frozen and
+the none baselines equal the EMA's, with their second no-think forward counted.
 """
 
 from __future__ import annotations
@@ -238,3 +239,19 @@ def test_reward_kinds_against_per_rollout_forwards(tokenizer, kind):
         assert seen_short  # a document ends inside some position's horizon
     _, _, again = _step(tokenizer, cfg, data, favour=favour)
     assert torch.equal(again.samples.rewards, smp.rewards) and again.metrics() == stats.metrics()
+
+
+def test_horizon_baseline_of_every_teacher_kind_at_the_first_batch(tokenizer):
+    """At the first batch the frozen copy, the EMA copy and the current model are the same weights, so the horizon
+    rewards against each baseline agree (the frozen copy and the current model score the K targets like the EMA
+    does); the frozen and none kinds run a second no-think forward over the targets, counted in the FLOPs."""
+    data = skipping_batch(tokenizer)
+    runs = {}
+    for kind in ('ema', 'frozen', 'none'):
+        cfg = RLPConfig.from_dict(
+            {**_with_reward(tokenizer, kind='horizon', horizon=4).to_dict(), 'teacher': {'kind': kind, 'tau': 0.5}}
+        )
+        runs[kind] = _step(tokenizer, cfg, data)[2]
+    for kind in ('frozen', 'none'):
+        torch.testing.assert_close(runs[kind].samples.rewards, runs['ema'].samples.rewards, atol=1e-5, rtol=1e-5)
+        assert runs[kind].flops_teacher == pytest.approx(2 * runs['ema'].flops_teacher, rel=1e-12)
