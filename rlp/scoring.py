@@ -13,6 +13,9 @@
   A model with recurrent layers (Mamba2 in Nemotron-H; detected from its cache layout, :func:`rlp.hf.recurrent_layers`)
   always runs unpacked: in a packed row a thought's recurrent state would carry into the next thought, which no mask
   can stop (said once in the log), and its sequences are right-padded (no padding before a recurrent state).
+  :func:`policy_scores` is the same forward with more outputs: with ``prompts.targets`` (the ``horizon`` reward) the
+  sequences also carry x_t .. x_{t+K-2} after the thought and S_pred is read for each of the K targets; with
+  ``greedy`` (the ``rpt`` reward) the max log-prob at x_t's slot too, from the same log-softmax row.
 - :func:`nothink_logprob` gives S_EMA = log p_teacher(x_t | [instruction] prefix) from the same left-padded
   prompts (the logit before the opening tag), no grad, eval mode.
 - :func:`nothink_horizon` gives the same for the K targets x_t .. x_{t+K-1} of a ``horizon`` reward (the prompt without
