@@ -20,6 +20,7 @@ __all__ = [
     'LossConfig',
     'PositionsConfig',
     'RLPConfig',
+    'RewardConfig',
     'RolloutConfig',
     'TeacherConfig',
     'TemplateConfig',
@@ -231,6 +232,55 @@ class LossConfig:
 
 
 @dataclass
+class RewardConfig:
+    """What a thought is rewarded with (the formulas are in :mod:`rlp.objective` and ``docs/design.md``).
+
+    Attributes:
+        kind: ``info_gain`` (the paper: r = log p_theta(x_t | x_<t, c) - log p_EMA(x_t | x_<t)), ``horizon`` (that
+            gain summed over the next ``horizon`` tokens of the document with weights ``discount ** j``, the thought
+            staying in the context) or ``rpt`` (RPT's verifiable reward, arXiv 2506.08007: 1 when x_t is the
+            policy's greedy prediction after the thought, else 0).
+        horizon: k, the tokens x_t .. x_{t+k-1} scored (>= 1; k = 1 is ``info_gain``); only with kind ``horizon``,
+            default 8.
+        discount: gamma in (0, 1], the weight of the j-th token is gamma ** j; only with kind ``horizon``,
+            default 0.7.
+    """
+
+    kind: Literal['info_gain', 'horizon', 'rpt'] = 'info_gain'
+    horizon: Optional[int] = None
+    discount: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.kind != 'horizon':
+            for name in ('horizon', 'discount'):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f'rlp.reward.{name}={getattr(self, name)!r} with kind={self.kind!r}: {name} is used only by '
+                        f'kind horizon; remove it or set rlp.reward.kind: horizon'
+                    )
+            return
+        if self.horizon is None:
+            self.horizon = 8
+        if self.discount is None:
+            self.discount = 0.7
+        if self.horizon < 1:
+            raise ConfigError(
+                f'rlp.reward.horizon must be >= 1, got {self.horizon}; it counts the tokens x_t .. x_(t+k-1) '
+                f'scored (1 is the one-token information gain, e.g. 8)'
+            )
+        if not 0.0 < self.discount <= 1.0:
+            raise ConfigError(
+                f'rlp.reward.discount must be in (0, 1], got {self.discount}; token j of the horizon is weighted '
+                f'discount ** j (e.g. 0.7)'
+            )
+
+    @property
+    def tokens(self) -> int:
+        """Targets scored per position: ``horizon`` for kind horizon, else 1."""
+        return int(self.horizon) if self.kind == 'horizon' and self.horizon is not None else 1
+
+
+@dataclass
 class ThoughtLogConfig:
     """The human-readable JSONL of sampled thoughts.
 
@@ -262,6 +312,7 @@ class RLPConfig:
     template: TemplateConfig = field(default_factory=TemplateConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     log: ThoughtLogConfig = field(default_factory=ThoughtLogConfig)
 
     @classmethod

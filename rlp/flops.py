@@ -26,6 +26,12 @@ included) is counted in four parts, as :func:`rlp.step.rlp_loss` runs them:
   prompt once per packed row followed by its thoughts, each thought attending the prompt and itself
   (:func:`rlp.packing.pack_rows`); ``n + 1`` logit rows per rollout.
 
+With a reward over ``m`` targets x_t .. x_{t+m-1} of a position (``horizon``; m <= k, the targets that exist in the
+document) the policy's sequences also carry x_t .. x_{t+m-2} after the thought (unpacked: ``prompt thought
+x_t .. x_{t+m-1}``, ``n + m`` logit rows; packed: ``n + m - 1`` tokens per thought, ``n + m`` logit rows) and each
+teacher forward runs ``prefix x_t .. x_{t+m-2}`` (the prompt without its opening tag, ``Lp - 1 + m - 1`` tokens)
+with ``m`` logit rows; m = 1 is the count above.
+
 Next-token training of a batch is ``ntp``: forward + backward over every real token, causal over the row.
 """
 
@@ -107,6 +113,7 @@ def rlp_flops(
     *,
     teacher_forwards: int = 1,
     packed_tokens: Optional[int] = None,
+    horizon: Optional[Sequence[int]] = None,
 ) -> dict[str, float]:
     """The FLOPs of one RLP call by part (see the module docstring), plus ``total``.
 
@@ -118,24 +125,31 @@ def rlp_flops(
         teacher_forwards: no-think teacher forwards per prompt.
         packed_tokens: the packed policy forward's row budget (``loss.packed_forward_tokens``) when that path ran;
             None = one unpacked sequence per rollout.
+        horizon: (P,) targets m scored per position (``horizon`` reward: ``Prompts.targets_valid.sum(1)``); None =
+            x_t only (m = 1), counted as the one-target forwards even where m = 1 comes from a horizon.
     """
     prefill = decode = teacher = policy = 0.0
-    for lp, row_n, row_t in zip(prompt_lens, lengths, truncated):
+    ms = [1] * len(prompt_lens) if horizon is None else [int(m) for m in horizon]
+    for lp, row_n, row_t, m in zip(prompt_lens, lengths, truncated, ms):
         lp = int(lp)
         prefill += forward_flops(fm, lp, causal_keys(lp), min(2, lp))
-        teacher += teacher_forwards * forward_flops(fm, lp, causal_keys(lp), 1)
+        if horizon is None:
+            teacher += teacher_forwards * forward_flops(fm, lp, causal_keys(lp), 1)
+        else:
+            teacher += teacher_forwards * forward_flops(fm, lp + m - 2, causal_keys(lp + m - 2), m)
         for n, trunc in zip(row_n, row_t):
             fed = int(n) - (1 if trunc else 0) - 1
             if fed > 0:
                 decode += forward_flops(fm, fed, causal_keys(fed, lp), fed)
             if not packed_tokens:
-                policy += 3.0 * forward_flops(fm, lp + n + 1, causal_keys(lp + n + 1), n + 1)
+                policy += 3.0 * forward_flops(fm, lp + n + m, causal_keys(lp + n + m), n + m)
     if packed_tokens:
-        for i, gs in _policy_groups(prompt_lens, lengths, packed_tokens):
+        spans = [[int(n) + m - 1 for n in row_n] for row_n, m in zip(lengths, ms)]
+        for i, gs in _policy_groups(prompt_lens, spans, packed_tokens):
             lp = int(prompt_lens[i])
             policy += 3.0 * forward_flops(fm, lp, causal_keys(lp), 0)
             for j in gs:
-                n = int(lengths[i][j])
+                n = spans[i][j]
                 policy += 3.0 * forward_flops(fm, n, causal_keys(n, lp), n + 1)
     parts = {'rollout_prefill': prefill, 'rollout_decode': decode, 'teacher': teacher, 'policy': policy}
     return {**parts, 'total': sum(parts.values())}

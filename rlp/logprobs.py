@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlp.hf import call_model, unwrap_hf
 
-__all__ = ['HeadCapture', 'chunked_token_logprobs', 'fp32_linear', 'last_logits', 'linear_head']
+__all__ = ['HeadCapture', 'chunked_token_logprobs', 'fp32_linear', 'last_logits', 'linear_head', 'logprob_and_max']
 
 # config attributes of HF models whose logits are NOT lm_head(h) (scaled or soft-capped); None/1 means unused
 _LOGIT_TRANSFORMS = {
@@ -174,3 +174,22 @@ def chunked_token_logprobs(
             else _chunk_logp(*args)
         )
     return torch.cat(out)
+
+
+@torch.no_grad()
+def logprob_and_max(
+    rows: torch.Tensor, head: Optional[torch.nn.Linear], target: torch.Tensor, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) log p(target) and (M,) max_v log p(v) from ONE fp32 log-softmax per row (no grad), ``chunk`` rows at a
+    time: ``rows`` are hidden states (M, D) scored by ``head`` (fp32 ``W h + b``) or, with ``head=None``, logits
+    (M, V). Both values come from the same row, so ``logp == max`` exactly when the target is an argmax."""
+    lp, mx = [], []
+    for s in range(0, rows.shape[0], max(chunk, 1)):
+        part = rows[s : s + chunk]
+        logits = fp32_linear(part, head.weight, head.bias) if head is not None else part.float()
+        logp = torch.log_softmax(logits, -1)
+        lp.append(logp.gather(-1, target[s : s + chunk].unsqueeze(-1)).squeeze(-1))
+        mx.append(logp.amax(-1))
+    if not lp:
+        return rows.new_zeros(0, dtype=torch.float32), rows.new_zeros(0, dtype=torch.float32)
+    return torch.cat(lp), torch.cat(mx)

@@ -1,4 +1,4 @@
-"""RLP objective: information-gain reward, group-relative advantage, clipped surrogate (pure tensor math).
+"""RLP objective: the rewards, group-relative advantage, clipped surrogate (pure tensor math).
 
 No Composer, no logging, no distributed code: the Algorithm gathers tensors and calls these functions.
 
@@ -6,12 +6,17 @@ Letters used in shapes:
     P  positions (one prefix x_<t and its target x_t each)
     G  thoughts sampled per position (the group)
     T  thought tokens (padded; ``mask`` says which are real)
+    K  targets scored per position (x_t .. x_{t+K-1}; ``rlp.reward.horizon``, 1 for the other kinds)
 
 The paper (arXiv 2510.01265, Eq. 3-8):
     r      = S_pred - S_EMA,  S_pred = log p_theta(x_t | x_<t, c),  S_EMA = log p_phi(x_t | x_<t)
     A_i    = G/(G-1) * (r_i - mean_j r_j)                          (no std division)
     L_clip = -1/|c_i| * sum_u min(rho_u A_i, clip(rho_u, 1-eps_low, 1+eps_high) A_i)
     L      = mean over the P*G rollouts of L_clip
+
+The reward kinds (``rlp.reward.kind``; ``docs/design.md``, "Reward kinds"): :func:`information_gain` (the paper's r),
+:func:`horizon_gain` (r summed over K tokens with discount gamma) and :func:`rpt_reward` (RPT's 0/1 reward, arXiv
+2506.08007, for one predicted token).
 
 :func:`clipped_surrogate` length-normalises each rollout, sums over the rollouts and divides by ``normalizer``
 (default: the number of rollouts with at least one token in this call); which ``normalizer`` a microbatch of a
@@ -24,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['clipped_surrogate', 'group_advantages', 'information_gain']
+__all__ = ['clipped_surrogate', 'group_advantages', 'horizon_gain', 'information_gain', 'rpt_reward']
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -51,6 +56,62 @@ def information_gain(logp_with_thought: torch.Tensor, logp_no_think: torch.Tenso
             f'{tuple(logp_no_think.shape)}'
         )
     return logp_with_thought - logp_no_think.unsqueeze(-1)
+
+
+def horizon_gain(s_pred: torch.Tensor, s_ema: torch.Tensor, valid: torch.Tensor, discount: float) -> torch.Tensor:
+    """Information gain over a horizon of K tokens, discounted (the ``horizon`` reward).
+
+    .. math:: r_{p,g} = \\sum_{j < K,\\ valid_{p,j}} \\gamma^j \\big(S^{pred}_{p,g,j} - S^{EMA}_{p,j}\\big)
+
+    with S^pred_{p,g,j} = log p_theta(x_{t+j} | x_<t, c_g, x_t .. x_{t+j-1}) (the thought stays in the context)
+    and S^EMA_{p,j} = log p_phi(x_{t+j} | x_<t+j). Invalid slots (x_{t+j} beyond the document or the row) add
+    nothing and may hold any value (NaN, inf) without effect. With K = 1 (and valid[:, 0] True) the result is
+    exactly :func:`information_gain` (gamma^0 = 1 is not multiplied in).
+
+    Args:
+        s_pred: (P, G, K) log-probs of the targets after each thought.
+        s_ema: (P, K) no-think log-probs of the targets under the baseline.
+        valid: (P, K) bool, target j of position p exists inside its document and row (valid[:, 0] is x_t itself).
+        discount: gamma in (0, 1].
+
+    Returns:
+        (P, G) rewards, in the inputs' promoted dtype. Not detached (callers pass no-grad scores).
+    """
+    if s_pred.dim() != 3 or s_ema.shape != (s_pred.shape[0], s_pred.shape[2]) or valid.shape != s_ema.shape:
+        raise ValueError(
+            f'horizon_gain expects (P, G, K), (P, K) and (P, K), got {tuple(s_pred.shape)}, {tuple(s_ema.shape)} '
+            f'and {tuple(valid.shape)}'
+        )
+    if not 0.0 < discount <= 1.0:
+        raise ValueError(f'horizon_gain needs a discount in (0, 1], got {discount}')
+    gain = s_pred - s_ema.unsqueeze(1)  # (P, G, K)
+    gain = torch.where(valid.bool().unsqueeze(1), gain, torch.zeros((), dtype=gain.dtype, device=gain.device))
+    out = gain[..., 0]
+    for j in range(1, gain.shape[-1]):  # term by term, so that K = 1 is information_gain bit for bit
+        out = out + gain[..., j] * discount**j
+    return out
+
+
+def rpt_reward(s_pred: torch.Tensor, s_max: torch.Tensor) -> torch.Tensor:
+    """RPT's verifiable reward for one predicted token: 1 if x_t is the greedy prediction after the thought, else 0.
+
+    .. math:: r_{p,g} = \\mathbb{1}\\big[S^{pred}_{p,g} \\ge \\max_v \\log p_\\theta(v | x_{<t}, c_g)\\big]
+
+    Greedy (argmax), not sampled: the prediction is a deterministic function of the thought, so all the reward's
+    variance within a group comes from the thoughts, and no further random draw is needed. Ties: x_t counts as
+    predicted when its log-prob equals the maximum (every tied token is "the" greedy prediction; both values must
+    come from the same log-softmax row, as :func:`rlp.scoring.policy_forward` gives them).
+
+    Args:
+        s_pred: (P, G) log p_theta(x_t | x_<t, c_g) at temperature 1.
+        s_max: (P, G) max over the vocabulary of the same distribution.
+
+    Returns:
+        (P, G) rewards in {0, 1}, float32 (float64 for float64 input).
+    """
+    if s_pred.shape != s_max.shape or s_pred.dim() != 2:
+        raise ValueError(f'rpt_reward expects two (P, G) tensors, got {tuple(s_pred.shape)} and {tuple(s_max.shape)}')
+    return (s_pred >= s_max).to(_compute_dtype(s_pred, s_max))
 
 
 def group_advantages(rewards: torch.Tensor, std_normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:

@@ -19,6 +19,9 @@ last token), so a position costs L + sum_g n_g tokens instead of G (L + T + 1):
     logp_new[g, j]  from offset_g + j - 1,  1 <= j < n_g
     s_pred[g]       from offset_g + n_g - 1 (the thought's closing tag)
 
+With a reward over K targets (``horizon``) each thought is followed, inside its own segment, by x_t .. x_{t+m-2}
+(the m <= K targets that exist in the document), and s_pred[g, j] is read at offset_g + n_g - 1 + j.
+
 A row holds at most ``max_tokens`` tokens (prompt + whole thoughts, at least one thought): the mask is dense,
 (R, 1, W, W), so its memory and the attention's work grow with W^2 -- at long thoughts a position's thoughts are
 spread over several rows (each with its own copy of the prompt).
@@ -38,7 +41,7 @@ from typing import Any, Optional
 import torch
 
 from rlp.hf import call_model, unwrap_hf
-from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head
+from rlp.logprobs import HeadCapture, chunked_token_logprobs, linear_head, logprob_and_max
 from rlp.rollouts import Prompts, Rollouts
 
 __all__ = [
@@ -80,7 +83,8 @@ class PackedRows:
         ids / position_ids / segment: (R, W); segment 0 = prompt, 1..k = the row's k thoughts, -1 = padding.
         thought_src: (P, G, T) the position whose output predicts thought token j of rollout (p, g); for slots
             beyond a thought's length, any valid index.
-        s_pred_src: (P, G) the position whose output predicts x_t after rollout (p, g) (its last token).
+        s_pred_src: (P, G) the position whose output predicts x_t after rollout (p, g) (its last token); (P, G, K)
+            with ``prompts.targets``: the one predicting x_{t+j}.
     """
 
     ids: torch.Tensor
@@ -114,33 +118,50 @@ def row_groups(prompt_lens: list[int], lengths: list[list[int]], max_tokens: int
 def pack_rows(prompts: Prompts, rollouts: Rollouts, pad_id: int, max_tokens: Optional[int] = None) -> PackedRows:
     """Lay out P prompts and their P x G thoughts in packed rows of at most ``max_tokens`` (None = one per prompt).
 
-    Shapes: prompts.ids (P, Lp) left-padded; rollouts.tokens (P, G, T) with lengths (P, G) >= 1.
+    Shapes: prompts.ids (P, Lp) left-padded; rollouts.tokens (P, G, T) with lengths (P, G) >= 1. With
+    ``prompts.targets`` (P, K) each thought is followed, in its own segment, by the existing targets
+    x_t .. x_{t+m-2} (m = ``targets_valid.sum(1)``) and ``s_pred_src`` is (P, G, K) (missing targets: any valid
+    index); without, ``s_pred_src`` is (P, G).
     """
     p, g, width = rollouts.tokens.shape
+    k = prompts.horizon
     ids_p, mask_p = prompts.ids.detach().cpu(), prompts.mask.detach().cpu().bool()
     tokens, lengths = rollouts.tokens.detach().cpu(), rollouts.lengths.detach().cpu().tolist()
+    if prompts.targets is None:
+        extra = [[] for _ in range(p)]
+    else:
+        valid_t = prompts.targets_valid.detach().cpu().bool()  # type: ignore[union-attr]
+        targets = prompts.targets.detach().cpu()
+        extra = [targets[i, : int(valid_t[i].sum()) - 1].tolist() for i in range(p)]
     prompt_lens = mask_p.sum(1).tolist()
-    groups = row_groups(prompt_lens, lengths, max_tokens if max_tokens is not None else 1 << 62)
-    w = max(prompt_lens[i] + sum(lengths[i][j] for j in gs) for i, gs in groups)
+    spans = [[n + len(extra[i]) for n in lengths[i]] for i in range(p)]  # tokens each rollout writes
+    groups = row_groups(prompt_lens, spans, max_tokens if max_tokens is not None else 1 << 62)
+    w = max(prompt_lens[i] + sum(spans[i][j] for j in gs) for i, gs in groups)
     ids = torch.full((len(groups), w), pad_id, dtype=torch.long)
     pos = torch.zeros((len(groups), w), dtype=torch.long)
     seg = torch.full((len(groups), w), -1, dtype=torch.long)
     thought_src = torch.zeros((p, g, width), dtype=torch.long)
-    s_pred_src = torch.zeros((p, g), dtype=torch.long)
+    s_pred_src = torch.zeros((p, g, k), dtype=torch.long)
     for r, (i, gs) in enumerate(groups):
         lp = prompt_lens[i]
         ids[r, :lp], pos[r, :lp], seg[r, :lp] = ids_p[i][mask_p[i]], torch.arange(lp), 0
         base, off = r * w, lp
-        for k, j in enumerate(gs, 1):
+        e = len(extra[i])
+        for slot, j in enumerate(gs, 1):
             n = lengths[i][j]
             ids[r, off : off + n] = tokens[i, j, :n]
-            pos[r, off : off + n] = torch.arange(lp, lp + n)
-            seg[r, off : off + n] = k
+            if e:
+                ids[r, off + n : off + n + e] = torch.tensor(extra[i], dtype=torch.long)
+            pos[r, off : off + n + e] = torch.arange(lp, lp + n + e)
+            seg[r, off : off + n + e] = slot
             thought_src[i, j, 0] = base + lp - 1
             thought_src[i, j, 1:n] = base + off + torch.arange(n - 1)
-            s_pred_src[i, j] = base + off + n - 1
-            off += n
+            s_pred_src[i, j, :] = base + off + n - 1
+            s_pred_src[i, j, : e + 1] = base + off + n - 1 + torch.arange(e + 1)
+            off += n + e
     dev = prompts.ids.device
+    if prompts.targets is None:
+        s_pred_src = s_pred_src[..., 0]
     return PackedRows(ids.to(dev), pos.to(dev), seg.to(dev), thought_src.to(dev), s_pred_src.to(dev))
 
 
@@ -177,49 +198,65 @@ def packed_policy_forward(
     pad_id: int,
     chunk_tokens: Optional[int],
     max_tokens: Optional[int],
-) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """The training forward over packed rows: ``logp_new`` (P, G, T) with grad, ``s_pred`` (P, G) detached.
+    greedy: bool = False,
+) -> Optional[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """The training forward over packed rows: ``logp_new`` (P, G, T) with grad, ``s_pred`` (P, G, K) and ``s_max``
+    (P, G) or None, detached.
 
-    The same contract as :func:`rlp.scoring.policy_forward` (whose docstring has the scores' definition); the model
+    The same contract as :func:`rlp.scoring.policy_scores` (whose docstring has the scores' definition); the model
     must pass :func:`supports_block_mask`. With ``chunk_tokens`` and a plain Linear head the scores come from the
     final hidden states in checkpointed chunks (:mod:`rlp.logprobs`); without ``chunk_tokens`` the packed rows'
     full logits are materialised. Returns None (the caller falls back to the unpacked path) when the head's check
     fails (logits that are not ``W h + b``).
     """
     p, g, width = rollouts.tokens.shape
+    k = prompts.horizon
     rows = pack_rows(prompts, rollouts, pad_id, max_tokens)
     valid = torch.arange(width, device=rollouts.tokens.device) < rollouts.lengths.unsqueeze(-1)  # (P, G, T)
     src, thought = rows.thought_src[valid], rollouts.tokens[valid]  # (M,), (M,)
-    target = prompts.target.repeat_interleave(g)  # (P * G,)
+    if prompts.targets is None:
+        target = prompts.target.repeat_interleave(g)  # (P * G,)
+    else:
+        target = prompts.targets.repeat_interleave(g, dim=0).reshape(-1)  # (P * G * K,)
+    s_src = rows.s_pred_src.reshape(-1)
     kwargs = dict(
         input_ids=rows.ids,
         attention_mask=_mask_for(model, rows.segment),
         position_ids=rows.position_ids,
         use_cache=False,
     )
+    s_max = None
     head = linear_head(model) if chunk_tokens else None
     if head is not None:
 
-        def score(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Runs inside the head's call: (R, W, D) hidden states -> (M,) thought logp, (P * G,) S_pred."""
+        def score(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+            """Runs inside the head's call: (R, W, D) hidden states -> (M,) thought logp, (P * G * K,) S_pred and
+            (P * G * K,) max log-probs (greedy) or None."""
             flat = hidden.reshape(-1, hidden.shape[-1])
             lp = chunked_token_logprobs(flat[src], head, thought, temperature=temperature, chunk=int(chunk_tokens))
             with torch.no_grad():
-                s = chunked_token_logprobs(flat[rows.s_pred_src.view(-1)], head, target, chunk=int(chunk_tokens))
-            return lp, s
+                if greedy:
+                    s, mx = logprob_and_max(flat[s_src], head, target, chunk=int(chunk_tokens))
+                    return lp, s, mx
+                s = chunked_token_logprobs(flat[s_src], head, target, chunk=int(chunk_tokens))
+            return lp, s, None
 
         with HeadCapture(head, score) as cap:
             out = call_model(model, **kwargs)
         if cap.result is None or not cap.matches(out.logits):
             return None
-        lp, s_pred = cap.result
+        lp, s_pred, s_max = cap.result
         lp = lp + out.logits.sum().float() * 0.0  # the loss must reach the wrapper's output (FSDP's hooks sit there)
     else:
         logits = call_model(model, **kwargs).logits
         flat = logits.reshape(-1, logits.shape[-1])
         lp = torch.log_softmax(flat[src].float() / temperature, -1).gather(-1, thought.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            s_pred = torch.log_softmax(flat[rows.s_pred_src.view(-1)].float(), -1)
-            s_pred = s_pred.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            logp_t = torch.log_softmax(flat[s_src].float(), -1)
+            s_pred = logp_t.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            if greedy:
+                s_max = logp_t.amax(-1)
     logp_new = torch.zeros((p, g, width), dtype=lp.dtype, device=lp.device).masked_scatter(valid, lp)
-    return logp_new, s_pred.view(p, g)
+    if s_max is not None:
+        s_max = s_max.view(p, g, k)[..., 0]
+    return logp_new, s_pred.view(p, g, k), s_max

@@ -24,7 +24,7 @@ import torch
 from rlp.config import PositionsConfig
 from rlp.keys import keyed_generator
 
-__all__ = ['Positions', 'eligible_mask', 'follows_mask', 'segment_starts', 'select_positions']
+__all__ = ['Positions', 'eligible_mask', 'follows_mask', 'horizon_targets', 'segment_starts', 'select_positions']
 
 
 @dataclass
@@ -172,3 +172,31 @@ def select_positions(
     if cfg.max_context is not None:
         start = torch.maximum(start, target - cfg.max_context)
     return Positions(row=row, target=target, start=start, num_rows=b, rows_without_position=skipped)
+
+
+def horizon_targets(
+    input_ids: torch.Tensor,
+    segment_ids: Optional[torch.Tensor],
+    attention_mask: Optional[torch.Tensor],
+    positions: Positions,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets x_t .. x_{t+k-1} of each position and which of them exist: (P, k) ids, (P, k) bool.
+
+    Target j of position (b, t) exists when t + j is inside the row, in x_t's document (same segment id) and a real
+    token (attention mask 1): the horizon stops at the end of the document or of the row, so ``valid`` is True on a
+    prefix of each row (j = 0, x_t itself, always). Ids of missing targets are 0. On the device of ``input_ids``.
+    """
+    dev = input_ids.device
+    ids = input_ids.detach().cpu()
+    length = ids.shape[1]
+    seg = torch.zeros_like(ids) if segment_ids is None else segment_ids.detach().cpu()
+    real = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.detach().cpu().bool()
+    row, t = positions.row.view(-1, 1), positions.target.view(-1, 1)
+    idx = t + torch.arange(k).view(1, -1)  # (P, k)
+    inside = idx < length
+    col = idx.clamp(max=length - 1)
+    valid = inside & (seg[row, col] == seg[row, t]) & real[row, col]
+    valid = torch.cummin(valid.to(torch.int8), dim=1).values.bool()  # stop at the first token outside
+    targets = torch.where(valid, ids[row, col], torch.zeros_like(col))
+    return targets.to(dev), valid.to(dev)

@@ -28,7 +28,7 @@ those of the tempered policy softmax(logits / temperature) (top-p is treated as 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from transformers.cache_utils import Cache
@@ -58,11 +58,20 @@ class Prompts:
         ids: (P, Lp) ``[instruction] prefix <think>``, left-padded with ``pad_id``.
         mask: (P, Lp) 1 on real tokens.
         target: (P,) the token x_t to predict after the thought.
+        targets / targets_valid: (P, K) x_t .. x_{t+K-1} and which of them exist inside the document
+            (:func:`rlp.positions.horizon_targets`), for a reward over K > 1 tokens; None = x_t only.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     target: torch.Tensor
+    targets: Optional[torch.Tensor] = None
+    targets_valid: Optional[torch.Tensor] = None
+
+    @property
+    def horizon(self) -> int:
+        """K, the targets scored per position (1 without ``targets``)."""
+        return 1 if self.targets is None else int(self.targets.shape[1])
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

@@ -15,6 +15,8 @@ For one position (prefix x_<t, target x_t) and its G thoughts c_1..c_G:
     s_pred_g = log p_theta(x_t | x_<t, c_g)       (training forward, detached, temperature 1)
     s_ema    = log p_phi(x_t | x_<t)              (the EMA teacher, no thought)
     r_g      = s_pred_g - s_base                  (s_base = s_ema for the paper's teacher kind ``ema``)
+               (``rlp.reward.kind``: or the discounted gain over x_t .. x_{t+k-1}, ``horizon``; or 1 when x_t
+               is the greedy prediction after c_g, ``rpt``: :func:`reward_of`)
     A_g      = G/(G-1) (r_g - mean_g r)
     loss     = sum over rollouts of the length-normalised clipped surrogate / loss_normalizer(...)
 
@@ -38,22 +40,30 @@ from typing import Any, Callable, ContextManager, NamedTuple, Optional
 import torch
 
 from rlp import dist
-from rlp.config import PositionsConfig, RLPConfig
+from rlp.config import PositionsConfig, RewardConfig, RLPConfig
 from rlp.flops import FlopModel, rlp_flops
 from rlp.hf import active_dropout, unwrap_hf
 from rlp.keys import row_key
-from rlp.objective import clipped_surrogate, group_advantages, information_gain
+from rlp.objective import clipped_surrogate, group_advantages, horizon_gain, information_gain, rpt_reward
 from rlp.packing import supports_block_mask
-from rlp.positions import Positions, select_positions
-from rlp.rollouts import Rollouts, build_prompts, rollout_uniforms, sample_thoughts
-from rlp.scoring import nothink_entropy, policy_forward
+from rlp.positions import Positions, horizon_targets, select_positions
+from rlp.rollouts import Prompts, Rollouts, build_prompts, rollout_uniforms, sample_thoughts
+from rlp.scoring import PolicyScores, nothink_entropy, nothink_horizon, policy_scores
 from rlp.stats import RLPStats, ThoughtSamples
 from rlp.strictcfg import ConfigError
 from rlp.teacher import Teachers
 from rlp.template import ThoughtTemplate
 from rlp.timing import StepTimer, untimed
 
-__all__ = ['GlobalRollouts', 'check_no_dropout', 'choose_positions', 'count_rollouts', 'loss_normalizer', 'rlp_loss']
+__all__ = [
+    'GlobalRollouts',
+    'check_no_dropout',
+    'choose_positions',
+    'count_rollouts',
+    'loss_normalizer',
+    'reward_of',
+    'rlp_loss',
+]
 
 
 def check_no_dropout(model: Any, training: Optional[bool] = None) -> None:
@@ -231,6 +241,10 @@ def rlp_loss(
     with part('positions'):
         keys = row_key(batch.get('sample_id'), input_ids)
         prompts = build_prompts(input_ids, pos, template, pad)
+        if cfg.reward.tokens > 1:
+            prompts.targets, prompts.targets_valid = horizon_targets(
+                input_ids, batch.get('segment_ids'), batch.get('attention_mask'), pos, cfg.reward.tokens
+            )
         rkeys = [(key[0], key[1], keys[r], t) for r, t in zip(pos.row.tolist(), pos.target.tolist())]
         u = rollout_uniforms(rkeys, ro_cfg.group_size, ro_cfg.max_thought_tokens)
     with autocast():
@@ -246,9 +260,12 @@ def rlp_loss(
                 synced=synced,
             )
         with part('teacher'):
-            s_base, s_ema = teachers.nothink_logprobs(prompts, current=ro.nothink_logp)
+            current = ro.nothink_logp
+            if prompts.targets is not None and cfg.teacher.kind == 'none':
+                current = nothink_horizon(model, prompts)  # the current model's no-think scores of the K targets
+            s_base, s_ema = teachers.nothink_logprobs(prompts, current=current)
         with part('policy_forward'):
-            logp_new, s_pred = policy_forward(
+            scores = policy_scores(
                 model,
                 prompts,
                 ro,
@@ -256,9 +273,13 @@ def rlp_loss(
                 pad_id=pad,
                 chunk_tokens=cfg.loss.logprob_chunk_tokens,
                 packed_tokens=cfg.loss.packed_forward_tokens,
+                greedy=cfg.reward.kind == 'rpt',
             )
+    logp_new = scores.logp_new
+    s_pred = scores.s_pred[..., 0]  # (P, G): x_t after the thought
+    s_ema = s_ema if s_ema.dim() == 1 else s_ema[:, 0]  # (P,): the one-token baseline every kind logs
     with part('objective'):
-        rewards = information_gain(s_pred.float(), s_base.float())  # (P, G)
+        rewards = reward_of(cfg.reward, scores, s_base, prompts)  # (P, G)
         adv = group_advantages(rewards, std_normalize=cfg.loss.std_normalize)
         logp_old = ro.logp if cfg.loss.behaviour_logprobs == 'sampler' else logp_new.detach()
         loss, m = clipped_surrogate(
@@ -275,13 +296,15 @@ def rlp_loss(
     with part('objective'):
         stats = stats + _rollout_stats(pos, ro, rewards, s_pred, s_ema, adv, m)
         packed = cfg.loss.packed_forward_tokens if supports_block_mask(model) else None
+        horizon = None if prompts.targets_valid is None else prompts.targets_valid.sum(1).tolist()
         flops = rlp_flops(
             flop_model or FlopModel.of(model),
             prompts.mask.sum(1).tolist(),
             ro.lengths.tolist(),
             ro.truncated.tolist(),
-            teacher_forwards=2 if cfg.teacher.kind == 'frozen' else 1,
+            teacher_forwards=2 if cfg.teacher.kind == 'frozen' or (horizon and cfg.teacher.kind == 'none') else 1,
             packed_tokens=packed,
+            horizon=horizon,
         )
         stats.flops_prefill, stats.flops_decode = flops['rollout_prefill'], flops['rollout_decode']
         stats.flops_teacher, stats.flops_policy = flops['teacher'], flops['policy']
@@ -300,6 +323,17 @@ def rlp_loss(
             advantages=adv.cpu(),
         )
     return loss, stats
+
+
+def reward_of(cfg: RewardConfig, scores: PolicyScores, s_base: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+    """(P, G) rewards of the kind ``cfg.kind`` (:mod:`rlp.objective`), float32, from the policy's scores and the
+    baseline ``s_base`` ((P,), or (P, K) with ``prompts.targets``)."""
+    if cfg.kind == 'rpt':
+        assert scores.s_max is not None, 'the rpt reward needs policy_scores(greedy=True)'
+        return rpt_reward(scores.s_pred[..., 0].float(), scores.s_max.float())
+    if prompts.targets is None:  # info_gain, and horizon with k = 1: the paper's reward, the same operations
+        return information_gain(scores.s_pred[..., 0].float(), s_base.float())
+    return horizon_gain(scores.s_pred.float(), s_base.float(), prompts.targets_valid, float(cfg.discount))
 
 
 def _rollout_stats(

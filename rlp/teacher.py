@@ -57,7 +57,7 @@ import torch
 from rlp import sharded as sharding
 from rlp.hf import full_params, is_fsdp, is_fsdp2
 from rlp.rollouts import Prompts
-from rlp.scoring import nothink_logprob
+from rlp.scoring import nothink_horizon, nothink_logprob
 
 __all__ = ['TeacherCopy', 'Teachers', 'ema_update']
 
@@ -281,10 +281,11 @@ class Teachers:
         return None
 
     def nothink_logprobs(self, prompts: Prompts, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s_base, s_ema)``: the reward's baseline and the EMA teacher's no-think log-prob, both (P,).
+        """``(s_base, s_ema)``: the reward's baseline and the EMA teacher's no-think log-prob, both (P,), or both
+        (P, K) when ``prompts.targets`` holds K targets (:func:`rlp.scoring.nothink_horizon`).
 
         s_ema = log p_phi(x_t | prefix) from the EMA copy; s_base is s_ema (``ema``), the frozen copy's value
-        (``frozen``) or ``current``, the current model's own no-think log-prob (``none``).
+        (``frozen``) or ``current``, the current model's own no-think log-prob (``none``; of the same shape).
         """
         assert self.ema.module is not None, 'Teachers.ensure must run before the teachers are used'
         s_ema = self._score(self.ema.module, prompts)
@@ -294,7 +295,7 @@ class Teachers:
         return (s_ema if base is self.ema.module else self._score(base, prompts)), s_ema
 
     def _score(self, module: torch.nn.Module, prompts: Prompts) -> torch.Tensor:
-        out = nothink_logprob(module, prompts)
+        out = nothink_logprob(module, prompts) if prompts.targets is None else nothink_horizon(module, prompts)
         if self.sharded:  # a collective forward; free the gathered root weights it left behind
             sharding.reshard(module)
         return out

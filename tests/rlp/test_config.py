@@ -47,6 +47,12 @@ def test_nested_values_and_unknown_keys():
         ('positions', {'max_per_sample': 0}, 'max_per_sample must be > 0'),
         ('log', {'every_n_batches': 0}, 'every_n_batches must be > 0'),
         ('log', {'max_rows': 0}, 'max_rows must be > 0'),
+        ('reward', {'kind': 'horizon', 'horizon': 0}, r'rlp\.reward\.horizon must be >= 1, got 0'),
+        ('reward', {'kind': 'horizon', 'discount': 0}, r'rlp\.reward\.discount must be in \(0, 1\], got 0'),
+        ('reward', {'kind': 'horizon', 'discount': 1.5}, r'discount must be in \(0, 1\]'),
+        ('reward', {'kind': 'rpt', 'horizon': 8}, r"rlp\.reward\.horizon=8 with kind='rpt'.*only by kind horizon"),
+        ('reward', {'discount': 0.7}, r"rlp\.reward\.discount=0\.7 with kind='info_gain'"),
+        ('reward', {'kind': 'rpt_', 'horizon': 8}, 'allowed values'),
     ],
 )
 def test_bad_values_are_refused(section, values, message):
@@ -66,3 +72,17 @@ def test_after_texts_go_with_the_after_strategy():
     for bad in ({'strategy': 'after'}, {'after': ['=']}, {'strategy': 'after', 'after': ['']}):
         with pytest.raises(ConfigError, match='after'):
             RLPConfig.from_dict({'positions': bad})
+
+
+def test_reward_kinds_and_their_defaults():
+    """info_gain is the default (one target); horizon takes k 8 and gamma 0.7 unless given; the resolved config
+    round-trips through to_dict; every refusal is one line."""
+    assert RLPConfig.from_dict({}).reward.kind == 'info_gain' and RLPConfig.from_dict({}).reward.tokens == 1
+    horizon = RLPConfig.from_dict({'reward': {'kind': 'horizon'}}).reward
+    assert (horizon.horizon, horizon.discount, horizon.tokens) == (8, 0.7, 8)
+    cfg = RLPConfig.from_dict({'reward': {'kind': 'horizon', 'horizon': 3, 'discount': 1}})
+    assert (cfg.reward.horizon, cfg.reward.discount) == (3, 1.0) and RLPConfig.from_dict(cfg.to_dict()) == cfg
+    assert RLPConfig.from_dict({'reward': {'kind': 'rpt'}}).reward.tokens == 1
+    with pytest.raises(ConfigError) as err:
+        RLPConfig.from_dict({'reward': {'kind': 'rpt', 'discount': 0.5}})
+    assert '\n' not in str(err.value) and 'set rlp.reward.kind: horizon' in str(err.value)

@@ -63,7 +63,7 @@ def test_rlp_loss_gradients_equal_the_loop_reference(tokenizer, monkeypatch, cap
 
     monkeypatch.setattr(step, 'sample_thoughts', recording)
     monkeypatch.setattr(scoring, '_LOGGED_UNPACKED', set())  # said once per process: earlier tests may have said it
-    monkeypatch.setattr(step, 'policy_forward', _no_packing(step.policy_forward))
+    monkeypatch.setattr(step, 'policy_scores', _no_packing(step.policy_scores))
     masks = []  # the attention masks of the training forwards (train mode)
     hook = model.register_forward_pre_hook(
         lambda m, a, kw: masks.append(kw['attention_mask']) if m.training else None, with_kwargs=True
@@ -93,7 +93,7 @@ def test_rlp_loss_gradients_equal_the_loop_reference(tokenizer, monkeypatch, cap
 
 
 def _no_packing(policy_forward):
-    """policy_forward that fails the test if the packed path is taken."""
+    """The training forward (policy_scores) that fails the test if the packed path is taken."""
     from rlp import scoring
 
     def wrapped(*a, **kw):

@@ -3,7 +3,10 @@
 References: plain Python loops over positions, thoughts and tokens in float64 (the paper's Eq. 3-8 read
 literally). Invariants: a constant added to a group's rewards leaves the advantages unchanged; a group of
 identical rewards has zero advantage; with logp_old == logp_new the gradient equals REINFORCE's; values in
-masked slots change nothing; an all-masked batch gives a finite zero loss with a graph.
+masked slots change nothing; an all-masked batch gives a finite zero loss with a graph. The reward kinds: the
+horizon gain against a loop sum (a document boundary inside the horizon, a horizon longer than the rest of the
+document, non-finite values in missing slots), K = 1 equal to the information gain bit for bit, RPT's 0/1 reward
+against a loop over logits with ties, and all-equal rewards giving zero advantages.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import pytest
 import torch
 
-from rlp.objective import clipped_surrogate, group_advantages, information_gain
+from rlp.objective import clipped_surrogate, group_advantages, horizon_gain, information_gain, rpt_reward
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {
@@ -229,3 +232,89 @@ def test_bad_inputs_raise_clear_errors():
         clipped_surrogate(x, x, torch.zeros(2, 2), m, 0.2, 0.2)
     with pytest.raises(ValueError, match='eps_low'):
         clipped_surrogate(x, x, torch.zeros(2, 3), m, 1.0, 0.2)
+
+
+def ref_horizon_gain(s_pred, s_ema, valid, gamma):
+    """r[p][g] = sum over j < K with valid[p][j] of gamma**j (s_pred[p][g][j] - s_ema[p][j]), with loops."""
+    out = []
+    for p in range(len(s_pred)):
+        row = []
+        for g in range(len(s_pred[p])):
+            total = 0.0
+            for j in range(len(s_ema[p])):
+                if valid[p][j]:
+                    total += gamma**j * (s_pred[p][g][j] - s_ema[p][j])
+            row.append(total)
+        out.append(row)
+    return out
+
+
+def test_horizon_gain_against_loop_reference():
+    """Position 0 has all K = 4 targets, position 1 a document boundary after 2 (targets 2, 3 missing, holding NaN
+    and inf: no effect), position 2 only x_t (k larger than the rest of the document): equal to the loop sum."""
+    gen = torch.Generator().manual_seed(0)
+    s_pred = -torch.rand(3, 5, 4, generator=gen, dtype=torch.float64) * 5
+    s_ema = -torch.rand(3, 4, generator=gen, dtype=torch.float64) * 5
+    valid = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    s_pred[1, :, 2:] = float('nan')
+    s_ema[1, 3] = float('inf')
+    s_ema[2, 1:] = float('nan')
+    got = horizon_gain(s_pred, s_ema, valid, 0.7)
+    want = ref_horizon_gain(s_pred.tolist(), s_ema.tolist(), valid.tolist(), 0.7)
+    assert got.shape == (3, 5) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    # position 2 reduces to the one-token gain, position 1 to two terms
+    torch.testing.assert_close(got[2], s_pred[2, :, 0] - s_ema[2, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_horizon_with_one_token_is_information_gain_bit_for_bit(dtype):
+    """K = 1 (any discount): exactly information_gain, compared with rtol = atol = 0."""
+    gen = torch.Generator().manual_seed(1)
+    s_pred = (-torch.rand(4, 6, generator=gen) * 7).to(dtype)
+    s_ema = (-torch.rand(4, generator=gen) * 7).to(dtype)
+    want = information_gain(s_pred, s_ema)
+    for gamma in (1.0, 0.7, 1e-3):
+        got = horizon_gain(s_pred.unsqueeze(-1), s_ema.unsqueeze(-1), torch.ones(4, 1, dtype=torch.bool), gamma)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_horizon_gain_refuses_bad_shapes_and_discounts():
+    s_pred, s_ema, valid = torch.zeros(2, 3, 4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r'\(P, G, K\)'):
+        horizon_gain(s_pred, s_ema[:, :3], valid, 0.7)
+    with pytest.raises(ValueError, match='discount'):
+        horizon_gain(s_pred, s_ema, valid, 0.0)
+
+
+def test_rpt_reward_against_loop_reference_with_ties():
+    """From a full log-softmax: 1 where x_t is an argmax of its row (a tie of two tokens rewards both), else 0."""
+    logits = torch.tensor(
+        [
+            [[2.0, 1.0, 0.0], [0.0, 3.0, 3.0], [1.0, 1.0, 1.0]],
+            [[0.5, 0.2, 0.1], [0.1, 0.2, 0.5], [4.0, 4.0, -1.0]],
+        ]
+    )  # (P = 2, G = 3, V = 3)
+    target = torch.tensor([1, 0])  # x_t of each position
+    logp = torch.log_softmax(logits, -1)
+    s_pred = logp.gather(-1, target.view(2, 1, 1).expand(2, 3, 1)).squeeze(-1)
+    s_max = logp.amax(-1)
+    want = [[1.0 if max(logits[p, g].tolist()) == logits[p, g, target[p]] else 0.0 for g in range(3)] for p in range(2)]
+    assert want == [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]  # ties at (0, 1), (0, 2) and (1, 2) count as predicted
+    assert rpt_reward(s_pred, s_max).tolist() == want
+    assert rpt_reward(s_pred.double(), s_max.double()).dtype == torch.float64
+    with pytest.raises(ValueError, match=r'\(P, G\)'):
+        rpt_reward(s_pred, s_max[:, :2])
+
+
+@pytest.mark.parametrize('kind', ['horizon', 'rpt'])
+def test_all_equal_rewards_give_zero_advantages(kind):
+    """A group whose thoughts all get the same reward (every thought predicts x_t, or the same gains) has A = 0."""
+    if kind == 'rpt':
+        rewards = rpt_reward(torch.full((2, 4), -0.1), torch.full((2, 4), -0.1))
+        assert torch.equal(rewards, torch.ones(2, 4))
+    else:
+        s_pred = torch.tensor([-1.0, -2.0, -0.5]).expand(2, 4, 3)
+        rewards = horizon_gain(s_pred, torch.full((2, 3), -1.5), torch.ones(2, 3, dtype=torch.bool), 0.7)
+    assert torch.equal(group_advantages(rewards), torch.zeros(2, 4))
+    assert torch.equal(group_advantages(rewards, std_normalize=True), torch.zeros(2, 4))

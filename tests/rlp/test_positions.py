@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlp.config import PositionsConfig
-from rlp.positions import eligible_mask, segment_starts, select_positions
+from rlp.positions import Positions, eligible_mask, horizon_targets, segment_starts, select_positions
 from rlp.strictcfg import ConfigError
 
 EOS = 0
@@ -155,3 +155,42 @@ def test_after_strategy_picks_only_targets_that_follow_a_context():
     cfg = PositionsConfig(strategy='after', after=['x'], unit='sample', k=10, min_context=1, max_context=None)
     pos = select_positions(ids, seg, ['0'], cfg, (), seed=0, batch_index=0, after_ids=contexts)
     assert sorted(pos.target.tolist()) == torch.nonzero(want[0]).flatten().tolist()
+
+
+def test_horizon_targets_against_loop_reference():
+    """x_t .. x_{t+k-1} of hand-picked positions, checked against a loop that walks forward from t and stops at
+    another document, a padded (attention mask 0) token or the row's end: a document boundary inside the horizon,
+    a horizon longer than the rest of the row, a padded tail, and k = 1 (x_t alone)."""
+    ids, seg = _batch([[6, 4, 5], [10, 5]])  # row 0: docs of 6, 4, 5 tokens; row 1: 10 then 5
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0  # row 1's last two tokens are padding
+    positions = Positions(
+        row=torch.tensor([0, 0, 0, 1, 1]),
+        target=torch.tensor([1, 8, 13, 8, 12]),
+        start=torch.zeros(5, dtype=torch.long),
+        num_rows=2,
+        rows_without_position=0,
+    )
+
+    def reference(k):
+        out_ids, out_valid = [], []
+        for r, t in zip(positions.row.tolist(), positions.target.tolist()):
+            row_ids, row_valid = [], []
+            j, alive = 0, True
+            while j < k:
+                i = t + j
+                alive = alive and i < ids.shape[1] and seg[r, i] == seg[r, t] and bool(mask[r, i])
+                row_ids.append(int(ids[r, i]) if alive else 0)
+                row_valid.append(alive)
+                j += 1
+            out_ids.append(row_ids)
+            out_valid.append(row_valid)
+        return out_ids, out_valid
+
+    for k in (1, 3, 6):
+        targets, valid = horizon_targets(ids, seg, mask, positions, k)
+        want_ids, want_valid = reference(k)
+        assert (targets.tolist(), valid.tolist()) == (want_ids, want_valid), k
+    _, valid = horizon_targets(ids, seg, mask, positions, 6)
+    assert valid.sum(1).tolist() == [5, 2, 2, 2, 1]  # doc end at 6, doc end at 10, row end, doc end, padding
+    assert torch.equal(horizon_targets(ids, seg, mask, positions, 6)[0][:, 0], ids[positions.row, positions.target])

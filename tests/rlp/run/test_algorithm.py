@@ -11,6 +11,7 @@ the algorithm state is tensors/scalars only; a state written with another seed i
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -120,14 +121,28 @@ def _series_tensors(hf):
     return [p.detach() for p in hf.parameters()]
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
+# rpt trains under `composer -n 2` (tests/rlp/run/test_train.py) and resumes at the function level (the same key
+# gives the same rewards: tests/rlp/test_step.py); its reward adds no state to a checkpoint
+REWARDS = {
+    'info_gain': {},
+    'horizon': {'kind': 'horizon', 'horizon': 4, 'discount': 0.7},
+}
+
+
+@pytest.mark.parametrize('reward', sorted(REWARDS))
+def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path, reward):
     """Train 3 batches in one go vs 1 batch, save, resume in a fresh Trainer for 2 more: identical weights and
     identical EMA teacher (positions and thoughts are keyed on the batch index and sample id, the teacher and the
-    counters travel in the checkpoint)."""
+    counters travel in the checkpoint), bit for bit, with the paper's reward and the horizon reward; the uninterrupted
+    run logs the kind's reward (equal to the one-token gain against the EMA for info_gain only)."""
     data = skipping_batch(tokenizer, rows=24, skip_rows=(3,))
-    cfg = rlp_config(tokenizer)
-    full, algo_full, _, hf_full = rlp_trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
+    cfg = RLPConfig.from_dict({**rlp_config(tokenizer).to_dict(), 'reward': REWARDS[reward]})
+    full, algo_full, log_full, hf_full = rlp_trainer(tokenizer, data, cfg, duration='3ba', optimizer='adam', lr=1e-2)
     full.fit()
+    rewards, gains = series(log_full, 'rlp/reward_mean'), series(log_full, 'rlp/gain_vs_ema')
+    assert len(rewards) == 3 and all(map(math.isfinite, rewards + gains))
+    assert (rewards[0] == pytest.approx(gains[0], abs=1e-5)) == (reward == 'info_gain')
+
     part, _, _, _ = rlp_trainer(
         tokenizer,
         data,
@@ -152,10 +167,10 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tokenizer, tmp_path):
     )
     resumed.fit()
     for (k, a), (_, b) in zip(hf_full.named_parameters(), hf_res.named_parameters()):
-        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=f'{k} differs after resume')
+        assert torch.equal(b, a), f'{k} differs after resume'
     ema_full, ema_res = algo_full.teachers.ema.module.state_dict(), algo_res.teachers.ema.module.state_dict()
     for k in ema_full:
-        torch.testing.assert_close(ema_res[k], ema_full[k], atol=1e-6, rtol=1e-5)
+        assert torch.equal(ema_res[k], ema_full[k]), k
     assert algo_res.totals == algo_full.totals and algo_res.teachers.updates == 3
 
 

@@ -30,6 +30,10 @@ def test_expected_recipes_exist():
         'cpt-baseline.yaml',
         'nemotron-nano-12b-rlp.yaml',
         'qwen3-1.7b-rlp-mixture.yaml',
+        'qwen3-1.7b-rpt.yaml',
+        'qwen3-1.7b-horizon.yaml',
+        'demo-rpt.yaml',
+        'demo-horizon.yaml',
     } <= names
 
 
@@ -73,6 +77,24 @@ def _differences(base: Any, child: Any, path: str = '') -> dict[str, tuple[Any, 
 
 
 CHILDREN = {
+    'qwen3-1.7b-horizon.yaml': (
+        'qwen3-1.7b-rlp.yaml',
+        {
+            'run_name': 'qwen3-1.7b-horizon',
+            'rlp.reward.kind': 'horizon',
+            'rlp.reward.horizon': 8,
+            'rlp.reward.discount': 0.7,
+        },
+    ),
+    'qwen3-1.7b-rpt.yaml': (
+        'qwen3-1.7b-rlp.yaml',
+        {'run_name': 'qwen3-1.7b-rpt', 'rlp.reward.kind': 'rpt', 'rlp.positions.strategy': 'entropy'},
+    ),
+    'demo-horizon.yaml': (
+        'demo-rlp.yaml',
+        {'run_name': 'demo-horizon', 'rlp.reward.kind': 'horizon', 'rlp.reward.horizon': 8, 'rlp.reward.discount': 0.7},
+    ),
+    'demo-rpt.yaml': ('demo-rlp.yaml', {'run_name': 'demo-rpt', 'rlp.reward.kind': 'rpt'}),
     'qwen3-1.7b-rlp-ntp.yaml': (
         'qwen3-1.7b-rlp.yaml',
         {'run_name': 'qwen3-1.7b-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},

@@ -1,7 +1,8 @@
 """Checks the `rlp.train` entry end to end on tiny local data: the next-token-only path (`rlp: null`) with
 `python -m rlp.train` writes one metrics record per batch (with the FLOPs counted: next-token forward + backward by
 hand, the RLP parts adding up, the cumulative count going on after a resume), checkpoints, the resolved config and
-a summary; the RLP path under `composer -n 1` logs the reward metrics and writes the thoughts JSONL; a rerun of a
+a summary; the RLP path under `composer -n 1` (and, with RPT's reward, `-n 2`) logs the reward metrics and writes
+the thoughts JSONL; a rerun of a
 finished run resumes from its newest checkpoint, and a rerun of a finished run does nothing; invalid recipes,
 overrides and a missing save-folder bucket stop before any training with exit code 2 and a one-line message."""
 
@@ -84,10 +85,16 @@ def test_ntp_only_with_python_m(local_run):
     assert read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl')) == resumed
 
 
-def test_rlp_with_composer_n1(local_run):
-    """RLP mixed with NTP under the launcher: rlp/ metrics per batch, the thoughts JSONL, the summary's trends."""
+@pytest.mark.parametrize(
+    'nproc, reward',
+    [(1, {}), pytest.param(2, {'kind': 'rpt'}, marks=pytest.mark.slow)],
+    ids=['n1-info_gain', 'n2-rpt'],
+)
+def test_rlp_with_composer(local_run, nproc, reward):
+    """RLP mixed with NTP under the launcher: rlp/ metrics per batch, the thoughts JSONL, the summary's trends; the
+    same with RPT's reward on two gloo ranks (`composer -n 2`), whose logged reward is a hit rate in [0, 1]."""
     tmp_path, make = local_run
-    proc = launch(make(max_duration='4ba', rlp=TINY_RLP), nproc=1, cwd=tmp_path)
+    proc = launch(make(max_duration='4ba', rlp={**TINY_RLP, 'reward': reward}), nproc=nproc, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + rank_logs(tmp_path)
     records = read_metrics(str(tmp_path / 'runs' / 'tiny' / 'metrics.jsonl'))
     assert sorted(records) == [0, 1, 2, 3]
@@ -97,6 +104,8 @@ def test_rlp_with_composer_n1(local_run):
         assert r['throughput/flops_rlp'] == pytest.approx(parts, rel=1e-9) and parts > 0
         assert r['throughput/flops_ntp'] == pytest.approx(ntp_flops(_flop_model(), [32] * 4), rel=1e-9)
         assert r['throughput/flops'] == pytest.approx(parts + r['throughput/flops_ntp'], rel=1e-9)
+    if reward.get('kind') == 'rpt':
+        assert all(0.0 <= r['rlp/reward_mean'] <= 1.0 for r in records.values())
     totals = [records[i]['throughput/flops_total'] for i in range(4)]
     assert totals == pytest.approx([sum(records[j]['throughput/flops'] for j in range(i + 1)) for i in range(4)])
     assert (tmp_path / 'runs' / 'tiny' / 'thoughts.jsonl').stat().st_size > 0
