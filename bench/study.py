@@ -1,22 +1,27 @@
 """The RLP study: RLP, RLP + next-token loss and FLOP-matched CPT from one base, on several seeds (not run in CI).
 
-    python bench/study.py [--seeds 0 1 2] [--steps 100 400] [--positions 200] [--grid] [--out study]
+    python bench/study.py [--seeds 0 1 2] [--steps 100] [--long 400 --long-seeds 0] [--extra-arms horizon rpt]
+                          [--positions 200] [--grid --grid-steps 50] [--jobs 2] [--out study]
 
 Every arm starts from the shipped base (``rlp/assets/demo-base``) and reads the same plain documents as ``make demo``
-(``demo/rlp-data``; run ``make demo`` first: its seed-0 runs at 100 steps are reused as they are). For each seed and
-each step count (runs are extended by resuming: the 400-step run is the 100-step run continued), the two RLP arms
-train with their recipes' learning rates and CPT trains for as many batches as the RLP run's counted FLOPs buy.
-Every model is evaluated on the held-out documents (``demo/heldout``, evaluation seed 0: the same positions and
-thought draws for every model) at answer positions and at uniform positions. With ``--grid`` it first picks each
-arm's learning rate on the validation documents (``demo/valid``, a fourth seed, never the test documents) from a
-grid of four values per arm, each arm by the quantity its own objective optimises, measured at answer positions
-after ``--grid-steps``: the information gain of a sampled thought against the base's no-think prediction for the
-two RLP arms, the no-think NLL for CPT (both are recorded for every grid point); ``--grid-only`` stops there.
+(``demo/rlp-data``; run ``make demo`` first: its seed-0 runs are reused when they were trained at the study's learning
+rates). For each seed and each step count (``--long`` adds step counts for ``--long-seeds`` only; longer runs resume
+the shorter run of the same seed), the two RLP arms train and CPT trains for as many batches as the RLP run's
+counted FLOPs buy. ``--extra-arms`` adds RLP with other rewards (``rlp.reward.kind``: the discounted multi-token
+``horizon`` gain and RPT's 0/1 ``rpt`` reward) at RLP's learning rate. Every model is evaluated on the held-out
+documents (``demo/heldout``, evaluation seed 0: the same positions and thought draws for every model) at answer
+positions and at uniform positions.
+
+With ``--grid`` it first picks each arm's learning rate on the validation documents (``demo/valid``, a fourth seed,
+never the test documents) from a grid of four values per arm, each arm by the quantity its own objective optimises,
+measured at answer positions after ``--grid-steps``: the information gain of a sampled thought against the base's
+no-think prediction for the two RLP arms, the no-think NLL for CPT (both are recorded for every grid point);
+``--grid-only`` stops there.
 
 Runs go side by side, at most ``--jobs`` commands at once (:mod:`rlp.tools.jobs`; logs in ``<out>/logs``): per
-seed one lane for RLP then its FLOP-matched CPT, one for RLP + NTP. Results go to ``<out>/state.json`` after every
-step (a rerun skips what is done) and ``docs/results.md`` is rewritten from it each time, so a study stopped early
-still reports what it measured.
+seed one lane for RLP then its FLOP-matched CPT, one for RLP + NTP, one per extra arm. Results go to
+``<out>/state.json`` after every step (a rerun skips what is done) and ``docs/results.md`` is rewritten from it each
+time, so a study stopped early still reports what it measured.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ GRID = {'rlp': [1e-5, 3e-5, 1e-4, 3e-4], 'rlp+ntp': [1e-4, 3e-4, 1e-3, 3e-3], 'c
 # what each arm's learning rate is chosen by: (metric, direction); the metric its own training objective optimises
 CRITERION = {'rlp': ('gain_vs_baseline', 'higher'), 'rlp+ntp': ('gain_vs_baseline', 'higher'),
              'cpt': ('nll_nothink', 'lower')}  # fmt: skip
+# the arms beyond make demo's three: other rewards of RLP (rlp.reward.kind), at RLP's learning rate
+EXTRA = {'horizon': 'demo-horizon', 'rpt': 'demo-rpt'}
+STUDY_ARMS = {**ARMS, **EXTRA}
 KINDS = {'answers': ANSWERS, 'uniform': []}
 MARK = '<!-- written by hand below this line; bench/study.py keeps it -->'
 METRICS = ('nll_nothink', 'acc_nothink', 'acc_think', 'gain_vs_baseline', 'gain_vs_self', 'best_of_g_helps',
@@ -83,10 +91,10 @@ class Study:
             return self.state['runs'][key]
         run = self.out / 'runs' / tag
         extended = run.exists()  # resumed from this run's earlier checkpoint: its earlier wall time counts
-        lr = lr if lr is not None else self.state['lr'].get(arm)
+        lr = lr if lr is not None else self.state['lr'].get('rlp' if arm in EXTRA else arm)
         over = [f'trainer.optimizer.lr={lr}'] if lr is not None else []
         folder = run.relative_to(ROOT)
-        cmd = [PY, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', f'variables.rlp_data_dir=demo/{data}',
+        cmd = [PY, '-m', 'rlp.train', f'recipes/{STUDY_ARMS[arm]}.yaml', f'variables.rlp_data_dir=demo/{data}',
                f'seed={seed}', f'run_name={tag}', f'trainer.max_duration={steps}ba', f'trainer.save_interval={steps}ba',
                f'trainer.output_dir={folder}', f'trainer.save_folder={folder}/checkpoints',
                'data.clean_stale_shared_memory=false', *over]  # fmt: skip
@@ -127,9 +135,9 @@ class Study:
             )
             self.save()
 
-    def rlp_lane(self, seed: int) -> None:
+    def rlp_lane(self, seed: int, counts: list[int]) -> None:
         """RLP at each step count, then CPT for as many batches as those RLP FLOPs buy; every evaluation."""
-        for steps in sorted(self.args.steps):
+        for steps in sorted(counts):
             run = self.train('rlp', seed, steps, r_tag('rlp', seed))
             self.cell(seed, steps, 'rlp', run)
             cpt = self.train('cpt', seed, matched_batches(run['flops'], self.per_batch), r_tag('cpt', seed))
@@ -138,11 +146,11 @@ class Study:
                 self.evaluate(run['hf'], kind)
                 self.evaluate(cpt['hf'], kind)
 
-    def mixed_lane(self, seed: int) -> None:
-        """RLP + next-token loss at each step count; its evaluations."""
-        for steps in sorted(self.args.steps):
-            run = self.train('rlp+ntp', seed, steps, r_tag('rlp+ntp', seed))
-            self.cell(seed, steps, 'rlp+ntp', run)
+    def arm_lane(self, seed: int, counts: list[int], arm: str) -> None:
+        """``arm`` (RLP + next-token loss, or an extra reward) at each step count; its evaluations."""
+        for steps in sorted(counts):
+            run = self.train(arm, seed, steps, r_tag(arm, seed))
+            self.cell(seed, steps, arm, run)
             for kind in self.args.kinds:
                 self.evaluate(run['hf'], kind)
 
@@ -233,16 +241,16 @@ def report(state: dict, args: argparse.Namespace) -> str:
         lines.append('')
     cells = state.get('cells', {})
     for steps in sorted({int(k.split('@')[1]) for k in cells}):
-        seeds = sorted(
-            int(k[1:].split('@')[0]) for k in cells if k.endswith(f'@{steps}') and len(cells[k]) == len(ARMS)
-        )
+        done = [k for k in cells if k.endswith(f'@{steps}') and all(a in cells[k] for a in ARMS)]  # the three arms
+        seeds = sorted(int(k[1:].split('@')[0]) for k in done)
         if not seeds:
             continue
         runs = {s: {a: state['runs'][t] for a, t in cells[f's{s}@{steps}'].items()} for s in seeds}
+        arms = [*ARMS, *(a for a in EXTRA if all(a in runs[s] for s in seeds))]
         lines += [f'## After {steps} RLP steps (seeds {", ".join(map(str, seeds))})', '',
                   '| arm | batches | FLOPs | FLOPs / RLP | train wall (s) | lr |',
                   '|---|---|---|---|---|---|']  # fmt: skip
-        for arm in ARMS:
+        for arm in arms:
             rs = [runs[s][arm] for s in seeds]
             ratio = [r['flops'] / runs[s]['rlp']['flops'] for s, r in zip(seeds, rs)]
             lines.append(f'| {arm} | {_mean_sd([r["steps"] for r in rs], ".0f")} | '
@@ -251,16 +259,16 @@ def report(state: dict, args: argparse.Namespace) -> str:
         lines.append('')
         for kind in KINDS:
             models = {'base': f'{BASE_MODEL}|{kind}|heldout'}
-            have = [s for s in seeds if all(f'{runs[s][a]["hf"]}|{kind}|heldout' in evals for a in ARMS)]
+            have = [s for s in seeds if all(f'{runs[s][a]["hf"]}|{kind}|heldout' in evals for a in arms)]
             if not have or models['base'] not in evals:
                 continue
             base = evals[models['base']]
             lines += [f'### {kind} positions, {steps} steps (seeds {", ".join(map(str, have))})', '',
-                      '| metric | base | ' + ' | '.join(ARMS) + ' |', '|---|---|' + '---|' * len(ARMS)]  # fmt: skip
+                      '| metric | base | ' + ' | '.join(arms) + ' |', '|---|---|' + '---|' * len(arms)]  # fmt: skip
             for m in METRICS:
                 lo, hi = base['intervals'][m]
                 row = [f'{base["metrics"][m]:.3f} [{lo:.3f}, {hi:.3f}]']
-                for arm in ARMS:
+                for arm in arms:
                     vals = [evals[f'{runs[s][arm]["hf"]}|{kind}|heldout'] for s in have]
                     if len(vals) == 1:
                         lo, hi = vals[0]['intervals'][m]
@@ -270,8 +278,8 @@ def report(state: dict, args: argparse.Namespace) -> str:
                 lines.append(f'| {m} | ' + ' | '.join(row) + ' |')
             lines += ['', 'Paired differences at the same positions, per seed (`a − b [95% interval]`):', '']
             for s in have:
-                res = {a: evals[f'{runs[s][a]["hf"]}|{kind}|heldout'] for a in ARMS}
-                for arm in ('rlp', 'rlp+ntp'):
+                res = {a: evals[f'{runs[s][a]["hf"]}|{kind}|heldout'] for a in arms}
+                for arm in (a for a in arms if a != 'cpt'):
                     parts = []
                     for m in ('acc_think', 'gain_vs_baseline', 'nll_nothink'):
                         d, lo, hi = compare(res[arm], res['cpt'], m)
@@ -293,7 +301,16 @@ def report(state: dict, args: argparse.Namespace) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--steps', type=int, nargs='+', default=[100, 400])
+    parser.add_argument('--steps', type=int, nargs='+', default=[100])
+    parser.add_argument('--long', type=int, nargs='*', default=[400], help='more step counts, for --long-seeds only')
+    parser.add_argument('--long-seeds', type=int, nargs='*', default=[0])
+    parser.add_argument(
+        '--extra-arms',
+        nargs='*',
+        default=[],
+        choices=list(EXTRA),
+        help='RLP with other rewards (recipes/demo-horizon.yaml, demo-rpt.yaml) at --steps',
+    )
     parser.add_argument('--positions', type=int, default=200)
     parser.add_argument('--kinds', nargs='+', default=list(KINDS), choices=list(KINDS))
     parser.add_argument('--grid', action='store_true', help="pick each arm's lr on the validation documents first")
@@ -319,7 +336,12 @@ def main() -> int:
             study.save()
             return 0
     study.adopt_demo(min(args.steps))
-    lanes = [functools.partial(lane, seed) for seed in args.seeds for lane in (study.rlp_lane, study.mixed_lane)]
+    lanes = []
+    for seed in args.seeds:
+        counts = sorted({*args.steps, *(args.long if seed in args.long_seeds else [])})
+        lanes.append(functools.partial(study.rlp_lane, seed, counts))
+        lanes.append(functools.partial(study.arm_lane, seed, counts, 'rlp+ntp'))
+        lanes += [functools.partial(study.arm_lane, seed, list(args.steps), arm) for arm in args.extra_arms]
     base = [functools.partial(study.evaluate, BASE_MODEL, kind) for kind in args.kinds]
     try:
         study.lanes.lanes(*base, *lanes)
