@@ -192,6 +192,7 @@ class Study:
         with self.lock:
             self.state['lr'][arm] = max(scores, key=lambda lr: sign * scores[lr][metric])
             self.state.setdefault('grid', {})[arm] = {str(k): v for k, v in scores.items()}
+            self.state['grid_steps'] = self.args.grid_steps
             self.save()
 
     def grid(self) -> None:
@@ -229,7 +230,8 @@ def report(state: dict, args: argparse.Namespace) -> str:
              'model; `[a, b]` is a 95% bootstrap interval over positions; ± is the standard deviation over training '
              'seeds.', '']  # fmt: skip
     if state.get('grid'):
-        lines += [f'## Learning rates (validation documents, answer positions, after {args.grid_steps} RLP steps; '
+        steps = state.get('grid_steps', args.grid_steps)
+        lines += [f'## Learning rates (validation documents, answer positions, after {steps} RLP steps; '
                   'CPT FLOP-matched to the chosen RLP run)', '',
                   '| arm | lr | gain vs base | no-think NLL | acc. with thought | chosen by |',
                   '|---|---|---|---|---|---|']  # fmt: skip
@@ -314,7 +316,7 @@ def main() -> int:
     parser.add_argument('--positions', type=int, default=200)
     parser.add_argument('--kinds', nargs='+', default=list(KINDS), choices=list(KINDS))
     parser.add_argument('--grid', action='store_true', help="pick each arm's lr on the validation documents first")
-    parser.add_argument('--grid-steps', type=int, default=100)
+    parser.add_argument('--grid-steps', type=int, default=50)
     parser.add_argument('--grid-positions', type=int, default=100)
     parser.add_argument('--grid-only', action='store_true', help='stop after the learning-rate grid')
     parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='commands at the same time')
