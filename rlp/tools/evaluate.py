@@ -98,10 +98,10 @@ def load_model(path: str, tokenizer: Optional[str] = None, gguf_file: Optional[s
         if not os.path.isdir(path):
             raise _cli_error(f'--gguf-file {gguf_file!r}: {path!r} is not a folder; give the folder that holds it')
         try:
-            gguf_kwargs('--gguf-file', path, gguf_file)
+            weights = gguf_kwargs('--gguf-file', path, gguf_file, weights=True)
         except ConfigError as err:
             raise _cli_error(str(err)) from None
-        return _load_folder(path, path, tokenizer, gguf_file)
+        return _load_folder(path, path, tokenizer, weights)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
         return _load_folder(path, path, tokenizer)
     with tempfile.TemporaryDirectory(prefix='rlp-eval-') as tmp:
@@ -109,13 +109,13 @@ def load_model(path: str, tokenizer: Optional[str] = None, gguf_file: Optional[s
         return _load_folder(path, os.path.join(tmp, 'model'), None)
 
 
-def _load_folder(path: str, folder: str, tokenizer: Optional[str], gguf_file: Optional[str] = None) -> tuple[Any, Any]:
+def _load_folder(path: str, folder: str, tokenizer: Optional[str], gguf: Optional[dict] = None) -> tuple[Any, Any]:
     # transformers 5 draws a per-tensor "Loading weights" bar on stderr, which this command keeps for its own
     # progress and its one-line errors
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **({'gguf_file': gguf_file} if gguf_file else {}))
+        model = AutoModelForCausalLM.from_pretrained(folder, **(gguf or {}))
     except (OSError, ValueError) as err:
         message = f'{path}: cannot load a model ({_short(err)}); give a folder written by rlp export, or a checkpoint'
         raise _cli_error(message) from err
@@ -127,7 +127,7 @@ def _load_folder(path: str, folder: str, tokenizer: Optional[str], gguf_file: Op
 
         tokenizer = str(bundled_tokenizer_dir())
     try:
-        own = {'gguf_file': gguf_file} if gguf_file and not tokenizer else {}
+        own = {'gguf_file': gguf['gguf_file']} if gguf and not tokenizer else {}
         tok = AutoTokenizer.from_pretrained(tokenizer or folder, **own)
     except (OSError, ValueError, TypeError) as err:
         where = f'--tokenizer {tokenizer!r}' if tokenizer else f'{path} holds no tokenizer'
