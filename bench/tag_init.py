@@ -32,6 +32,12 @@ ARMS = {
     'nl': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="\\n"'],
     'period': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="."'],
     'nl-so': ['rlp.template.tag_init=text', 'rlp.template.open_init_text=" So"', 'rlp.template.close_init_text="\\n"'],
+    'imend': ['rlp.template.tag_init=text', 'rlp.template.close_init_text=<|im_end|>'],
+    'chat': [
+        'rlp.template.tag_init=text',
+        'rlp.template.open_init_text=<|im_start|>',
+        'rlp.template.close_init_text=<|im_end|>',
+    ],  # fmt: skip
     'pieces-instr': ['rlp.template.tag_init=text', f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
 }
 KEYS = ('rlp/truncation_rate', 'rlp/reward_mean', 'rlp/gain_vs_ema', 'rlp/s_pred', 'rlp/s_ema', 'rlp/thought_len_mean')
