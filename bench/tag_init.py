@@ -64,6 +64,7 @@ def train(arm: str, batches: int) -> None:
         sys.executable, '-m', 'rlp.train', 'recipes/smollm2-135m-rlp.yaml', f'variables.model={NOTAGS}',
         f'variables.data_dir=./{DATA}', f'variables.out=./{OUT}',
         'data.streams.synthetic.allow_tokenizer_mismatch=true', f'trainer.max_duration={batches}ba',
+        'trainer.device_train_microbatch_size=2',
         'trainer.save_folder=null', 'trainer.device=cpu', f'run_name=tags-{arm}', 'loggers.console=false', *ARMS[arm],
     ])  # fmt: skip
 
