@@ -32,6 +32,8 @@ ARMS = {
     'nl': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="\\n"'],
     'period': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="."'],
     'nl-so': ['rlp.template.tag_init=text', 'rlp.template.open_init_text=" So"', 'rlp.template.close_init_text="\\n"'],
+    'mix-period': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="</think>."'],
+    'mix-nl': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="</think>\\n"'],
     'imend': ['rlp.template.tag_init=text', 'rlp.template.close_init_text=<|im_end|>'],
     'chat': [
         'rlp.template.tag_init=text',
