@@ -24,7 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 NOTAGS = 'models/smollm2-135m-notags'
 DATA = 'models/data/smollm2-plain'
-OUT = 'models/tagruns'
 INSTRUCTION = 'Think step by step between <think> and </think>, then continue the text.\n'
 ARMS = {
     'mean': [],
@@ -61,39 +60,38 @@ def prepare() -> None:
               '--eos-text', '<|endoftext|>', '--seq-len', '256', '--out', DATA, '--workers', '1'])  # fmt: skip
 
 
-def train(arm: str, batches: int) -> None:
+def train(arm: str, batches: int, out: str) -> None:
     _run([
         sys.executable, '-m', 'rlp.train', 'recipes/smollm2-135m-rlp.yaml', f'variables.model={NOTAGS}',
-        f'variables.data_dir=./{DATA}', f'variables.out=./{OUT}',
+        f'variables.data_dir=./{DATA}', f'variables.out=./{out}',
         'data.streams.synthetic.allow_tokenizer_mismatch=true', f'trainer.max_duration={batches}ba',
         'trainer.device_train_microbatch_size=2',
         'trainer.save_folder=null', 'trainer.device=cpu', f'run_name=tags-{arm}', 'loggers.console=false', *ARMS[arm],
     ])  # fmt: skip
 
 
-def summary(arm: str, batches: int) -> dict[str, float]:
-    rows = [json.loads(line) for line in open(REPO / OUT / f'tags-{arm}' / 'metrics.jsonl', encoding='utf-8')]
+def summary(arm: str, batches: int, out: str) -> dict[str, float]:
+    rows = [json.loads(line) for line in open(REPO / out / f'tags-{arm}' / 'metrics.jsonl', encoding='utf-8')]
     rows = [r for r in rows if 'rlp/reward_mean' in r][:batches]
-    out = {k: sum(r[k] for r in rows) / len(rows) for k in KEYS}
-    out['positions'] = sum(r['rlp/positions'] for r in rows)
-    out['batches'] = len(rows)
-    return out
+    means = {k: sum(r[k] for r in rows) / len(rows) for k in KEYS}
+    return {**means, 'positions': sum(r['rlp/positions'] for r in rows), 'batches': len(rows)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--batches', type=int, default=3)
     parser.add_argument('--arms', default=','.join(ARMS), help='comma-separated, of: ' + ', '.join(ARMS))
-    parser.add_argument('--summary-only', action='store_true', help='only summarise runs already in models/tagruns')
+    parser.add_argument('--out', default='models/tagruns', help='where the runs go (default: %(default)s)')
+    parser.add_argument('--summary-only', action='store_true', help='only summarise runs already in --out')
     args = parser.parse_args()
     arms = args.arms.split(',')
     if not args.summary_only:
         prepare()
         for arm in arms:
-            train(arm, args.batches)
+            train(arm, args.batches, args.out)
     print(f'{"arm":<14} {"trunc":>6} {"reward":>8} {"gain_ema":>8} {"S_pred":>8} {"S_EMA":>8} {"len":>5} {"pos":>4}')
     for arm in arms:
-        s = summary(arm, args.batches)
+        s = summary(arm, args.batches, args.out)
         print(
             f'{arm:<14} {s["rlp/truncation_rate"]:6.3f} {s["rlp/reward_mean"]:8.3f} {s["rlp/gain_vs_ema"]:8.3f} '
             f'{s["rlp/s_pred"]:8.3f} {s["rlp/s_ema"]:8.3f} {s["rlp/thought_len_mean"]:5.1f} {s["positions"]:4.0f}'
