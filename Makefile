@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 # BatchEncoding from it), so it is installed without its dependency metadata. Its runtime requirements are listed in
 # pyproject.toml and requirements/keep-torch.txt.
 STREAMING := mosaicml-streaming==0.13.0
+# The gguf extra of pyproject.toml (same pins), installed by name so that a keep-torch venv keeps its torch.
+GGUF := gguf==0.19.0 accelerate==1.15.0
 
 .PHONY: install install-keep-torch lint format test demo demo-base smollm2 bench clean
 
@@ -61,7 +63,7 @@ demo-base: $(STAMP)
 # extra); then 2000 plain synthetic documents tokenised with its tokenizer (models/smollm2-plain), the data of
 # recipes/smollm2-135m-*.yaml. Steps whose folder exists are skipped (delete the folder to redo one).
 smollm2: $(STAMP)
-	$(PY) -c 'import gguf, accelerate' 2>/dev/null || $(PY) -m pip install -q -e '.[gguf]'
+	$(PY) -c 'import gguf, accelerate' 2>/dev/null || $(PY) -m pip install -q $(GGUF)
 	test -d models/smollm2-135m || TOKENIZERS_PARALLELISM=false $(PY) -m rlp.tools.cli pretrained smollm2 \
 		--out models/smollm2-135m
 	test -d models/smollm2-plain || ( $(PY) -m pipeline.synthetic --docs 2000 --seed 2 --think-fraction 0 \

@@ -10,6 +10,7 @@ behind."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlp.tools.cli import main
 from rlp.tools.pretrained import SMOLLM2
-from tests.helpers.commands import tree
+from tests.helpers.commands import REPO, tree
 from tests.helpers.tiny_gguf import SPECIALS, tiny_bpe_tokenizer, write_tiny_llama_gguf, write_wheel
 
 TEXT = 'Tom has 12 apples and buys 7 more. 12 + 7 = 19.\n'
@@ -129,3 +130,12 @@ def test_eval_loads_a_gguf_file(tiny):
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, ref(x).logits, rtol=0, atol=1e-5)
     assert getattr(model, 'hf_quantizer', None) is None and not model.is_quantized
+
+
+def test_make_installs_the_gguf_extra_pins():
+    """`make smollm2` installs the gguf extra by name (a keep-torch venv keeps its torch): the same pins as the
+    extra in pyproject.toml."""
+    extra = re.search(r'^gguf = \[(.*?)\]', (REPO / 'pyproject.toml').read_text(), re.M | re.S)
+    make = re.search(r'^GGUF := (.*)$', (REPO / 'Makefile').read_text(), re.M)
+    assert extra is not None and make is not None
+    assert make.group(1).split() == re.findall(r'"([^"]+)"', extra.group(1)) == ['gguf==0.19.0', 'accelerate==1.15.0']
