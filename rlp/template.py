@@ -149,7 +149,8 @@ def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
     source_ids = {tag: _encode(tokenizer, sources[tag]) for tag in missing}  # before the tags become tokens
     added = tokenizer.add_special_tokens({'extra_special_tokens': missing}, replace_extra_special_tokens=False)
     if added and model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        # mean: transformers' mean-of-rows start; text: the rows are set below, so skip its (logged) sampling
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=cfg.tag_init == 'mean')
     if model is not None and cfg.tag_init == 'text':
         for tag in missing:
             init_tag_rows(model, tokenizer.convert_tokens_to_ids(tag), source_ids[tag])
