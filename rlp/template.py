@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import torch
+
 from rlp.config import TemplateConfig
 
-__all__ = ['TemplateError', 'ThoughtTemplate', 'add_think_tokens', 'resolve_template', 'tag_token_id']
+__all__ = ['TemplateError', 'ThoughtTemplate', 'add_think_tokens', 'init_tag_rows', 'resolve_template', 'tag_token_id']
 
 _CONTEXTS = ('x{}x', ' {} ', '\n{}\n', '1{}2', '{}{}')
 
@@ -130,7 +132,8 @@ def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
     """Add the tags missing from ``tokenizer`` as special tokens and resize ``model``'s embeddings to match.
 
     Call before the optimizer is built (the training entry does, when ``rlp.template.add_tags`` is true). New
-    embedding rows are initialised by ``transformers`` (mean of the existing rows).
+    embedding rows start as ``cfg.tag_init`` says: ``mean`` keeps transformers' initialisation (the mean of the
+    existing rows), ``text`` sets each added tag's rows by :func:`init_tag_rows`.
 
     Returns:
         The number of tokens added (0 when both tags were already single tokens).
@@ -142,7 +145,31 @@ def add_think_tokens(tokenizer: Any, model: Any, cfg: TemplateConfig) -> int:
     ]
     if not missing:
         return 0
+    sources = {cfg.open_tag: cfg.open_init_text or cfg.open_tag, cfg.close_tag: cfg.close_init_text or cfg.close_tag}
+    source_ids = {tag: _encode(tokenizer, sources[tag]) for tag in missing}  # before the tags become tokens
     added = tokenizer.add_special_tokens({'extra_special_tokens': missing}, replace_extra_special_tokens=False)
     if added and model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        # mean: transformers' mean-of-rows start; text: the rows are set below, so skip its (logged) sampling
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=cfg.tag_init == 'mean')
+    if model is not None and cfg.tag_init == 'text':
+        for tag in missing:
+            init_tag_rows(model, tokenizer.convert_tokens_to_ids(tag), source_ids[tag])
     return added
+
+
+def init_tag_rows(model: Any, tag_id: int, source_ids: Sequence[int]) -> None:
+    """Set row ``tag_id`` of the input embeddings E (V, d) to the mean of the rows ``source_ids``,
+    E[tag] = (1/n) sum_i E[s_i], and the same for the output embeddings W (V, d) when they are a separate matrix.
+
+    Raises:
+        TemplateError: ``source_ids`` is empty (the text encodes to no token).
+    """
+    if not source_ids:
+        raise TemplateError('rlp.template.*_init_text encodes to no token; give a text with at least one token')
+    index = torch.tensor(list(source_ids), dtype=torch.long)
+    inp = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    with torch.no_grad():
+        inp[tag_id] = inp[index].mean(dim=0)
+        if out is not None and out.weight is not inp and out.weight.shape[0] > tag_id:
+            out.weight[tag_id] = out.weight[index].mean(dim=0)

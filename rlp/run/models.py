@@ -9,8 +9,9 @@ the HF module as ``state.model.model`` and the tokenizer as ``state.model.tokeni
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from composer.models import HuggingFaceModel
@@ -22,7 +23,7 @@ from rlp.run.recipe_freeform import check_tokenizer_kwargs
 from rlp.run.recipe_schema import ConfigError, ModelConfig, TokenizerConfig
 from rlp.template import TemplateError, add_think_tokens, resolve_template
 
-__all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer']
+__all__ = ['build_composer_model', 'build_hf_model', 'build_tokenizer', 'gguf_kwargs']
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -69,6 +70,35 @@ def _load_error(key: str, name: str, what: str, err: BaseException) -> ConfigErr
     )
 
 
+def gguf_kwargs(key: str, name: str, gguf_file: Optional[str], weights: bool = False) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that load ``gguf_file`` (none without one), after checking what loading it
+    needs: the ``gguf`` and ``accelerate`` packages, and the file itself when ``name`` is a local folder.
+
+    ``weights``: for a model's ``from_pretrained``, also ask for every weight dequantised into a plain dense model
+    (transformers otherwise keeps quantized blocks when a GGUF matmul kernel is installed, which cannot be trained,
+    and marks even a dequantised model as quantized, which ``save_pretrained`` refuses)."""
+    if gguf_file is None:
+        return {}
+    missing = [m for m in ('gguf', 'accelerate') if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f'{key}={gguf_file!r} needs the package(s) {", ".join(missing)}, which are not installed; fix: '
+            f"pip install -e '.[gguf]'"
+        )
+    folder = os.path.expanduser(name)
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, gguf_file)):
+        raise ConfigError(
+            f'{key}={gguf_file!r}: no such file in the folder {os.path.abspath(folder)}; rule: the name of a GGUF '
+            f'file inside that folder; fix: check the name (the folder holds '
+            f'{sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))[:5] or "no .gguf file"})'
+        )
+    if not weights:
+        return {'gguf_file': gguf_file}
+    from transformers import GgufConfig
+
+    return {'gguf_file': gguf_file, 'quantization_config': GgufConfig(dequantize=True)}
+
+
 def build_tokenizer(cfg: TokenizerConfig):
     """The tokenizer named by the recipe; a missing pad token is set to EOS (batches carry no padding in
     packed mode; the pad id only matters for pack mode ``none`` and for generation)."""
@@ -77,8 +107,9 @@ def build_tokenizer(cfg: TokenizerConfig):
         name = str(bundled_tokenizer_dir())
     else:
         _check_local('tokenizer.name_or_path', name, 'a tokenizer')
+    gguf = gguf_kwargs('tokenizer.gguf_file', name, cfg.gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **cfg.kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, **gguf, **cfg.kwargs)
     except (OSError, ValueError) as err:
         raise _load_error('tokenizer.name_or_path', cfg.name_or_path, 'tokenizer', err) from err
     check_tokenizer_kwargs(tokenizer, cfg.kwargs)
@@ -116,9 +147,10 @@ def _override(hf_config: Any, overrides: dict[str, Any]) -> None:
 
 def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     """The HF causal LM; random init is seeded with ``seed`` so every rank builds the same weights."""
+    common: dict[str, Any] = {}
     if cfg.name_or_path is not None:
         _check_local('model.name_or_path', cfg.name_or_path, 'a model')
-    common: dict[str, Any] = {}
+        common.update(gguf_kwargs('model.gguf_file', cfg.name_or_path, cfg.gguf_file, weights=True))
     if cfg.attn_implementation is not None:
         common['attn_implementation'] = cfg.attn_implementation
     if cfg.torch_dtype is not None:
@@ -128,7 +160,10 @@ def build_hf_model(cfg: ModelConfig, tokenizer, seed: int = 17):
     elif not cfg.pretrained or cfg.config_overrides:
         try:
             hf_config = AutoConfig.from_pretrained(
-                cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+                cfg.name_or_path,
+                trust_remote_code=cfg.trust_remote_code,
+                revision=cfg.revision,
+                **gguf_kwargs('model.gguf_file', cfg.name_or_path, cfg.gguf_file),
             )
         except (OSError, ValueError) as err:
             raise _load_error('model.name_or_path', cfg.name_or_path, 'model config (config.json)', err) from err

@@ -29,6 +29,7 @@ from rlp.strictcfg import ConfigError
 __all__ = [
     'SAVE_FOLDER_SCHEMES',
     'STREAM_SCHEMES',
+    'check_gguf_file',
     'check_save_folder_scheme',
     'check_stream_locations',
     'load_yaml_file',
@@ -77,6 +78,23 @@ def check_stream_locations(name: str, remote: Optional[str], local: Optional[str
         raise ConfigError(
             f'data.streams.{name}.local={local!r} is a URI; rule: local is a folder on this machine (the cache, or '
             f'the dataset itself without remote); fix: set data.streams.{name}.remote={local} and leave local unset'
+        )
+
+
+def check_gguf_file(section: str, gguf_file: Optional[str], name_or_path: Optional[str]) -> None:
+    """Refuse ``{section}.gguf_file`` without a folder or hub repo to find it in, or not naming a ``.gguf`` file."""
+    if gguf_file is None:
+        return
+    key = f'{section}.gguf_file'
+    if name_or_path is None:
+        raise ConfigError(
+            f'{key}={gguf_file!r} needs {section}.name_or_path (the folder or hub repo that holds the file); fix: set '
+            f'{section}.name_or_path to that folder, or drop {key}'
+        )
+    if not gguf_file.lower().endswith('.gguf') or not gguf_file.strip():
+        raise ConfigError(
+            f'{key}={gguf_file!r} is not a .gguf file name; rule: the name of a GGUF file inside '
+            f'{section}.name_or_path, e.g. model.Q4_1.gguf; fix: give that file name, or drop {key}'
         )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from rlp.config import RLPConfig
-from rlp.run.recipe_checks import check_fsdp, check_save_folder_scheme
+from rlp.run.recipe_checks import check_fsdp, check_gguf_file, check_save_folder_scheme
 from rlp.run.recipe_streams import DataConfig, StreamConfig
 from rlp.strictcfg import NEGATIVE, ConfigError, to_dict
 
@@ -64,6 +64,9 @@ class ModelConfig:
         attn_implementation: transformers' attention kernel. None = transformers' default for the model.
         trust_remote_code: allow the checkpoint's own modeling code (models transformers does not ship).
         revision: hub revision (branch, tag or commit) of ``name_or_path``. None = the default branch.
+        gguf_file: a GGUF file inside ``name_or_path`` (a folder or hub repo) to load the weights from, dequantised
+            (needs ``pip install -e '.[gguf]'``). None = the folder's safetensors. ``rlp pretrained`` turns a GGUF
+            into a plain folder once, which loads faster.
     """
 
     name_or_path: Optional[str] = None
@@ -74,6 +77,7 @@ class ModelConfig:
     attn_implementation: Optional[Literal['eager', 'sdpa', 'flash_attention_2']] = None
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    gguf_file: Optional[str] = None
 
     def __post_init__(self):
         if (self.name_or_path is None) == (self.config is None):
@@ -83,6 +87,12 @@ class ModelConfig:
             )
         if self.config is not None and 'model_type' not in self.config:
             raise ConfigError('model.config needs a model_type (e.g. llama, qwen3, gpt2)')
+        check_gguf_file('model', self.gguf_file, self.name_or_path)
+        if self.gguf_file is not None and not self.pretrained:
+            raise ConfigError(
+                f'model.gguf_file={self.gguf_file!r} with model.pretrained=false: a GGUF file carries weights; '
+                f'fix: drop model.gguf_file for a random init, or set model.pretrained=true'
+            )
 
 
 @dataclass
@@ -93,10 +103,16 @@ class TokenizerConfig:
         name_or_path: hub name, local folder, or ``bundled`` (the small BPE shipped with the project, in
             ``pipeline/assets/tokenizer``).
         kwargs: extra keyword arguments of ``AutoTokenizer.from_pretrained`` (e.g. ``trust_remote_code``).
+        gguf_file: a GGUF file inside ``name_or_path`` whose tokenizer to load (usually the same as
+            ``model.gguf_file``). None = the folder's tokenizer files.
     """
 
     name_or_path: str = 'bundled'
     kwargs: dict[str, Any] = field(default_factory=dict)
+    gguf_file: Optional[str] = None
+
+    def __post_init__(self):
+        check_gguf_file('tokenizer', self.gguf_file, None if self.name_or_path == 'bundled' else self.name_or_path)
 
 
 @dataclass

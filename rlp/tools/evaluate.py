@@ -87,9 +87,21 @@ def _cli_error(message: str) -> Exception:
     return CliError(message)
 
 
-def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a Hugging Face folder, or a Composer checkpoint (file, folder or save folder,
-    local or object store) exported to a temporary Hugging Face folder first."""
+def load_model(path: str, tokenizer: Optional[str] = None, gguf_file: Optional[str] = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a Hugging Face folder (or a GGUF file ``gguf_file`` in it), or a Composer
+    checkpoint (file, folder or save folder, local or object store) exported to a temporary Hugging Face folder
+    first."""
+    if gguf_file is not None:
+        from rlp.run.models import gguf_kwargs
+        from rlp.strictcfg import ConfigError
+
+        if not os.path.isdir(path):
+            raise _cli_error(f'--gguf-file {gguf_file!r}: {path!r} is not a folder; give the folder that holds it')
+        try:
+            weights = gguf_kwargs('--gguf-file', path, gguf_file, weights=True)
+        except ConfigError as err:
+            raise _cli_error(str(err)) from None
+        return _load_folder(path, path, tokenizer, weights)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
         return _load_folder(path, path, tokenizer)
     with tempfile.TemporaryDirectory(prefix='rlp-eval-') as tmp:
@@ -97,13 +109,13 @@ def load_model(path: str, tokenizer: Optional[str] = None) -> tuple[Any, Any]:
         return _load_folder(path, os.path.join(tmp, 'model'), None)
 
 
-def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
+def _load_folder(path: str, folder: str, tokenizer: Optional[str], gguf: Optional[dict] = None) -> tuple[Any, Any]:
     # transformers 5 draws a per-tensor "Loading weights" bar on stderr, which this command keeps for its own
     # progress and its one-line errors
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, **(gguf or {}))
     except (OSError, ValueError) as err:
         message = f'{path}: cannot load a model ({_short(err)}); give a folder written by rlp export, or a checkpoint'
         raise _cli_error(message) from err
@@ -115,7 +127,8 @@ def _load_folder(path: str, folder: str, tokenizer: Optional[str]) -> tuple[Any,
 
         tokenizer = str(bundled_tokenizer_dir())
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or folder)
+        own = {'gguf_file': gguf['gguf_file']} if gguf and not tokenizer else {}
+        tok = AutoTokenizer.from_pretrained(tokenizer or folder, **own)
     except (OSError, ValueError, TypeError) as err:
         where = f'--tokenizer {tokenizer!r}' if tokenizer else f'{path} holds no tokenizer'
         raise _cli_error(
@@ -406,6 +419,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--data', required=True, help='MDS folder or URI written by rlp-data prepare')
     p.add_argument('--baseline', help='a second model whose no-think log-prob is the gain baseline')
     p.add_argument('--tokenizer', help='tokenizer folder (or bundled), for models that do not carry one')
+    p.add_argument('--gguf-file', metavar='NAME',
+                   help="load --model (and its tokenizer) from this GGUF file inside the --model folder; needs "
+                        "pip install -e '.[gguf]'")  # fmt: skip
     p.add_argument('--positions', type=int, default=256, help='positions to evaluate (default: %(default)s)')
     p.add_argument('--group-size', type=int, default=8, help='thoughts per position (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of positions and thoughts (default: %(default)s)')
@@ -443,7 +459,7 @@ def run(args: Any) -> int:
         resamples=args.resamples,
     )
     other = _read_eval(args.paired) if args.paired else None
-    model, tokenizer = load_model(args.model, args.tokenizer)
+    model, tokenizer = load_model(args.model, args.tokenizer, args.gguf_file)
     baseline = load_model(args.baseline, args.tokenizer)[0] if args.baseline else None
     results = {
         'model': args.model,

@@ -4,6 +4,7 @@ the tag differently inside text), the instruction ids, and adding the tags with 
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -97,3 +98,80 @@ def test_template_config_rejects_bad_values():
         TemplateConfig(open_tag=' ')
     with pytest.raises(ConfigError, match='must differ'):
         TemplateConfig(open_tag='<t>', close_tag='<t>')
+
+
+def _loop_mean(weight: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    total = torch.zeros_like(weight[0])
+    for i in ids:
+        total = total + weight[i]
+    return total / len(ids)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_tag_init_text_sets_rows_to_the_mean_of_the_text_tokens(tied):
+    """tag_init=text: each added tag's input row (and output row when untied) equals the mean, summed in a loop, of
+    the rows of the tokens of its init text (default: the tag string's own pieces, encoded before the tag exists);
+    every other row is unchanged."""
+    tok = _plain_bpe()
+    model = build_tiny_model('llama', vocab_size=len(tok))
+    model.config.tie_word_embeddings = tied
+    if not tied:
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    pieces = tok('</think>', add_special_tokens=False)['input_ids']
+    so = tok(' So', add_special_tokens=False)['input_ids']
+    assert len(pieces) > 1
+    before_in = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    cfg = TemplateConfig(tag_init='text', open_init_text=' So', close_init_text=None)
+    assert add_think_tokens(tok, model, cfg) == 2
+    tpl = resolve_template(tok, cfg)
+    inp = model.get_input_embeddings().weight.detach()
+    out = model.get_output_embeddings().weight.detach()
+    n = before_in.shape[0]
+    assert torch.equal(inp[:n], before_in) and torch.equal(out[:n], before_out)
+    torch.testing.assert_close(inp[tpl.close_id], _loop_mean(before_in, pieces), rtol=0, atol=1e-6)
+    torch.testing.assert_close(inp[tpl.open_id], _loop_mean(before_in, so), rtol=0, atol=1e-6)
+    if tied:
+        assert out.data_ptr() == inp.data_ptr()
+    else:
+        torch.testing.assert_close(out[tpl.close_id], _loop_mean(before_out, pieces), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[tpl.open_id], _loop_mean(before_out, so), rtol=0, atol=1e-6)
+        assert not torch.equal(out[tpl.close_id], inp[tpl.close_id])
+
+
+def test_tag_init_mean_starts_tags_at_the_mean_row():
+    """tag_init=mean (transformers' resize): added rows are the mean of the existing rows, up to the tiny noise
+    transformers samples around it."""
+    tok = _plain_bpe()
+    model = build_tiny_model('llama', vocab_size=len(tok))
+    mean = model.get_input_embeddings().weight.detach().mean(dim=0).clone()
+    add_think_tokens(tok, model, TemplateConfig(tag_init='mean'))
+    tpl = resolve_template(tok, TemplateConfig())
+    for tag in (tpl.open_id, tpl.close_id):
+        torch.testing.assert_close(model.get_input_embeddings().weight[tag].detach(), mean, rtol=0, atol=1e-3)
+
+
+def test_default_tag_init_closes_like_a_sentence_end():
+    """The default template (tag_init=text, close_init_text='.'): the added closing tag's rows equal the row of
+    '.'; the opening tag's the mean of its own pieces."""
+    tok = _plain_bpe()
+    model = build_tiny_model('llama', vocab_size=len(tok))
+    before = model.get_input_embeddings().weight.detach().clone()
+    period = tok('.', add_special_tokens=False)['input_ids']
+    pieces = tok('<think>', add_special_tokens=False)['input_ids']
+    add_think_tokens(tok, model, TemplateConfig())
+    tpl = resolve_template(tok, TemplateConfig())
+    emb = model.get_input_embeddings().weight.detach()
+    assert len(period) == 1 and torch.equal(emb[tpl.close_id], before[period[0]])
+    torch.testing.assert_close(emb[tpl.open_id], _loop_mean(before, pieces), rtol=0, atol=1e-6)
+
+
+def test_tag_init_config_is_checked():
+    """Init texts other than the defaults need tag_init=text and must not be empty."""
+    TemplateConfig(tag_init='mean')  # the defaults are accepted with mean
+    with pytest.raises(ConfigError, match='close_init_text=.*only with rlp.template.tag_init=text'):
+        TemplateConfig(tag_init='mean', close_init_text='\n')
+    with pytest.raises(ConfigError, match='open_init_text=.*only with rlp.template.tag_init=text'):
+        TemplateConfig(tag_init='mean', open_init_text=' So')
+    with pytest.raises(ConfigError, match='open_init_text is empty'):
+        TemplateConfig(tag_init='text', open_init_text='')

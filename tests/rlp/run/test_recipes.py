@@ -34,6 +34,9 @@ def test_expected_recipes_exist():
         'qwen3-1.7b-horizon.yaml',
         'demo-rpt.yaml',
         'demo-horizon.yaml',
+        'smollm2-135m-rlp.yaml',
+        'smollm2-135m-rlp-ntp.yaml',
+        'smollm2-135m-cpt.yaml',
     } <= names
 
 
@@ -95,6 +98,11 @@ CHILDREN = {
         {'run_name': 'demo-horizon', 'rlp.reward.kind': 'horizon', 'rlp.reward.horizon': 8, 'rlp.reward.discount': 0.7},
     ),
     'demo-rpt.yaml': ('demo-rlp.yaml', {'run_name': 'demo-rpt', 'rlp.reward.kind': 'rpt'}),
+    'smollm2-135m-rlp-ntp.yaml': (
+        'smollm2-135m-rlp.yaml',
+        {'run_name': 'smollm2-135m-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},
+    ),
+    'smollm2-135m-cpt.yaml': ('smollm2-135m-rlp.yaml', {'run_name': 'smollm2-135m-cpt', 'rlp': None}),
     'qwen3-1.7b-rlp-ntp.yaml': (
         'qwen3-1.7b-rlp.yaml',
         {'run_name': 'qwen3-1.7b-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},
