@@ -55,7 +55,7 @@ def _sampler(model, positions: int, g: int, prefix: int, tokens: int, close_half
     u = torch.rand(positions, g, tokens, generator=torch.Generator().manual_seed(2)) * 0.999
     if close_half_at:  # odd rollouts draw the last id (the closing tag) at that step
         u[:, 1::2, close_half_at - 1] = 1.0 - 1e-7
-    return lambda: sample_thoughts(model, prompts, u, temperature=0.7, top_p=1.0, close_id=CLOSE_ID, pad_id=0,
+    return lambda: sample_thoughts(model, prompts, u, temperature=0.7, top_p=1.0, close_ids=[CLOSE_ID], pad_id=0,
                                    shared_prefix=shared)  # fmt: skip
 
 

@@ -79,7 +79,7 @@ def _setup(args, packed: bool):
         'rollouts': {'group_size': g, 'max_thought_tokens': tokens, 'temperature': 0.7},
         'loss': {'packed_forward_tokens': 4096 if packed else None},
     })  # fmt: skip
-    template = ThoughtTemplate(open_id=OPEN_ID, close_id=CLOSE_ID, eos_id=EOS_ID, pad_id=0)
+    template = ThoughtTemplate(open_ids=(OPEN_ID,), close_ids=(CLOSE_ID,), eos_id=EOS_ID, pad_id=0)
     ids = torch.randint(10, VOCAB, (args.positions, row_len), generator=torch.Generator().manual_seed(1))
     batch = {
         'input_ids': ids.to(args.device),

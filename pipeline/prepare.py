@@ -132,7 +132,11 @@ def prepare(a: PrepareArgs, log=print) -> dict:
 
 def _prepare(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_start: float) -> dict:
     staging_root.mkdir(parents=True, exist_ok=True)
-    lock = lock_staging(staging_root)  # noqa: F841 - held until this function returns
+    with lock_staging(staging_root):  # held (and its file closed) until the run returns or raises
+        return _prepare_locked(a, log, pub, tok, policy, vocab_size, dtype, staging_root, t_start)
+
+
+def _prepare_locked(a, log, pub, tok, policy, vocab_size, dtype, staging_root: Path, t_start: float) -> dict:
     chunk_bytes = max(1, int(a.chunk_mb * (1 << 20)))
     specs = expand_inputs(
         a.inputs,

@@ -124,8 +124,15 @@ class TemplateConfig:
     """How a thought is placed: ``[instruction] prefix <think> thought </think> x_t``.
 
     Attributes:
-        open_tag / close_tag: tag strings; each must be ONE token of the tokenizer, tokenised the same way alone
-            and inside text.
+        open_tag / close_tag: tag strings. With ``tags: special`` each must be ONE token of the tokenizer,
+            tokenised the same way alone and inside text; with ``tags: text`` each is the token sequence the
+            tokenizer gives the string alone (no special tokens).
+        tags: ``special`` (default): each tag is one token (added by ``add_tags`` when missing); the sampler stops
+            on the closing token. ``text``: the tags are plain text of several tokens, nothing is added to the
+            tokenizer or the model; the sampler stops when a thought's last tokens are the closing string's tokens,
+            a thought that reaches ``max_thought_tokens`` gets the whole closing string appended, and training
+            treats the closing tokens as it treats the one closing token (trained when sampled, not when forced;
+            x_t follows the last of them). The tag tokens stay possible targets, since they are ordinary text.
         instruction: optional text tokenised (no special tokens) and placed before the prefix, for the thought
             and the no-think query alike (so only the thought differs between S_pred and S_EMA). None = none.
         add_tags: if the tokenizer lacks the tags, the training entry adds them as special tokens and resizes the
@@ -145,6 +152,7 @@ class TemplateConfig:
     open_tag: str = '<think>'
     close_tag: str = '</think>'
     instruction: Optional[str] = None
+    tags: Literal['special', 'text'] = 'special'
     add_tags: bool = False
     tag_init: Literal['mean', 'text'] = 'text'
     open_init_text: Optional[str] = None
@@ -158,6 +166,11 @@ class TemplateConfig:
             raise ConfigError(
                 f'rlp.template.open_tag and close_tag are both {self.open_tag!r}; they must '
                 f'differ or a thought could never be told from its end'
+            )
+        if self.tags == 'text' and self.add_tags:
+            raise ConfigError(
+                'rlp.template.add_tags=true adds the tags as special tokens, but rlp.template.tags=text writes them '
+                'as plain text; fix: drop add_tags (or set tags=special)'
             )
         for name, default in (('open_init_text', None), ('close_init_text', '.')):
             value = getattr(self, name)

@@ -13,13 +13,15 @@ own loop over the HF model with ``past_key_values`` (not ``generate``), so that:
   keyed on (seed, batch index, sample id, target index, g), and a token is drawn by inverse-CDF sampling
   ``token = min{j : CDF_j > u * CDF_V}`` over softmax(logits / temperature) (top-p: over the renormalised nucleus).
   This is exact categorical sampling, fully batched, independent of the global RNG and of the microbatch split;
-- a rollout stops at the closing tag, and its row leaves the decoded batch and the KV cache (finished thoughts cost
+- a rollout stops at the closing tag (tags written as text: when its last sampled tokens are the closing string's
+  tokens), and its row leaves the decoded batch and the KV cache (finished thoughts cost
   no compute); the loop stops when all rollouts have stopped. Under torch.distributed
   (``synced=True``) the stop decision is all-reduced, so every rank runs the same number of decode steps
   (HF's ``synced_gpus`` semantics; needed by FSDP, whose forwards are collective);
 - a thought that reaches ``max_thought_tokens`` sampled tokens without closing is force-closed: the closing tag
-  is appended as one extra token that is part of the sequence (x_t is scored after it) but is NOT trained (the
-  policy did not choose it) and the rollout is flagged truncated. A sampled closing tag is a trained thought token.
+  is appended (one token, or the closing string's tokens) as part of the sequence (x_t is scored after it) but is
+  NOT trained (the policy did not choose it) and the rollout is flagged truncated. A sampled closing tag is a
+  trained thought token (each of its tokens, for tags written as text).
 
 Sampling runs under ``torch.no_grad()`` in eval mode (the previous mode is restored). The recorded log-probs are
 those of the tempered policy softmax(logits / temperature) (top-p is treated as a sampler detail, as TRL/vLLM do).
@@ -106,7 +108,7 @@ def build_prompts(input_ids: torch.Tensor, positions: Positions, template: Thoug
     ids_cpu = input_ids.detach().cpu()
     instr = list(template.instruction_ids)
     seqs = [
-        instr + ids_cpu[r, s:t].tolist() + [template.open_id]
+        instr + ids_cpu[r, s:t].tolist() + list(template.open_ids)
         for r, s, t in zip(positions.row.tolist(), positions.start.tolist(), positions.target.tolist())
     ]
     width = max((len(s) for s in seqs), default=1)
@@ -192,7 +194,7 @@ def sample_thoughts(
     *,
     temperature: float,
     top_p: float,
-    close_id: int,
+    close_ids: Sequence[int],
     pad_id: int,
     synced: bool = False,
     shared_prefix: bool | None = None,
@@ -205,7 +207,8 @@ def sample_thoughts(
         prompts: P left-padded prompts ending with the opening tag.
         uniforms: (P, G, max_thought_tokens) keyed uniforms (:func:`rollout_uniforms`).
         temperature / top_p: sampling settings (temperature > 0, top_p in (0, 1]).
-        close_id / pad_id: closing-tag and padding token ids.
+        close_ids / pad_id: the closing tag's token ids (one for a special token, several for text) and the padding
+            token id.
         synced: all-reduce the stop decision so all ranks run the same number of decode steps.
         shared_prefix: decode with :class:`rlp.cascade.SharedPrefixCache` (each prompt's KV held once, read once per
             step for its G rollouts) instead of an ordinary cache expanded G times. None: wherever
@@ -216,6 +219,10 @@ def sample_thoughts(
     """
     p, g, max_tokens = uniforms.shape
     dev = prompts.ids.device
+    close = torch.tensor(list(close_ids), dtype=torch.long, device=dev)  # (K,)
+    k = close.numel()
+    if k == 0:
+        raise ValueError('close_ids is empty; the closing tag needs at least one token')
     supported = supports_shared_prefix(model)
     if shared_prefix and not supported:
         raise ValueError(
@@ -245,9 +252,9 @@ def sample_thoughts(
         attn = None if shared else prompts.mask.repeat_interleave(g, dim=0)  # the shared cache holds the padding
         next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)
         u = uniforms.reshape(n, max_tokens).to(dev)
-        tokens = torch.full((n, max_tokens + 1), pad_id, dtype=torch.long, device=dev)
-        logp = torch.zeros((n, max_tokens + 1), device=dev)
-        trained = torch.zeros((n, max_tokens + 1), dtype=torch.bool, device=dev)
+        tokens = torch.full((n, max_tokens + k), pad_id, dtype=torch.long, device=dev)
+        logp = torch.zeros((n, max_tokens + k), device=dev)
+        trained = torch.zeros((n, max_tokens + k), dtype=torch.bool, device=dev)
         lengths = torch.zeros(n, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         steps = 0
@@ -258,7 +265,13 @@ def sample_thoughts(
             tokens[rows[live], s] = tok[live]
             logp[rows[live], s] = lp[live]
             trained[rows[live], s] = True
-            closed = rows[live & (tok == close_id)]
+            if k == 1:
+                ends = tok == close
+            elif s + 1 >= k:  # the last K sampled tokens of each row are the closing string's tokens
+                ends = (tokens[rows, s + 1 - k : s + 1] == close).all(-1)
+            else:
+                ends = torch.zeros_like(live)
+            closed = rows[live & ends]
             lengths[closed] = s + 1
             done[closed] = True
             if s == max_tokens - 1 or _all_done(done, synced):
@@ -289,8 +302,8 @@ def sample_thoughts(
             logits = logits[:, 0]
             steps += 1
         truncated = ~done
-        tokens[truncated, max_tokens] = close_id  # forced close: in the sequence, not trained
-        lengths[truncated] = max_tokens + 1
+        tokens[truncated, max_tokens : max_tokens + k] = close  # forced close: in the sequence, not trained
+        lengths[truncated] = max_tokens + k
     width = int(lengths.max().item()) if n else 1
     return Rollouts(
         tokens=tokens[:, :width].view(p, g, width),

@@ -255,7 +255,7 @@ def rlp_loss(
                 u,
                 temperature=ro_cfg.temperature,
                 top_p=ro_cfg.top_p,
-                close_id=template.close_id,
+                close_ids=template.close_ids,
                 pad_id=pad,
                 synced=synced,
             )

@@ -7,10 +7,15 @@ Decisions (the paper shows only the layout ``prefix <think> ... </think> x_t`` o
   no-think prediction puts it directly after the prefix.
 - The optional ``instruction`` (tokenised without special tokens) precedes the prefix in BOTH the thought query and
   the no-think query, so the only difference between S_pred and S_EMA is the thought itself.
-- Each tag must be ONE token of the tokenizer and be tokenised the same way alone and inside text; otherwise the
-  stop condition and the position of x_t would be ambiguous. A tokenizer without the tags is refused with an error
-  that names the fix (``rlp.template.add_tags: true`` makes the training entry call :func:`add_think_tokens`,
-  which adds them as special tokens and resizes the embeddings before the optimizer exists).
+- ``tags: special`` (default): each tag must be ONE token of the tokenizer and be tokenised the same way alone and
+  inside text; otherwise the stop condition and the position of x_t would be ambiguous. A tokenizer without the
+  tags is refused with an error that names the fix (``rlp.template.add_tags: true`` makes the training entry call
+  :func:`add_think_tokens`, which adds them as special tokens and resizes the embeddings before the optimizer
+  exists).
+- ``tags: text``: each tag is the token sequence of its string encoded alone, written into the ids as it is (the
+  sampler stops when a thought ends with the closing sequence). Nothing is added, so a pretrained model reads and
+  writes the tags with embeddings it already has; the price is that the same tokens can also occur in ordinary
+  text, so they stay possible targets.
 """
 
 from __future__ import annotations
@@ -36,23 +41,30 @@ class ThoughtTemplate:
     """Resolved token ids of the template.
 
     Attributes:
-        open_id / close_id: the single token ids of the opening and closing tags.
+        open_ids / close_ids: the token ids of the opening and closing tags (one each with ``tags: special``).
         instruction_ids: ids of the instruction text (empty tuple when none).
         eos_id / pad_id: never chosen as targets x_t (None when the tokenizer has none).
         after_ids: token ids of ``rlp.positions.after`` (strategy ``after``): targets directly follow one of them.
     """
 
-    open_id: int
-    close_id: int
+    open_ids: tuple[int, ...]
+    close_ids: tuple[int, ...]
     instruction_ids: tuple[int, ...] = ()
     eos_id: Optional[int] = None
     pad_id: Optional[int] = None
     after_ids: tuple[tuple[int, ...], ...] = ()
 
+    text_tags: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.open_ids or not self.close_ids:
+            raise TemplateError(f'a thought tag encodes to no token (open {self.open_ids}, close {self.close_ids})')
+
     @property
     def excluded_targets(self) -> tuple[int, ...]:
-        """Token ids that are never a target: EOS, padding and the tags themselves."""
-        ids = {self.open_id, self.close_id}
+        """Token ids that are never a target: EOS, padding and the tags themselves (tags written as text are
+        ordinary tokens and stay possible targets)."""
+        ids = set() if self.text_tags else {*self.open_ids, *self.close_ids}
         ids.update(i for i in (self.eos_id, self.pad_id) if i is not None)
         return tuple(sorted(ids))
 
@@ -109,18 +121,22 @@ def resolve_template(
             'RLP needs a tokenizer to resolve the thought tags; pass RLP(..., tokenizer=tok) or '
             'build HuggingFaceModel(model, tokenizer=tok)'
         )
-    open_id = tag_token_id(tokenizer, cfg.open_tag, 'rlp.template.open_tag')
-    close_id = tag_token_id(tokenizer, cfg.close_tag, 'rlp.template.close_tag')
+    if cfg.tags == 'text':
+        open_ids, close_ids = tuple(_encode(tokenizer, cfg.open_tag)), tuple(_encode(tokenizer, cfg.close_tag))
+    else:
+        open_ids = (tag_token_id(tokenizer, cfg.open_tag, 'rlp.template.open_tag'),)
+        close_ids = (tag_token_id(tokenizer, cfg.close_tag, 'rlp.template.close_tag'),)
     instruction = tuple(_encode(tokenizer, cfg.instruction)) if cfg.instruction else ()
     rows = model.get_input_embeddings().weight.shape[0] if model is not None else None
-    if rows is not None and max(open_id, close_id) >= rows:
+    if rows is not None and max(open_ids + close_ids) >= rows:
         raise TemplateError(
-            f'thought tags have ids {open_id}/{close_id} but the model has only {rows} embedding rows; resize the '
+            f'thought tags have ids {open_ids}/{close_ids} but the model has only {rows} embedding rows; resize the '
             f'embeddings (rlp.template.add_tags=true)'
         )
     return ThoughtTemplate(
-        open_id=open_id,
-        close_id=close_id,
+        open_ids=open_ids,
+        close_ids=close_ids,
+        text_tags=cfg.tags == 'text',
         instruction_ids=instruction,
         eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,

@@ -23,6 +23,23 @@ from tests.helpers.s3_outage import s3_env
 
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+
+def _bind_library_loggers() -> None:
+    """huggingface_hub, transformers and datasets give their library loggers a ``StreamHandler`` bound to the
+    ``sys.stderr`` of the moment they are first used; when that moment falls inside a test using ``capsys``, the
+    handler keeps that test's stream, which is closed afterwards, and every later log line of the library (in any
+    test) becomes a "--- Logging error --- ValueError: I/O operation on closed file" traceback on stderr. Setting
+    them up here binds them to the session's stream."""
+    from datasets.utils import logging as datasets_logging
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    for module in (hub_logging, transformers_logging, datasets_logging):
+        module.get_logger()
+
+
+_bind_library_loggers()
+
 _bucket_counter = itertools.count()
 
 

@@ -81,6 +81,7 @@ class EvalSettings:
     max_context: Optional[int] = 2048
     after: tuple[str, ...] = ()
     resamples: int = DEFAULT_RESAMPLES
+    text_tags: Optional[tuple[str, str]] = None  # (open, close) written as plain text; None = <think> </think> tokens
 
 
 def _cli_error(message: str) -> Exception:
@@ -239,7 +240,10 @@ def _after_thought(model: Any, prompts: Any, ro: Any, pad: int) -> tuple[torch.T
 
 def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, baseline: Any = None) -> dict[str, Any]:
     """The metrics of the module docstring for ``model`` on ``data`` (``baseline`` optional)."""
-    template = resolve_template(tokenizer, TemplateConfig(), model, settings.after)
+    tags = TemplateConfig()
+    if settings.text_tags is not None:
+        tags = TemplateConfig(open_tag=settings.text_tags[0], close_tag=settings.text_tags[1], tags='text')
+    template = resolve_template(tokenizer, tags, model, settings.after)
     pad = pad_id(template)
     max_len = int(getattr(model.config, 'max_position_embeddings', 2048) or 2048)
     check_data_manifest(data, tokenizer, max_len)
@@ -272,7 +276,7 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
         keys = [(settings.seed, index, int(batch['sample_id'][r]), int(t)) for r, t in zip(pos.row, pos.target)]
         u = rollout_uniforms(keys, settings.group_size, settings.max_thought_tokens)
         ro = sample_thoughts(model, prompts, u, temperature=settings.temperature, top_p=1.0,
-                             close_id=template.close_id, pad_id=pad)  # fmt: skip
+                             close_ids=template.close_ids, pad_id=pad)  # fmt: skip
         with eval_mode(model):
             _, last = last_logits(model, 2, input_ids=prompts.ids, attention_mask=prompts.mask,
                                   position_ids=(prompts.mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)  # fmt: skip
@@ -431,6 +435,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument('--min-context', type=int, default=8, help='prefix tokens a position needs (default: %(default)s)')
     p.add_argument('--after', action='append', default=[], metavar='TEXT',
                    help='only positions right after TEXT (repeatable), e.g. --after = for answers')  # fmt: skip
+    p.add_argument('--text-tags', nargs=2, metavar=('OPEN', 'CLOSE'),
+                   help='think tags written as plain text (a run with rlp.template.tags: text); default: the '
+                        '<think> </think> tokens')  # fmt: skip
     p.add_argument('--resamples', type=int, default=DEFAULT_RESAMPLES,
                    help='bootstrap resamples of positions for the 95%% intervals (default: %(default)s)')  # fmt: skip
     p.add_argument('--paired', metavar='EVAL_JSON',
@@ -457,6 +464,7 @@ def run(args: Any) -> int:
         min_context=args.min_context,
         after=tuple(args.after),
         resamples=args.resamples,
+        text_tags=tuple(args.text_tags) if args.text_tags else None,
     )
     other = _read_eval(args.paired) if args.paired else None
     model, tokenizer = load_model(args.model, args.tokenizer, args.gguf_file)

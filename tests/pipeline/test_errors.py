@@ -109,7 +109,11 @@ def test_unknown_tokenizer_folder(tmp_path, capsys, corpus):
 
 
 def test_unknown_tokenizer_name(tmp_path, capsys, corpus, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    # the hub reads the variable once, at import: when an earlier test imported it, only this makes the run offline
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     out = tmp_path / 'out'
     rc, _, err = run(
         capsys,

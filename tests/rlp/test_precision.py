@@ -89,7 +89,7 @@ def test_scores_use_an_fp32_head_under_bf16_autocast(tokenizer):
     ref = _fp32_head_logp(model, prompts.ids, prompts.mask, prompts.target, -2)
     torch.testing.assert_close(s_nothink, ref, rtol=0, atol=1e-5)
 
-    ro = sample_thoughts(model, prompts, u, temperature=1.0, top_p=1.0, close_id=template.close_id, pad_id=0)
+    ro = sample_thoughts(model, prompts, u, temperature=1.0, top_p=1.0, close_ids=template.close_ids, pad_id=0)
     with _bf16(), torch.no_grad():
         _, s_pred = policy_forward(model, prompts, ro, temperature=1.0, pad_id=0, chunk_tokens=64)
     with torch.no_grad():

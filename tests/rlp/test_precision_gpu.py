@@ -67,7 +67,7 @@ def test_ratio_and_fp32_head_under_cuda_bf16(tokenizer):
     pos = choose_positions(batch, cfg.positions, template, key=(0, 0))
     prompts = build_prompts(batch['input_ids'], pos, template, 0)
     u = rollout_uniforms([(0, 0, str(i), int(t)) for i, t in enumerate(pos.target)], 4, 8)
-    ro = sample_thoughts(model, prompts, u, temperature=1.0, top_p=1.0, close_id=template.close_id, pad_id=0)
+    ro = sample_thoughts(model, prompts, u, temperature=1.0, top_p=1.0, close_ids=template.close_ids, pad_id=0)
     with _bf16(), torch.no_grad():
         _, s_pred = policy_forward(model.eval(), prompts, ro, temperature=1.0, pad_id=0, chunk_tokens=64)
         head = model.get_output_embeddings()

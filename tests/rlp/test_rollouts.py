@@ -21,10 +21,15 @@ from rlp.template import resolve_template
 from tests.helpers.rlp_batches import VOCAB, close_biased, packed_batch
 from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
 
+TEXT_TAGS = TemplateConfig(tags='text', open_tag=' Hmm,', close_tag=' so)')  # 5 and 2 tokens of the bundled tokenizer
 
-def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think.'):
-    tpl = resolve_template(tokenizer, TemplateConfig(instruction=instruction))
-    model = close_biased(build_tiny_model(kind, VOCAB), tpl.close_id, bias)
+
+def _setup(tokenizer, kind, bias=2.0, rows=3, length=48, k=2, instruction='Think.', tags=None):
+    cfg = TemplateConfig(instruction=instruction) if tags is None else tags
+    tpl = resolve_template(tokenizer, cfg)
+    model = close_biased(build_tiny_model(kind, VOCAB), tpl.close_ids[0], bias)
+    with torch.no_grad():  # every token of the closing sequence gets the bias
+        model.get_output_embeddings().bias[list(tpl.close_ids)] = bias
     batch = packed_batch(tokenizer, rows, length)
     keys = [str(int(s)) for s in batch['sample_id']]
     pos = select_positions(
@@ -59,7 +64,7 @@ def test_shared_cache_matches_full_forward(tokenizer, kind):
         rollout_uniforms(rkeys, g, 6),
         temperature=temp,
         top_p=1.0,
-        close_id=tpl.close_id,
+        close_ids=tpl.close_ids,
         pad_id=0,
     )
     assert 0 < ro.truncated.float().mean() < 1, 'the bias should give a mix of closed and truncated thoughts'
@@ -86,6 +91,50 @@ def test_shared_cache_matches_full_forward(tokenizer, kind):
                 torch.testing.assert_close(s_pred[i, j], ref_pred, atol=2e-5, rtol=1e-5)
 
 
+def test_text_tags_stop_on_the_closing_sequence(tokenizer):
+    """Tags written as text (``rlp.template.tags: text``): each prompt ends with the opening string's tokens; the
+    sampler's thoughts equal a loop reference that draws one token at a time from full forwards (no cache, no
+    padding) with the same uniforms and stops right after the last K sampled tokens are the closing string's K
+    tokens; a thought without them gets the whole closing sequence appended, untrained, and is flagged truncated.
+    Then the policy's log-probs and S_pred after a multi-token closing tag equal full forwards of
+    ``prompt thought x_t``."""
+    tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=5.0, tags=TEXT_TAGS)
+    close, k = list(tpl.close_ids), len(tpl.close_ids)
+    assert k == 2 and len(tpl.open_ids) == 5 and tpl.text_tags
+    g, steps, temp = 4, 10, 1.0
+    u = rollout_uniforms(rkeys, g, steps)
+    ro = sample_thoughts(model, prompts, u, temperature=temp, top_p=1.0, close_ids=close, pad_id=0)
+    model.eval()
+    logp_new, s_pred = policy_forward(model, prompts, ro, temperature=temp, pad_id=0)
+    with torch.no_grad():
+        for i in range(len(prompts)):
+            prompt = _unpadded_prompt(prompts, i)
+            assert prompt[-5:].tolist() == list(tpl.open_ids)
+            for j in range(g):
+                seq, drawn = prompt, []
+                for s in range(steps):
+                    tok, _ = sample_from_logits(model(seq[None]).logits[:, -1], u[i, j, s : s + 1], temp)
+                    drawn.append(int(tok))
+                    seq = torch.cat([seq, tok])
+                    if drawn[-k:] == close:
+                        break
+                cut = drawn[-k:] != close
+                n = int(ro.lengths[i, j])
+                assert bool(ro.truncated[i, j]) == cut
+                assert ro.tokens[i, j, :n].tolist() == drawn + (close if cut else [])
+                assert ro.mask[i, j, :n].tolist() == [True] * len(drawn) + [False] * (k if cut else 0)
+                thought = ro.tokens[i, j, :n]
+                logits = model(torch.cat([prompt, thought, prompts.target[i : i + 1]])[None]).logits[0]
+                ref = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + n] / temp, -1)
+                ref = ref.gather(-1, thought[:, None]).squeeze(-1)
+                torch.testing.assert_close(logp_new[i, j, :n], ref, atol=2e-5, rtol=1e-5)
+                ref_pred = torch.log_softmax(logits[-2], -1)[prompts.target[i]]
+                torch.testing.assert_close(s_pred[i, j], ref_pred, atol=2e-5, rtol=1e-5)
+    closed = ~ro.truncated
+    assert closed.any() and ro.truncated.any(), 'the bias should give a mix of closed and truncated thoughts'
+    assert (ro.lengths[closed] >= k).all() and (ro.lengths[ro.truncated] == steps + k).all()
+
+
 def test_stop_and_force_close_rules(tokenizer):
     """A sampled closing tag ends the thought and is trained; after it only padding; a thought that reaches
     max_thought_tokens gets a forced, untrained closing tag and is flagged truncated."""
@@ -96,14 +145,14 @@ def test_stop_and_force_close_rules(tokenizer):
         rollout_uniforms(rkeys, 4, 5),
         temperature=1.0,
         top_p=1.0,
-        close_id=tpl.close_id,
+        close_ids=tpl.close_ids,
         pad_id=0,
     )
     for i in range(len(prompts)):
         for j in range(4):
             n = int(ro.lengths[i, j])
             row, m = ro.tokens[i, j], ro.mask[i, j]
-            assert row[n - 1] == tpl.close_id and (row[: n - 1] != tpl.close_id).all()
+            assert row[n - 1] == tpl.close_ids[0] and (row[: n - 1] != tpl.close_ids[0]).all()
             assert (row[n:] == 0).all() and not m[n:].any()
             if ro.truncated[i, j]:
                 assert n == 6 and m[:5].all() and not m[5]  # 5 sampled tokens + forced close
@@ -111,25 +160,25 @@ def test_stop_and_force_close_rules(tokenizer):
             else:
                 assert n <= 5 and m[:n].all()  # sampled close is trained
     assert ro.truncated.any() and (~ro.truncated).any()
-    never = close_biased(build_tiny_model('gpt2', VOCAB), tpl.close_id, -50.0)
+    never = close_biased(build_tiny_model('gpt2', VOCAB), tpl.close_ids[0], -50.0)
     ro2 = sample_thoughts(
         never,
         prompts,
         rollout_uniforms(rkeys, 2, 3),
         temperature=1.0,
         top_p=1.0,
-        close_id=tpl.close_id,
+        close_ids=tpl.close_ids,
         pad_id=0,
     )
     assert ro2.truncated.all() and (ro2.lengths == 4).all() and ro2.decode_steps == 2
-    always = close_biased(build_tiny_model('qwen3', VOCAB), tpl.close_id, 50.0)
+    always = close_biased(build_tiny_model('qwen3', VOCAB), tpl.close_ids[0], 50.0)
     ro3 = sample_thoughts(
         always,
         prompts,
         rollout_uniforms(rkeys, 2, 3),
         temperature=1.0,
         top_p=1.0,
-        close_id=tpl.close_id,
+        close_ids=tpl.close_ids,
         pad_id=0,
     )
     assert (ro3.lengths == 1).all() and ro3.mask[..., 0].all() and ro3.decode_steps == 0  # empty thought
@@ -140,7 +189,7 @@ def test_keyed_determinism_batched_equals_one_by_one_and_mode_restored(tokenizer
     train mode is restored and nothing requires grad."""
     tpl, model, batch, pos, prompts, rkeys = _setup(tokenizer, 'qwen3', bias=1.5)
     model.train()
-    kw = dict(temperature=0.7, top_p=0.9, close_id=tpl.close_id, pad_id=0)
+    kw = dict(temperature=0.7, top_p=0.9, close_ids=tpl.close_ids, pad_id=0)
     u = rollout_uniforms(rkeys, 3, 6)
     a = sample_thoughts(model, prompts, u, **kw)
     b = sample_thoughts(model, prompts, rollout_uniforms(rkeys, 3, 6), **kw)
@@ -200,7 +249,7 @@ def _synced_worker(rank, world, port, out_dir, prompts, rkeys, close_id):
             rollout_uniforms(rkeys, 2, 5),
             temperature=1.0,
             top_p=1.0,
-            close_id=close_id,
+            close_ids=[close_id],
             pad_id=0,
             synced=True,
         )
@@ -221,7 +270,7 @@ def test_synced_decoding_keeps_ranks_in_step(tokenizer, tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    mp.spawn(_synced_worker, args=(2, port, str(tmp_path), prompts, rkeys, tpl.close_id), nprocs=2)
+    mp.spawn(_synced_worker, args=(2, port, str(tmp_path), prompts, rkeys, tpl.close_ids[0]), nprocs=2)
     r0, r1 = torch.load(tmp_path / '0.pt'), torch.load(tmp_path / '1.pt')
     assert r0['steps'] == r1['steps'] == 4
     assert (r0['lengths'] == 1).all() and (r1['lengths'] == 6).all()
@@ -235,7 +284,7 @@ def test_closed_thoughts_leave_the_decoded_batch(tokenizer):
     sizes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw['input_ids'].shape), with_kwargs=True)
     ro = sample_thoughts(model, prompts, rollout_uniforms(rkeys, g, steps), temperature=1.0, top_p=1.0,
-                         close_id=tpl.close_id, pad_id=0)  # fmt: skip
+                         close_ids=tpl.close_ids, pad_id=0)  # fmt: skip
     hook.remove()
     lengths = ro.lengths.flatten()
     decode = [s[0] for s in sizes[1:]]  # sizes[0] is the prefill of the P prompts
@@ -250,7 +299,7 @@ def test_shared_prefix_decoding_equals_the_expanded_cache(tokenizer, kind):
     thoughts closing at different steps (rows leave both batches); the model's attention setting is unchanged."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, kind, bias=3.0)
     u = rollout_uniforms(rkeys, 4, 8)
-    kw = dict(temperature=0.8, top_p=0.9, close_id=tpl.close_id, pad_id=0)
+    kw = dict(temperature=0.8, top_p=0.9, close_ids=tpl.close_ids, pad_id=0)
     shared = sample_thoughts(model, prompts, u, shared_prefix=True, **kw)
     expanded = sample_thoughts(model, prompts, u, shared_prefix=False, **kw)
     assert 1 < len(set(shared.lengths.flatten().tolist())), 'thoughts should close at different steps'
@@ -266,4 +315,4 @@ def test_shared_prefix_refused_for_a_model_without_it(tokenizer):
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'gpt2')
     with pytest.raises(ValueError, match='shared_prefix=True needs a Llama, Qwen2, Qwen3 or Nemotron-H model'):
         sample_thoughts(model, prompts, rollout_uniforms(rkeys, 2, 4), temperature=1.0, top_p=1.0,
-                        close_id=tpl.close_id, pad_id=0, shared_prefix=True)  # fmt: skip
+                        close_ids=tpl.close_ids, pad_id=0, shared_prefix=True)  # fmt: skip

@@ -60,9 +60,9 @@ def _inconsistent_bpe() -> PreTrainedTokenizerFast:
 def test_bundled_tokenizer_resolves(tokenizer):
     """The bundled tokenizer has both tags as single special tokens; EOS/pad/tags are excluded targets."""
     tpl = resolve_template(tokenizer, TemplateConfig(instruction='Think first.'))
-    assert tokenizer.convert_ids_to_tokens([tpl.open_id, tpl.close_id]) == ['<think>', '</think>']
+    assert tokenizer.convert_ids_to_tokens([tpl.open_ids[0], tpl.close_ids[0]]) == ['<think>', '</think>']
     assert tpl.instruction_ids == tuple(tokenizer('Think first.', add_special_tokens=False)['input_ids'])
-    assert set(tpl.excluded_targets) == {tpl.open_id, tpl.close_id, tokenizer.eos_token_id}
+    assert set(tpl.excluded_targets) == {tpl.open_ids[0], tpl.close_ids[0], tokenizer.eos_token_id}
     assert resolve_template(tokenizer, TemplateConfig()).instruction_ids == ()
 
 
@@ -88,7 +88,7 @@ def test_add_think_tokens_adds_and_resizes():
     assert n == 2
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
     tpl = resolve_template(tok, TemplateConfig())
-    assert tpl.open_id != tpl.close_id
+    assert tpl.open_ids[0] != tpl.close_ids[0]
     assert add_think_tokens(tok, model, TemplateConfig()) == 0  # idempotent
 
 
@@ -129,14 +129,14 @@ def test_tag_init_text_sets_rows_to_the_mean_of_the_text_tokens(tied):
     out = model.get_output_embeddings().weight.detach()
     n = before_in.shape[0]
     assert torch.equal(inp[:n], before_in) and torch.equal(out[:n], before_out)
-    torch.testing.assert_close(inp[tpl.close_id], _loop_mean(before_in, pieces), rtol=0, atol=1e-6)
-    torch.testing.assert_close(inp[tpl.open_id], _loop_mean(before_in, so), rtol=0, atol=1e-6)
+    torch.testing.assert_close(inp[tpl.close_ids[0]], _loop_mean(before_in, pieces), rtol=0, atol=1e-6)
+    torch.testing.assert_close(inp[tpl.open_ids[0]], _loop_mean(before_in, so), rtol=0, atol=1e-6)
     if tied:
         assert out.data_ptr() == inp.data_ptr()
     else:
-        torch.testing.assert_close(out[tpl.close_id], _loop_mean(before_out, pieces), rtol=0, atol=1e-6)
-        torch.testing.assert_close(out[tpl.open_id], _loop_mean(before_out, so), rtol=0, atol=1e-6)
-        assert not torch.equal(out[tpl.close_id], inp[tpl.close_id])
+        torch.testing.assert_close(out[tpl.close_ids[0]], _loop_mean(before_out, pieces), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[tpl.open_ids[0]], _loop_mean(before_out, so), rtol=0, atol=1e-6)
+        assert not torch.equal(out[tpl.close_ids[0]], inp[tpl.close_ids[0]])
 
 
 def test_tag_init_mean_starts_tags_at_the_mean_row():
@@ -147,7 +147,7 @@ def test_tag_init_mean_starts_tags_at_the_mean_row():
     mean = model.get_input_embeddings().weight.detach().mean(dim=0).clone()
     add_think_tokens(tok, model, TemplateConfig(tag_init='mean'))
     tpl = resolve_template(tok, TemplateConfig())
-    for tag in (tpl.open_id, tpl.close_id):
+    for tag in (tpl.open_ids[0], tpl.close_ids[0]):
         torch.testing.assert_close(model.get_input_embeddings().weight[tag].detach(), mean, rtol=0, atol=1e-3)
 
 
@@ -162,8 +162,8 @@ def test_default_tag_init_closes_like_a_sentence_end():
     add_think_tokens(tok, model, TemplateConfig())
     tpl = resolve_template(tok, TemplateConfig())
     emb = model.get_input_embeddings().weight.detach()
-    assert len(period) == 1 and torch.equal(emb[tpl.close_id], before[period[0]])
-    torch.testing.assert_close(emb[tpl.open_id], _loop_mean(before, pieces), rtol=0, atol=1e-6)
+    assert len(period) == 1 and torch.equal(emb[tpl.close_ids[0]], before[period[0]])
+    torch.testing.assert_close(emb[tpl.open_ids[0]], _loop_mean(before, pieces), rtol=0, atol=1e-6)
 
 
 def test_tag_init_config_is_checked():
@@ -175,3 +175,18 @@ def test_tag_init_config_is_checked():
         TemplateConfig(tag_init='mean', open_init_text=' So')
     with pytest.raises(ConfigError, match='open_init_text is empty'):
         TemplateConfig(tag_init='text', open_init_text='')
+
+
+def test_text_tags_are_the_strings_tokens(tokenizer):
+    """``tags: text``: the tag ids are the strings' own tokens (as the tokenizer encodes them alone), nothing is
+    added, and only EOS/padding are excluded from the targets (the tag tokens are ordinary text); add_tags together
+    with text tags is refused in one line."""
+    cfg = TemplateConfig(tags='text', open_tag=' Hmm,', close_tag=' so)')
+    size = len(tokenizer)
+    tpl = resolve_template(tokenizer, cfg)
+    encode = lambda t: tuple(tokenizer(t, add_special_tokens=False)['input_ids'])
+    assert tpl.open_ids == encode(' Hmm,') and tpl.close_ids == encode(' so)') and len(tpl.close_ids) == 2
+    assert len(tokenizer) == size and tpl.text_tags
+    assert set(tpl.excluded_targets) == {tokenizer.eos_token_id}
+    with pytest.raises(ConfigError, match='drop add_tags'):
+        TemplateConfig(tags='text', add_tags=True)

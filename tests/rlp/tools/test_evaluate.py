@@ -92,8 +92,8 @@ def test_figures_match_a_loop_reference(prepared, tokenizer):
             acc0.append(ok)
             u = rollout_uniforms([(s.seed, index, int(batch['sample_id'][r]), t)], s.group_size, s.max_thought_tokens)
             for g in range(s.group_size):
-                thought, cut = _sample_by_loop(model, prefix + [template.open_id], u[0, g], s.temperature, CLOSE_ID)
-                lp, ok = _logp_last(model, prefix + [template.open_id] + thought, target)
+                thought, cut = _sample_by_loop(model, [*prefix, *template.open_ids], u[0, g], s.temperature, CLOSE_ID)
+                lp, ok = _logp_last(model, [*prefix, *template.open_ids, *thought], target)
                 think.append(lp - nothink[-1])
                 acc.append(ok)
                 lengths.append(len(thought))
