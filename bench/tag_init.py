@@ -5,11 +5,12 @@
 
 Every arm trains ``recipes/smollm2-135m-rlp.yaml`` from the same folder without think tags (``rlp pretrained smollm2
 --no-tags``, written to models/smollm2-135m-notags when missing), so the tags are added at the start of the run the
-way the arm's ``rlp.template`` says; same documents (models/data/smollm2-plain: 200 plain synthetic documents, seed
-2, tokenised with SmolLM2's tokenizer, sequence length 256), same seed, ``--batches`` optimizer steps, one thread
-(``OMP_NUM_THREADS=1``). Printed per arm, averaged over the batches: the truncation rate (thoughts that reached
-the budget without sampling the closing tag), the reward (``rlp/reward_mean`` = S_pred - S_EMA, nats),
-``rlp/gain_vs_ema``, S_pred, S_EMA, the mean thought length and the positions scored.
+way the arm's ``rlp.template`` says (or, for the ``text`` arms, written as plain text of several tokens); same
+documents (models/data/smollm2-plain: 200 plain synthetic documents, seed 2, tokenised with SmolLM2's tokenizer,
+sequence length 256), same seed, ``--batches`` optimizer steps, one thread (``OMP_NUM_THREADS=1``). Printed per arm,
+averaged over the batches: the truncation rate (thoughts that reached the budget without sampling the closing tag),
+the reward (``rlp/reward_mean`` = S_pred - S_EMA, nats), ``rlp/gain_vs_ema``, S_pred, S_EMA, the mean thought length
+and the positions scored.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTAGS = 'models/smollm2-135m-notags'
 DATA = 'models/data/smollm2-plain'
 INSTRUCTION = 'Think step by step between <think> and </think>, then continue the text.\n'
+TEXT = ['rlp.template.tags=text', 'rlp.template.add_tags=false']
 ARMS = {
     'mean': ['rlp.template.tag_init=mean'],
     'pieces': ['rlp.template.close_init_text=null'],
@@ -36,6 +38,11 @@ ARMS = {
     'imend': ['rlp.template.close_init_text=<|im_end|>'],
     'chat': ['rlp.template.open_init_text=<|im_start|>', 'rlp.template.close_init_text=<|im_end|>'],
     'pieces-instr': ['rlp.template.close_init_text=null', f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
+    # tags written as plain text (rlp.template.tags: text): nothing added, several tokens each
+    'text': [*TEXT, 'rlp.template.open_tag=<think>', 'rlp.template.close_tag=</think>'],
+    'text-instr': [*TEXT, f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
+    'text-nl': [*TEXT, 'rlp.template.open_tag="\n<think>\n"', 'rlp.template.close_tag="\n</think>\n"'],
+    'text-paren': [*TEXT, 'rlp.template.open_tag=" ("', 'rlp.template.close_tag=") "'],
 }
 KEYS = ('rlp/truncation_rate', 'rlp/reward_mean', 'rlp/gain_vs_ema', 'rlp/s_pred', 'rlp/s_ema', 'rlp/thought_len_mean')
 

@@ -62,6 +62,8 @@ class Prompts:
         target: (P,) the token x_t to predict after the thought.
         targets / targets_valid: (P, K) x_t .. x_{t+K-1} and which of them exist inside the document
             (:func:`rlp.positions.horizon_targets`), for a reward over K > 1 tokens; None = x_t only.
+        open_len: tokens of the opening tag at the end of every prompt (1 for a special token; the string's tokens
+            for tags written as text). The logit before them is the no-think prediction of x_t.
     """
 
     ids: torch.Tensor
@@ -69,6 +71,7 @@ class Prompts:
     target: torch.Tensor
     targets: Optional[torch.Tensor] = None
     targets_valid: Optional[torch.Tensor] = None
+    open_len: int = 1
 
     @property
     def horizon(self) -> int:
@@ -119,7 +122,7 @@ def build_prompts(input_ids: torch.Tensor, positions: Positions, template: Thoug
         mask[i, width - len(s) :] = 1
     target = ids_cpu[positions.row, positions.target] if len(positions) else torch.zeros(0, dtype=torch.long)
     dev = input_ids.device
-    return Prompts(ids=ids.to(dev), mask=mask.to(dev), target=target.to(dev))
+    return Prompts(ids=ids.to(dev), mask=mask.to(dev), target=target.to(dev), open_len=len(template.open_ids))
 
 
 def rollout_uniforms(keys: Sequence[tuple], group_size: int, steps: int) -> torch.Tensor:
@@ -232,23 +235,24 @@ def sample_thoughts(
     n = p * g
     with eval_mode(model):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
-        out, last2 = last_logits(  # (P, 2, V) fp32
+        keep = prompts.open_len + 1  # the logit before the opening tag (no-think x_t) .. the last one (1st token)
+        out, tail = last_logits(  # (P, open_len + 1, V) fp32
             model,
-            2,
+            keep,
             input_ids=prompts.ids,
             attention_mask=prompts.mask,
             position_ids=pos_ids,
             past_key_values=new_cache(model),
             use_cache=True,
-            **keep_last_logits(model, 2),
+            **keep_last_logits(model, keep),
         )
-        nothink = torch.log_softmax(last2[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
+        nothink = torch.log_softmax(tail[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)  # (P,)
         shared = supported if shared_prefix is None else shared_prefix
         if shared:
             past = SharedPrefixCache(out.past_key_values, prompts.mask, g, max_tokens)
         else:
             past = _expand_cache(out.past_key_values, g, p)
-        logits = last2[:, 1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
+        logits = tail[:, -1].repeat_interleave(g, dim=0)  # (N, V): predicts the first thought token
         attn = None if shared else prompts.mask.repeat_interleave(g, dim=0)  # the shared cache holds the padding
         next_pos = pos_ids[:, -1].repeat_interleave(g, dim=0) + 1  # (N,)
         u = uniforms.reshape(n, max_tokens).to(dev)

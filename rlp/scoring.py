@@ -99,7 +99,7 @@ def policy_forward(
         ``s_pred`` (P, G) log p(x_t | prompt, thought) at temperature 1, detached.
     """
     if prompts.targets is not None:
-        prompts = Prompts(prompts.ids, prompts.mask, prompts.target)
+        prompts = Prompts(prompts.ids, prompts.mask, prompts.target, open_len=prompts.open_len)
     out = policy_scores(
         model,
         prompts,
@@ -266,20 +266,22 @@ _WARNED: set[str] = set()
 def nothink_logprob(model: Any, prompts: Prompts, module: Optional[torch.nn.Module] = None) -> torch.Tensor:
     """(P,) log p(x_t | [instruction] prefix) under ``model`` (eval mode, no grad).
 
-    The prompts end with the opening tag; the logit just before it is the no-think prediction.
+    The prompts end with the opening tag (``prompts.open_len`` tokens); the logit just before it is the no-think
+    prediction.
     """
     if len(prompts) == 0:
         return torch.zeros(0, device=prompts.ids.device)
+    keep = prompts.open_len + 1
     with eval_mode(module if module is not None else model):
         pos_ids = (prompts.mask.cumsum(-1) - 1).clamp(min=0)
         _, logits = last_logits(
             model,
-            2,
+            keep,
             input_ids=prompts.ids,
             attention_mask=prompts.mask,
             position_ids=pos_ids,
             use_cache=False,
-            **keep_last_logits(model, 2),
+            **keep_last_logits(model, keep),
         )
     return torch.log_softmax(logits[:, 0], -1).gather(-1, prompts.target.view(-1, 1)).squeeze(-1)
 
@@ -296,8 +298,9 @@ def nothink_horizon(model: Any, prompts: Prompts, module: Optional[torch.nn.Modu
         return nothink_logprob(model, prompts, module).view(-1, 1)
     k = prompts.horizon
     valid_t = prompts.targets_valid.bool()  # type: ignore[union-attr]
-    seq = torch.cat([prompts.ids[:, :-1], prompts.targets[:, : k - 1]], dim=1)
-    valid = torch.cat([prompts.mask[:, :-1].bool(), valid_t[:, 1:]], dim=1)  # x_{t+j} is fed if x_{t+j+1} exists
+    cut = prompts.ids.shape[1] - prompts.open_len  # the prompt without its opening tag
+    seq = torch.cat([prompts.ids[:, :cut], prompts.targets[:, : k - 1]], dim=1)
+    valid = torch.cat([prompts.mask[:, :cut].bool(), valid_t[:, 1:]], dim=1)  # x_{t+j} is fed if x_{t+j+1} exists
     ids, attn = _align(seq, valid, 0, left=False)
     m = valid_t.sum(1, keepdim=True)  # (P, 1)
     step = torch.arange(k, device=ids.device).view(1, k)

@@ -29,13 +29,15 @@ def _bind_library_loggers() -> None:
     ``sys.stderr`` of the moment they are first used; when that moment falls inside a test using ``capsys``, the
     handler keeps that test's stream, which is closed afterwards, and every later log line of the library (in any
     test) becomes a "--- Logging error --- ValueError: I/O operation on closed file" traceback on stderr. Setting
-    them up here binds them to the session's stream."""
-    from datasets.utils import logging as datasets_logging
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
+    them up here binds them to the session's stream (a library that is not installed, as on a GPU machine that runs
+    only the CUDA tests, is skipped)."""
+    import importlib
 
-    for module in (hub_logging, transformers_logging, datasets_logging):
-        module.get_logger()
+    for name in ('huggingface_hub.utils.logging', 'transformers.utils.logging', 'datasets.utils.logging'):
+        try:
+            importlib.import_module(name).get_logger()
+        except ImportError:
+            continue
 
 
 _bind_library_loggers()

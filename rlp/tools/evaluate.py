@@ -278,7 +278,7 @@ def evaluate(model: Any, tokenizer: Any, data: str, settings: EvalSettings, base
         ro = sample_thoughts(model, prompts, u, temperature=settings.temperature, top_p=1.0,
                              close_ids=template.close_ids, pad_id=pad)  # fmt: skip
         with eval_mode(model):
-            _, last = last_logits(model, 2, input_ids=prompts.ids, attention_mask=prompts.mask,
+            _, last = last_logits(model, prompts.open_len + 1, input_ids=prompts.ids, attention_mask=prompts.mask,
                                   position_ids=(prompts.mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)  # fmt: skip
             logp0 = torch.log_softmax(last[:, 0], -1)
             think, acc = _after_thought(model, prompts, ro, pad)

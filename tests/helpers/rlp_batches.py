@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import torch
-from composer import Trainer
-from composer.loggers import InMemoryLogger
-from composer.models import HuggingFaceModel
 
 from pipeline.synthetic import generate_documents
 from rlp.config import RLPConfig
-from rlp.run.algorithm import RLP
 from tests.helpers.tiny_models import build_tiny_model
 
 VOCAB = 512
@@ -89,6 +85,14 @@ def skipping_batch(tokenizer, rows=8, skip_rows=(2, 5), seed=0):
 def rlp_trainer(
     tokenizer, data, config, *, microbatch=8, duration='1ba', optimizer='sgd', lr=0.5, model_seed=0, **kwargs
 ):
+    # Composer is imported here, not at the top: the batch helpers above also serve tests that run without it (the
+    # CUDA tests of tests/rlp/test_precision_gpu.py, on a GPU machine whose torch Composer does not support)
+    from composer import Trainer
+    from composer.loggers import InMemoryLogger
+    from composer.models import HuggingFaceModel
+
+    from rlp.run.algorithm import RLP
+
     hf = close_biased(build_tiny_model('llama', VOCAB, seed=model_seed), CLOSE_ID, 2.0)
     model = HuggingFaceModel(hf, tokenizer=tokenizer, use_logits=True)
     opt = (

@@ -8,6 +8,7 @@ inverse-CDF sampler against softmax(l/T) frequencies and the top-p nucleus; sync
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from rlp.config import PositionsConfig, TemplateConfig
 from rlp.positions import select_positions
 from rlp.rollouts import build_prompts, rollout_uniforms, sample_from_logits, sample_thoughts
-from rlp.scoring import nothink_entropy, nothink_logprob, policy_forward
+from rlp.scoring import nothink_entropy, nothink_horizon, nothink_logprob, policy_forward
 from rlp.template import resolve_template
 from tests.helpers.rlp_batches import VOCAB, close_biased, packed_batch
 from tests.helpers.tiny_models import TINY_KINDS, build_tiny_model
@@ -97,7 +98,8 @@ def test_text_tags_stop_on_the_closing_sequence(tokenizer):
     padding) with the same uniforms and stops right after the last K sampled tokens are the closing string's K
     tokens; a thought without them gets the whole closing sequence appended, untrained, and is flagged truncated.
     Then the policy's log-probs and S_pred after a multi-token closing tag equal full forwards of
-    ``prompt thought x_t``."""
+    ``prompt thought x_t``, and every no-think prediction (the sampler's prefill, ``nothink_logprob``,
+    ``nothink_horizon`` over x_t, x_{t+1}) is read before the whole opening string: a full forward of the prefix."""
     tpl, model, _, _, prompts, rkeys = _setup(tokenizer, 'llama', bias=5.0, tags=TEXT_TAGS)
     close, k = list(tpl.close_ids), len(tpl.close_ids)
     assert k == 2 and len(tpl.open_ids) == 5 and tpl.text_tags
@@ -106,10 +108,22 @@ def test_text_tags_stop_on_the_closing_sequence(tokenizer):
     ro = sample_thoughts(model, prompts, u, temperature=temp, top_p=1.0, close_ids=close, pad_id=0)
     model.eval()
     logp_new, s_pred = policy_forward(model, prompts, ro, temperature=temp, pad_id=0)
+    nothink = nothink_logprob(model, prompts)
+    second = torch.arange(len(prompts)) % 7 + 20  # an arbitrary x_{t+1} per position
+    two = dataclasses.replace(prompts, targets=torch.stack([prompts.target, second], 1),
+                              targets_valid=torch.ones(len(prompts), 2, dtype=torch.bool))  # fmt: skip
+    horizon = nothink_horizon(model, two)
     with torch.no_grad():
         for i in range(len(prompts)):
             prompt = _unpadded_prompt(prompts, i)
-            assert prompt[-5:].tolist() == list(tpl.open_ids)
+            assert prompt[-5:].tolist() == list(tpl.open_ids) and prompts.open_len == 5
+            prefix_logp = torch.log_softmax(
+                model(torch.cat([prompt[:-5], prompts.target[i : i + 1]])[None]).logits[0], -1
+            )
+            ref_nt = prefix_logp[-2, prompts.target[i]]
+            for got in (ro.nothink_logp[i], nothink[i], horizon[i, 0]):
+                torch.testing.assert_close(got, ref_nt, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(horizon[i, 1], prefix_logp[-1, second[i]], atol=1e-5, rtol=1e-5)
             for j in range(g):
                 seq, drawn = prompt, []
                 for s in range(steps):
