@@ -114,6 +114,8 @@ def rlp_flops(
     teacher_forwards: int = 1,
     packed_tokens: Optional[int] = None,
     horizon: Optional[Sequence[int]] = None,
+    open_len: int = 1,
+    close_len: int = 1,
 ) -> dict[str, float]:
     """The FLOPs of one RLP call by part (see the module docstring), plus ``total``.
 
@@ -127,18 +129,22 @@ def rlp_flops(
             None = one unpacked sequence per rollout.
         horizon: (P,) targets m scored per position (``horizon`` reward: ``Prompts.targets_valid.sum(1)``); None =
             x_t only (m = 1), counted as the one-target forwards even where m = 1 comes from a horizon.
+        open_len / close_len: tokens of the opening and closing tags (1 each for special tokens; more for tags
+            written as text): the prefill keeps ``open_len + 1`` logit rows, a force-closed thought has
+            ``close_len`` unsampled tokens, and the horizon teacher runs the prompt without its ``open_len``.
     """
     prefill = decode = teacher = policy = 0.0
     ms = [1] * len(prompt_lens) if horizon is None else [int(m) for m in horizon]
     for lp, row_n, row_t, m in zip(prompt_lens, lengths, truncated, ms):
         lp = int(lp)
-        prefill += forward_flops(fm, lp, causal_keys(lp), min(2, lp))
+        prefill += forward_flops(fm, lp, causal_keys(lp), min(open_len + 1, lp))
         if horizon is None:
             teacher += teacher_forwards * forward_flops(fm, lp, causal_keys(lp), 1)
         else:
-            teacher += teacher_forwards * forward_flops(fm, lp + m - 2, causal_keys(lp + m - 2), m)
+            seq = lp - open_len + m - 1
+            teacher += teacher_forwards * forward_flops(fm, seq, causal_keys(seq), m)
         for n, trunc in zip(row_n, row_t):
-            fed = int(n) - (1 if trunc else 0) - 1
+            fed = int(n) - (close_len if trunc else 0) - 1
             if fed > 0:
                 decode += forward_flops(fm, fed, causal_keys(fed, lp), fed)
             if not packed_tokens:

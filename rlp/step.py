@@ -305,6 +305,8 @@ def rlp_loss(
             teacher_forwards=2 if cfg.teacher.kind == 'frozen' or (horizon and cfg.teacher.kind == 'none') else 1,
             packed_tokens=packed,
             horizon=horizon,
+            open_len=prompts.open_len,
+            close_len=len(template.close_ids),
         )
         stats.flops_prefill, stats.flops_decode = flops['rollout_prefill'], flops['rollout_decode']
         stats.flops_teacher, stats.flops_policy = flops['teacher'], flops['policy']

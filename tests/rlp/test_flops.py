@@ -44,7 +44,7 @@ def test_ntp_by_hand():
     assert ntp_flops(FM, []) == 0.0
 
 
-def _reference(prompt_lens, lengths, truncated, teacher_forwards, packed_tokens, fm=FM, horizon=None):
+def _reference(prompt_lens, lengths, truncated, teacher_forwards, packed_tokens, fm=FM, horizon=None, tags=(1, 1)):
     def _fwd(keys_per_token: list[int], logits: int) -> float:
         """Forward FLOPs by walking tokens: each token its body matmuls and its attention over the keys it sees."""
         attn = sum(4.0 * fm.attn_width * fm.layers * k for k in keys_per_token)
@@ -54,13 +54,13 @@ def _reference(prompt_lens, lengths, truncated, teacher_forwards, packed_tokens,
     for p, (lp, row_n, row_t) in enumerate(zip(prompt_lens, lengths, truncated)):
         m = 1 if horizon is None else horizon[p]  # targets x_t .. x_{t+m-1} scored
         prompt_keys = [i + 1 for i in range(lp)]
-        prefill += _fwd(prompt_keys, min(2, lp))
+        prefill += _fwd(prompt_keys, min(tags[0] + 1, lp))  # logits from before the opening tag to its last token
         if horizon is None:
             teacher += teacher_forwards * _fwd(prompt_keys, 1)
         else:  # the prefix without the opening tag, then x_t .. x_{t+m-2}; m logit rows
-            teacher += teacher_forwards * _fwd([i + 1 for i in range(lp - 1 + m - 1)], m)
+            teacher += teacher_forwards * _fwd([i + 1 for i in range(lp - tags[0] + m - 1)], m)
         for n, trunc in zip(row_n, row_t):
-            sampled = n - 1 if trunc else n
+            sampled = n - tags[1] if trunc else n  # a forced close appends the closing tag's tokens
             # token j (0-based) is fed back for j < sampled - 1 and sees the prompt plus thought tokens 0..j
             decode += _fwd([lp + j + 1 for j in range(sampled - 1)], sampled - 1)
             if packed_tokens is None:  # prompt, thought, x_t .. x_{t+m-1}
@@ -103,6 +103,19 @@ def test_horizon_parts_against_token_loop(packed):
         assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-12)
     one = rlp_flops(FM, prompt_lens, lengths, truncated, packed_tokens=packed)
     assert got['policy'] > one['policy'] and got['rollout_decode'] == one['rollout_decode']
+
+
+@pytest.mark.parametrize('horizon', [None, [3, 1]])
+def test_text_tags_against_token_loop(horizon):
+    """Tags written as text: a 3-token opening and a 2-token closing string (prompts of 6 and 4 tokens, truncated
+    thoughts of 4 sampled + 2 forced tokens): the prefill keeps 4 logit rows, a truncated thought feeds back 3
+    tokens, the horizon teacher runs the prompt without its 3 opening tokens."""
+    prompt_lens, lengths, truncated = [6, 4], [[2, 4, 6], [3, 2, 6]], [[False, False, True], [False, False, True]]
+    got = rlp_flops(FM, prompt_lens, lengths, truncated, horizon=horizon, open_len=3, close_len=2)
+    want = _reference(prompt_lens, lengths, truncated, 1, None, horizon=horizon, tags=(3, 2))
+    assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-12)
+    single = rlp_flops(FM, prompt_lens, lengths, truncated, horizon=horizon)
+    assert got['rollout_decode'] < single['rollout_decode'] and got['rollout_prefill'] > single['rollout_prefill']
 
 
 def test_causal_keys_and_forward():
