@@ -152,9 +152,13 @@ class RLP(Algorithm):
         self.thought_log.flush()
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher weights (CPU tensors) and counters; no generators or custom classes (safe loader)."""
+        """Teacher weights (CPU tensors), counters and the thought tags (read by ``rlp export``); no generators or
+        custom classes (safe loader)."""
         written, teacher = self.thought_log.written, self.teachers.state_dict()
-        return {'teacher': teacher, 'totals': dict(self.totals), 'thoughts_written': written, 'seed': self.seed}
+        tpl = self.config.template
+        tags = {'tags': tpl.tags, 'open_tag': tpl.open_tag, 'close_tag': tpl.close_tag}
+        return {'teacher': teacher, 'totals': dict(self.totals), 'thoughts_written': written, 'seed': self.seed,
+                'template': tags}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (teacher weights are applied when the teacher copy is created).

@@ -41,10 +41,11 @@ def train_run(
     rlp: bool = True,
     save_tokenizer: bool = True,
     model: Optional[torch.nn.Module] = None,
+    config: Any = None,
 ) -> TrainedRun:
     """Train a tiny random-init Llama (no dropout, plain tied head) with SGD for ``batches`` batches of 8 rows in a
     real ``composer.Trainer`` on CPU, RLP on (tau 0.5, so the EMA teacher differs from the policy) unless ``rlp`` is
-    False, saving a monolithic checkpoint after every batch into ``save_folder``."""
+    False (``config``: another RLPConfig), saving a monolithic checkpoint after every batch into ``save_folder``."""
     from composer import Trainer
     from composer.models import HuggingFaceModel
 
@@ -52,7 +53,7 @@ def train_run(
 
     hf = model if model is not None else build_tiny_model('llama', VOCAB, seed=0)
     wrapped = HuggingFaceModel(hf, tokenizer=tokenizer if save_tokenizer else None, use_logits=True)
-    algo = RLP(rlp_config(tokenizer), seed=11) if rlp else None
+    algo = RLP(config or rlp_config(tokenizer), seed=11) if rlp else None
     trainer = Trainer(
         model=wrapped,
         train_dataloader=torch.utils.data.DataLoader(Rows(skipping_batch(tokenizer)), batch_size=8),

@@ -19,8 +19,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlp.config import TemplateConfig
 from rlp.tools.export import MARKER, export_checkpoint
-from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased, packed_batch
+from tests.helpers.rlp_batches import CLOSE_ID, VOCAB, close_biased, packed_batch, rlp_config
 from tests.helpers.runs import logits, run_cli, train_run, upload, write_sharded
 from tests.helpers.tiny_models import build_tiny_model
 
@@ -254,6 +255,12 @@ def test_bad_inputs(tokenizer, tmp_path, capsys, s3):
     rc, _, err = run_cli(capsys, 'export', good.save_folder, tmp_path / 'hf', '--tokenizer', _tagless(tmp_path))
     assert rc == 2 and 'lacks the think tags <think> </think>' in err and not (tmp_path / 'hf').exists()
     assert _leftovers(tmp_path) == []
+    # a run whose tags are plain text (rlp.template.tags: text) needs no tag tokens: the same tokenizer is accepted
+    cfg = rlp_config(tokenizer)
+    cfg.template = TemplateConfig(tags='text', open_tag=' Hmm,', close_tag=' so)')
+    text = train_run(tokenizer, tmp_path / 'text', batches=1, config=cfg)
+    rc, _, err = run_cli(capsys, 'export', text.save_folder, tmp_path / 'hf', '--tokenizer', _tagless(tmp_path))
+    assert rc == 0 and (tmp_path / 'hf' / 'config.json').is_file(), err
 
 
 def test_overwrite_replaces_only_an_exported_model(trained, tmp_path, capsys):
