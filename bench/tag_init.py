@@ -41,8 +41,12 @@ ARMS = {
     # tags written as plain text (rlp.template.tags: text): nothing added, several tokens each
     'text': [*TEXT, 'rlp.template.open_tag=<think>', 'rlp.template.close_tag=</think>'],
     'text-instr': [*TEXT, f'rlp.template.instruction={json.dumps(INSTRUCTION)}'],
-    'text-nl': [*TEXT, 'rlp.template.open_tag="\n<think>\n"', 'rlp.template.close_tag="\n</think>\n"'],
+    'text-space': [*TEXT, 'rlp.template.open_tag=" <think> "', 'rlp.template.close_tag=" </think> "'],
+    'text-nl': [*TEXT, 'rlp.template.open_tag="\\n<think>\\n"', 'rlp.template.close_tag="\\n</think>\\n"'],
     'text-paren': [*TEXT, 'rlp.template.open_tag=" ("', 'rlp.template.close_tag=") "'],
+    'text-paren1': [*TEXT, 'rlp.template.open_tag=" ("', 'rlp.template.close_tag=")"'],
+    'text-think-paren': [*TEXT, 'rlp.template.open_tag=" (think:"', 'rlp.template.close_tag=")"'],
+    'text-line-paren': [*TEXT, 'rlp.template.open_tag="\\n("', 'rlp.template.close_tag=")\\n"'],
 }
 KEYS = ('rlp/truncation_rate', 'rlp/reward_mean', 'rlp/gain_vs_ema', 'rlp/s_pred', 'rlp/s_ema', 'rlp/thought_len_mean')
 

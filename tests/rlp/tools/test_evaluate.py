@@ -41,17 +41,18 @@ def prepared(tmp_path_factory, tokenizer):
     return root, model
 
 
-def _sample_by_loop(model, prompt, u, temperature, close_id):
-    """One thought: full forward over prompt + tokens so far at every step, inverse-CDF on the keyed uniforms."""
+def _sample_by_loop(model, prompt, u, temperature, close):
+    """One thought: full forward over prompt + tokens so far at every step, inverse-CDF on the keyed uniforms; it
+    ends when its last tokens are the closing tag's tokens ``close``, or gets them appended at the budget."""
     tokens = []
     for step in range(len(u)):
         logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0, -1].float()
         cdf = torch.softmax(logits / temperature, -1).cumsum(-1)
         tok = int(torch.searchsorted(cdf, (u[step] * cdf[-1]).view(1), right=True).clamp(max=len(cdf) - 1))
         tokens.append(tok)
-        if tok == close_id:
+        if tokens[-len(close) :] == close:
             return tokens, False
-    return tokens + [close_id], True
+    return tokens + close, True
 
 
 def _logp_last(model, seq, target):
@@ -61,13 +62,19 @@ def _logp_last(model, seq, target):
 
 
 @torch.no_grad()
-def test_figures_match_a_loop_reference(prepared, tokenizer):
+@pytest.mark.parametrize('text_tags', [None, (' Hmm,', ' so)')])
+def test_figures_match_a_loop_reference(prepared, tokenizer, text_tags):
+    """Every figure of ``evaluate`` against loops of full forwards written here, with the <think> tokens and with
+    tags written as text (``--text-tags``: 5 opening and 2 closing tokens, no-think logit before the opening string)."""
     root, model = prepared
-    s = EvalSettings(positions=5, group_size=2, seed=3, max_thought_tokens=4, temperature=0.9, samples=6, batch_size=4)
+    s = EvalSettings(positions=5, group_size=2, seed=3, max_thought_tokens=4, temperature=0.9, samples=6, batch_size=4,
+                     text_tags=text_tags)  # fmt: skip
     result = evaluate(model, tokenizer, str(root / 'data'), s)
     got = result['metrics']
 
-    template = resolve_template(tokenizer, TemplateConfig())
+    tags = TemplateConfig() if text_tags is None else TemplateConfig(tags='text', open_tag=text_tags[0],
+                                                                        close_tag=text_tags[1])  # fmt: skip
+    template = resolve_template(tokenizer, tags)
     pad = tokenizer.pad_token_id
     ds = _dataset(str(root / 'data'), 512, tokenizer.eos_token_id)
     cfg = PositionsConfig(k=1, min_context=s.min_context, max_context=s.max_context)
@@ -92,7 +99,8 @@ def test_figures_match_a_loop_reference(prepared, tokenizer):
             acc0.append(ok)
             u = rollout_uniforms([(s.seed, index, int(batch['sample_id'][r]), t)], s.group_size, s.max_thought_tokens)
             for g in range(s.group_size):
-                thought, cut = _sample_by_loop(model, [*prefix, *template.open_ids], u[0, g], s.temperature, CLOSE_ID)
+                prompt, close = [*prefix, *template.open_ids], list(template.close_ids)
+                thought, cut = _sample_by_loop(model, prompt, u[0, g], s.temperature, close)
                 lp, ok = _logp_last(model, [*prefix, *template.open_ids, *thought], target)
                 think.append(lp - nothink[-1])
                 acc.append(ok)
