@@ -22,6 +22,10 @@ import pytest
 from tests.helpers.s3_outage import s3_env
 
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# Nothing in the tests comes from a hub: offline from the start (the hub libraries read these once, at import), so a
+# test that names a missing hub id fails at once instead of retrying the network for half a minute.
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 
 
 def _bind_library_loggers() -> None:
