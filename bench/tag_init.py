@@ -72,7 +72,7 @@ def train(arm: str, batches: int, out: str) -> None:
         sys.executable, '-m', 'rlp.train', 'recipes/smollm2-135m-rlp.yaml', f'variables.model={NOTAGS}',
         f'variables.data_dir=./{DATA}', f'variables.out=./{out}',
         'data.streams.synthetic.allow_tokenizer_mismatch=true', f'trainer.max_duration={batches}ba',
-        'trainer.device_train_microbatch_size=2',
+        'trainer.device_train_microbatch_size=2', 'trainer.optimizer.lr=1e-6',  # the rate these figures were taken at
         'trainer.save_folder=null', 'trainer.device=cpu', f'run_name=tags-{arm}', 'loggers.console=false', *ARMS[arm],
     ])  # fmt: skip
 
