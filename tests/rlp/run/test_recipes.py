@@ -102,7 +102,10 @@ CHILDREN = {
         'smollm2-135m-rlp.yaml',
         {'run_name': 'smollm2-135m-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},
     ),
-    'smollm2-135m-cpt.yaml': ('smollm2-135m-rlp.yaml', {'run_name': 'smollm2-135m-cpt', 'rlp': None}),
+    'smollm2-135m-cpt.yaml': (
+        'smollm2-135m-rlp.yaml',
+        {'run_name': 'smollm2-135m-cpt', 'rlp': None, 'trainer.max_duration': '70ba', 'trainer.save_interval': '70ba'},
+    ),
     'qwen3-1.7b-rlp-ntp.yaml': (
         'qwen3-1.7b-rlp.yaml',
         {'run_name': 'qwen3-1.7b-rlp-ntp', 'rlp.loss.ntp_weight': 1.0},
