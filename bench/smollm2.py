@@ -89,9 +89,7 @@ def main() -> int:
             print(f'[cpt] matched to RLP: {flops["rlp"]:.3g} FLOPs / {per_batch:.3g} per batch = {steps} batches')
         cmd = [PY, '-m', 'rlp.train', f'recipes/{ARMS[arm]}.yaml', *common, f'trainer.max_duration={steps}ba',
                f'trainer.save_interval={steps}ba', f'trainer.output_dir={rel(run)}',
-               f'trainer.save_folder={rel(run)}/checkpoints', 'rlp.log.every_n_batches=1']  # fmt: skip
-        if arm == 'cpt':
-            cmd.remove('rlp.log.every_n_batches=1')
+               f'trainer.save_folder={rel(run)}/checkpoints']  # fmt: skip
         try:
             if not (run / 'metrics.jsonl').is_file() or int(last_record(run)['batch']) + 1 < steps:
                 wall[arm] = lanes.run(f'train-{arm}', cmd)

@@ -269,9 +269,7 @@ def sample_thoughts(
             tokens[rows[live], s] = tok[live]
             logp[rows[live], s] = lp[live]
             trained[rows[live], s] = True
-            if k == 1:
-                ends = tok == close
-            elif s + 1 >= k:  # the last K sampled tokens of each row are the closing string's tokens
+            if s + 1 >= k:  # the last K sampled tokens of each row are the closing tag's K tokens
                 ends = (tokens[rows, s + 1 - k : s + 1] == close).all(-1)
             else:
                 ends = torch.zeros_like(live)

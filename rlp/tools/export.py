@@ -141,9 +141,10 @@ def _tokenizer(state: dict[str, Any], name: Optional[str], model: Any, workdir: 
             f'tokenizer {name or "of the checkpoint"!r} has {len(tok)} tokens but the model has {rows} embeddings; '
             f'pass the tokenizer the run trained with'
         )
-    saved = (_rlp_state(state) or {}).get('template') or {}  # checkpoints before it was saved: special tags
-    if name is not None and _rlp_state(state) is not None and saved.get('tags', 'special') == 'special':
-        cfg = TemplateConfig(open_tag=saved.get('open_tag', '<think>'), close_tag=saved.get('close_tag', '</think>'))
+    rlp_state = _rlp_state(state)
+    # the run's tags, as the RLP state records them (checkpoints written before it did: the default <think> tokens)
+    cfg = TemplateConfig(**(rlp_state or {}).get('template', {}))
+    if name is not None and rlp_state is not None and cfg.tags == 'special':
         try:
             tag_token_id(tok, cfg.open_tag)
             tag_token_id(tok, cfg.close_tag)
